@@ -1,0 +1,20 @@
+// Sub-commands of the distill binary. Each registers its options on the CLI11 app and returns
+// the function that runs it once parsing succeeded (main sets up the runtime in between).
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <functional>
+#include <vector>
+
+namespace distill::cli {
+
+struct Command {
+  CLI::App* app = nullptr;     // the parsed sub-command
+  std::function<void()> run;   // throws distill::Error on bad input
+};
+
+Command add_inspect(CLI::App& app);
+Command add_forward(CLI::App& app);
+
+}  // namespace distill::cli

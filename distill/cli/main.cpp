@@ -1,0 +1,41 @@
+// distill: compress a sparse Switch Transformer into a dense T5 by distillation.
+#include <spdlog/spdlog.h>
+
+#include <CLI/CLI.hpp>
+#include <c10/util/Exception.h>
+#include <iostream>
+
+#include "distill/cli/commands.h"
+#include "distill/runtime.h"
+#include "models/errors.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"distill: compress a sparse Switch Transformer into a dense T5 and report what was kept"};
+  app.require_subcommand(1);
+  int threads = 0;
+  app.add_option("--threads", threads, "Intra-op threads (default: cores available)")->check(CLI::NonNegativeNumber);
+  std::vector<distill::cli::Command> commands = {
+      distill::cli::add_inspect(app),
+      distill::cli::add_forward(app),
+  };
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    distill::init_runtime(threads);
+    for (auto& c : commands)
+      if (c.app->parsed()) c.run();
+  } catch (const distill::Error& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 1;
+  } catch (const c10::Error& e) {
+    std::cerr << "error: LibTorch: " << e.what_without_backtrace() << "\n";
+    return 3;
+  } catch (const std::exception& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 3;
+  }
+  return 0;
+}

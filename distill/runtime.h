@@ -1,0 +1,20 @@
+// Process-wide set-up every LibTorch entry point runs first.
+#pragma once
+
+#include <string>
+
+namespace distill {
+
+struct RuntimeInfo {
+  int threads = 1;     // intra-op threads LibTorch will use
+  std::string blas;    // BLAS library found in the process ("openblas", "reference", "unknown")
+};
+
+// Sets LibTorch's thread count to `threads` (0: the cores this process may run on; Debian's
+// LibTorch starts with 1) and reports which BLAS is loaded, warning when it is not OpenBLAS.
+RuntimeInfo init_runtime(int threads = 0);
+
+// Cores available to this process (sched_getaffinity), at least 1.
+int available_cores();
+
+}  // namespace distill

@@ -1,0 +1,337 @@
+#include "models/safetensors.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+#include "models/atomic_file.h"
+#include "models/errors.h"
+
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "safetensors I/O assumes a little-endian host");
+
+namespace distill {
+namespace {
+
+using nlohmann::json;
+namespace fs = std::filesystem;
+
+// safetensors caps the header at 100 MB; a larger length means a corrupt or foreign file.
+constexpr uint64_t kMaxHeaderBytes = 100'000'000;
+
+struct DtypeInfo {
+  const char* name;
+  at::ScalarType type;
+  size_t bytes;
+};
+
+constexpr DtypeInfo kDtypes[] = {
+    {"F64", at::kDouble, 8}, {"F32", at::kFloat, 4}, {"F16", at::kHalf, 2},
+    {"BF16", at::kBFloat16, 2}, {"I64", at::kLong, 8}, {"I32", at::kInt, 4},
+    {"I16", at::kShort, 2}, {"I8", at::kChar, 1}, {"U8", at::kByte, 1}, {"BOOL", at::kBool, 1},
+};
+
+const DtypeInfo* find_dtype(const std::string& name) {
+  for (const auto& d : kDtypes)
+    if (name == d.name) return &d;
+  return nullptr;
+}
+
+const DtypeInfo& dtype_of(at::ScalarType t, const std::string& tensor) {
+  for (const auto& d : kDtypes)
+    if (d.type == t) return d;
+  throw Error("tensor " + tensor + ": dtype " + std::string(c10::toString(t)) +
+              " cannot be stored in safetensors");
+}
+
+std::string known_dtypes() {
+  std::string s;
+  for (const auto& d : kDtypes) s += std::string(s.empty() ? "" : ", ") + d.name;
+  return s;
+}
+
+// Reads exactly n bytes at offset or throws.
+void pread_all(int fd, void* buf, uint64_t n, uint64_t offset, const std::string& path) {
+  auto* p = static_cast<char*>(buf);
+  while (n > 0) {
+    ssize_t got = ::pread(fd, p, n, static_cast<off_t>(offset));
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) throw CheckpointError(path + ": read failed (file truncated?)");
+    p += got;
+    n -= static_cast<uint64_t>(got);
+    offset += static_cast<uint64_t>(got);
+  }
+}
+
+class Fd {
+ public:
+  explicit Fd(const std::string& path) : fd_(::open(path.c_str(), O_RDONLY | O_CLOEXEC)) {
+    if (fd_ < 0) throw CheckpointError(path + ": cannot open: " + std::strerror(errno));
+  }
+  ~Fd() { ::close(fd_); }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  int get() const { return fd_; }
+
+ private:
+  int fd_;
+};
+
+}  // namespace
+
+SafetensorsFile::SafetensorsFile(std::string path) : path_(std::move(path)) {
+  Fd fd(path_);
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) throw CheckpointError(path_ + ": cannot stat");
+  const uint64_t file_size = static_cast<uint64_t>(st.st_size);
+  if (file_size < 8) {
+    throw CheckpointError(path_ + ": not a safetensors file: " + std::to_string(file_size) +
+                          " bytes, shorter than the 8-byte header length");
+  }
+  uint64_t header_len = 0;
+  pread_all(fd.get(), &header_len, 8, 0, path_);
+  if (header_len > kMaxHeaderBytes || 8 + header_len > file_size) {
+    throw CheckpointError(path_ + ": header length " + std::to_string(header_len) +
+                          " runs past the end of the file (" + std::to_string(file_size) +
+                          " bytes): truncated or not a safetensors file");
+  }
+  std::string header(header_len, '\0');
+  pread_all(fd.get(), header.data(), header_len, 8, path_);
+  data_start_ = 8 + header_len;
+  const uint64_t data_size = file_size - data_start_;
+
+  // nlohmann keeps the last of duplicate keys; the callback sees every top-level key first.
+  std::set<std::string> seen;
+  std::vector<std::string> duplicates;
+  json j;
+  try {
+    j = json::parse(header, [&](int depth, json::parse_event_t event, json& parsed) {
+      if (depth == 1 && event == json::parse_event_t::key) {
+        auto key = parsed.get<std::string>();
+        if (!seen.insert(key).second) duplicates.push_back(key);
+      }
+      return true;
+    });
+  } catch (const json::exception& e) {
+    throw CheckpointError(path_ + ": header is not valid JSON: " + e.what());
+  }
+  if (!duplicates.empty()) throw CheckpointError(path_ + ": tensor " + duplicates[0] + " appears twice in the header");
+  if (!j.is_object()) throw CheckpointError(path_ + ": header is not a JSON object");
+
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    const std::string& name = it.key();
+    const json& v = it.value();
+    if (name == "__metadata__") {
+      if (!v.is_object()) throw CheckpointError(path_ + ": __metadata__ must be an object of strings");
+      for (auto m = v.begin(); m != v.end(); ++m) {
+        if (!m.value().is_string()) {
+          throw CheckpointError(path_ + ": __metadata__ value for \"" + m.key() + "\" must be a string");
+        }
+        metadata_[m.key()] = m.value().get<std::string>();
+      }
+      continue;
+    }
+    const std::string where = path_ + ": tensor " + name;
+    if (!v.is_object() || !v.contains("dtype") || !v.contains("shape") || !v.contains("data_offsets")) {
+      throw CheckpointError(where + ": entry must be an object with dtype, shape and data_offsets");
+    }
+    TensorEntry e;
+    if (!v["dtype"].is_string()) throw CheckpointError(where + ": dtype must be a string");
+    e.dtype = v["dtype"].get<std::string>();
+    const DtypeInfo* info = find_dtype(e.dtype);
+    if (!info) throw CheckpointError(where + ": unknown dtype \"" + e.dtype + "\" (expected one of " + known_dtypes() + ")");
+    if (!v["shape"].is_array()) throw CheckpointError(where + ": shape must be an array");
+    uint64_t numel = 1;
+    for (const auto& d : v["shape"]) {
+      if (!d.is_number_unsigned()) throw CheckpointError(where + ": shape must hold non-negative integers");
+      e.shape.push_back(d.get<int64_t>());
+      numel *= d.get<uint64_t>();
+    }
+    const auto& off = v["data_offsets"];
+    if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() || !off[1].is_number_unsigned()) {
+      throw CheckpointError(where + ": data_offsets must be [begin, end] with non-negative integers");
+    }
+    e.begin = off[0].get<uint64_t>();
+    e.end = off[1].get<uint64_t>();
+    if (e.begin > e.end || e.end > data_size) {
+      throw CheckpointError(where + ": data_offsets [" + std::to_string(e.begin) + ", " +
+                            std::to_string(e.end) + "] out of bounds of the " +
+                            std::to_string(data_size) + "-byte data section");
+    }
+    if (e.end - e.begin != numel * info->bytes) {
+      throw CheckpointError(where + ": " + std::to_string(e.end - e.begin) + " bytes do not match " +
+                            e.dtype + " " + v["shape"].dump() + " (" +
+                            std::to_string(numel * info->bytes) + " bytes)");
+    }
+    entries_.emplace(name, std::move(e));
+  }
+
+  // Byte ranges must tile the data section: no overlap, no hole.
+  std::vector<std::pair<const std::string*, const TensorEntry*>> by_offset;
+  for (const auto& [name, e] : entries_) by_offset.emplace_back(&name, &e);
+  std::sort(by_offset.begin(), by_offset.end(), [](const auto& a, const auto& b) {
+    return std::tie(a.second->begin, a.second->end) < std::tie(b.second->begin, b.second->end);
+  });
+  uint64_t cursor = 0;
+  const std::string* prev = nullptr;
+  for (const auto& [name, e] : by_offset) {
+    if (e->begin < cursor) {
+      throw CheckpointError(path_ + ": tensor " + *name + " overlaps tensor " + *prev + " in the data section");
+    }
+    if (e->begin > cursor) {
+      throw CheckpointError(path_ + ": hole in the data section before tensor " + *name);
+    }
+    cursor = e->end;
+    prev = name;
+  }
+  if (cursor != data_size) {
+    throw CheckpointError(path_ + ": " + std::to_string(data_size - cursor) +
+                          " trailing bytes after the last tensor");
+  }
+}
+
+at::Tensor SafetensorsFile::load(const std::string& name) const {
+  auto it = entries_.find(name);
+  if (it == entries_.end()) throw CheckpointError(path_ + ": no tensor named " + name);
+  const TensorEntry& e = it->second;
+  at::Tensor t = at::empty(e.shape, at::TensorOptions().dtype(find_dtype(e.dtype)->type));
+  if (e.end > e.begin) {
+    Fd fd(path_);
+    pread_all(fd.get(), t.data_ptr(), e.end - e.begin, data_start_ + e.begin, path_);
+  }
+  return t;
+}
+
+std::map<std::string, at::Tensor> SafetensorsFile::load_all() const {
+  std::map<std::string, at::Tensor> out;
+  Fd fd(path_);
+  for (const auto& [name, e] : entries_) {
+    at::Tensor t = at::empty(e.shape, at::TensorOptions().dtype(find_dtype(e.dtype)->type));
+    if (e.end > e.begin) pread_all(fd.get(), t.data_ptr(), e.end - e.begin, data_start_ + e.begin, path_);
+    out.emplace(name, std::move(t));
+  }
+  return out;
+}
+
+void save_safetensors(const std::string& path,
+                      const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+                      const std::map<std::string, std::string>& metadata) {
+  std::vector<std::pair<std::string, at::Tensor>> sorted;
+  std::set<std::string> names;
+  for (const auto& [name, t] : tensors) {
+    if (name == "__metadata__" || !names.insert(name).second) {
+      throw Error(path + ": tensor name " + name + " is reserved or given twice");
+    }
+    sorted.emplace_back(name, t.detach().to(at::kCPU).contiguous());
+  }
+  std::sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+
+  json header = json::object();
+  json meta = json::object();
+  for (const auto& [k, v] : metadata) meta[k] = v;
+  meta["format"] = "pt";  // Hugging Face refuses files without it
+  header["__metadata__"] = meta;
+  uint64_t offset = 0;
+  for (const auto& [name, t] : sorted) {
+    const DtypeInfo& d = dtype_of(t.scalar_type(), name);
+    uint64_t n = static_cast<uint64_t>(t.numel()) * d.bytes;
+    header[name] = {{"dtype", d.name}, {"shape", t.sizes().vec()}, {"data_offsets", {offset, offset + n}}};
+    offset += n;
+  }
+  std::string text = header.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');  // keep the data section 8-byte aligned
+  uint64_t len = text.size();
+
+  write_file_atomic(path, [&](std::ostream& out) {
+    out.write(reinterpret_cast<const char*>(&len), 8);
+    out.write(text.data(), static_cast<std::streamsize>(text.size()));
+    for (const auto& [name, t] : sorted) {
+      out.write(static_cast<const char*>(t.data_ptr()),
+                static_cast<std::streamsize>(t.numel() * t.element_size()));
+    }
+  });
+}
+
+std::map<std::string, at::Tensor> load_model_tensors(const std::string& dir) {
+  const fs::path root(dir);
+  const fs::path single = root / "model.safetensors";
+  const fs::path index = root / "model.safetensors.index.json";
+  if (fs::exists(single)) return SafetensorsFile(single.string()).load_all();
+  if (fs::exists(index)) {
+    json j;
+    try {
+      j = json::parse(read_text_file(index.string()));
+    } catch (const json::exception& e) {
+      throw CheckpointError(index.string() + ": not valid JSON: " + e.what());
+    }
+    if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object()) {
+      throw CheckpointError(index.string() + ": expected an object with a \"weight_map\" of name -> shard file");
+    }
+    std::map<std::string, std::vector<std::string>> by_shard;
+    for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
+      if (!it.value().is_string()) throw CheckpointError(index.string() + ": weight_map[" + it.key() + "] must be a file name");
+      by_shard[it.value().get<std::string>()].push_back(it.key());
+    }
+    std::map<std::string, at::Tensor> out;
+    for (const auto& [shard, names] : by_shard) {
+      SafetensorsFile f((root / shard).string());
+      for (const auto& name : names) {
+        if (!f.contains(name)) {
+          throw CheckpointError(f.path() + ": tensor " + name + " is listed in " + index.string() + " but missing from the shard");
+        }
+        out.emplace(name, f.load(name));
+      }
+    }
+    return out;
+  }
+  if (fs::exists(root / "pytorch_model.bin")) {
+    throw CheckpointError((root / "pytorch_model.bin").string() +
+                          ": PyTorch pickle checkpoints cannot be read; convert the directory to "
+                          "safetensors first, e.g. in Python: "
+                          "AutoModelForSeq2SeqLM.from_pretrained(DIR).save_pretrained(OUT, safe_serialization=True)");
+  }
+  throw CheckpointError(dir + ": no model.safetensors or model.safetensors.index.json in this directory");
+}
+
+void save_model_tensors(const std::string& dir,
+                        const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+                        uint64_t max_shard_bytes) {
+  uint64_t total = 0;
+  for (const auto& [n, t] : tensors) total += static_cast<uint64_t>(t.numel() * t.element_size());
+  const fs::path root(dir);
+  if (total <= max_shard_bytes) {
+    save_safetensors((root / "model.safetensors").string(), tensors);
+    return;
+  }
+  std::vector<std::vector<std::pair<std::string, at::Tensor>>> shards(1);
+  uint64_t in_shard = 0;
+  for (const auto& nt : tensors) {
+    uint64_t n = static_cast<uint64_t>(nt.second.numel() * nt.second.element_size());
+    if (in_shard > 0 && in_shard + n > max_shard_bytes) {
+      shards.emplace_back();
+      in_shard = 0;
+    }
+    shards.back().push_back(nt);
+    in_shard += n;
+  }
+  json weight_map = json::object();
+  char buf[64];
+  for (size_t i = 0; i < shards.size(); ++i) {
+    std::snprintf(buf, sizeof buf, "model-%05zu-of-%05zu.safetensors", i + 1, shards.size());
+    save_safetensors((root / buf).string(), shards[i]);
+    for (const auto& nt : shards[i]) weight_map[nt.first] = buf;
+  }
+  json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
+  write_text_atomic((root / "model.safetensors.index.json").string(), index.dump(2) + "\n");
+}
+
+}  // namespace distill

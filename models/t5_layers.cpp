@@ -1,0 +1,149 @@
+#include "models/t5_layers.h"
+
+#include <torch/nn/functional/activation.h>
+
+#include <cmath>
+#include <limits>
+
+#include "models/errors.h"
+
+namespace distill {
+
+T5LayerNormImpl::T5LayerNormImpl(int64_t d_model, double eps) : eps_(eps) {
+  weight = register_parameter("weight", torch::ones({d_model}));
+}
+
+torch::Tensor T5LayerNormImpl::forward(const torch::Tensor& x) {
+  auto variance = x.to(torch::kFloat32).pow(2).mean(-1, /*keepdim=*/true);
+  auto y = x * torch::rsqrt(variance + eps_);
+  if (weight.scalar_type() != torch::kFloat32) y = y.to(weight.scalar_type());
+  return weight * y;
+}
+
+torch::Tensor relative_position_bucket(const torch::Tensor& relative_position, bool bidirectional,
+                                       int64_t num_buckets, int64_t max_distance) {
+  auto buckets = torch::zeros_like(relative_position);
+  auto rel = relative_position;
+  if (bidirectional) {
+    num_buckets /= 2;
+    buckets = buckets + (rel > 0).to(torch::kLong) * num_buckets;
+    rel = rel.abs();
+  } else {
+    rel = -torch::clamp_max(rel, 0);
+  }
+  const int64_t max_exact = num_buckets / 2;
+  auto is_small = rel < max_exact;
+  // Same operations and scalar types as HF (float32 tensor, double scalars), so bucket boundaries
+  // match to the token.
+  auto large = max_exact + (torch::log(rel.to(torch::kFloat32) / max_exact) /
+                            std::log(static_cast<double>(max_distance) / max_exact) *
+                            (num_buckets - max_exact))
+                               .to(torch::kLong);
+  large = torch::clamp_max(large, num_buckets - 1);
+  return buckets + torch::where(is_small, rel, large);
+}
+
+double mask_min_value(c10::ScalarType dtype) {
+  switch (dtype) {
+    case torch::kFloat32: return std::numeric_limits<float>::lowest();
+    case torch::kBFloat16: return static_cast<float>(std::numeric_limits<c10::BFloat16>::lowest());
+    case torch::kFloat16: return static_cast<float>(std::numeric_limits<c10::Half>::lowest());
+    case torch::kFloat64: return std::numeric_limits<double>::lowest();
+    default: throw Error("mask_min_value: unsupported dtype " + std::string(c10::toString(dtype)));
+  }
+}
+
+T5AttentionImpl::T5AttentionImpl(const AttentionOptions& options) : options_(options) {
+  const int64_t inner = options.num_heads * options.d_kv;
+  auto linear = [](int64_t in, int64_t out) {
+    return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
+  };
+  q = register_module("q", linear(options.d_model, inner));
+  k = register_module("k", linear(options.d_model, inner));
+  v = register_module("v", linear(options.d_model, inner));
+  o = register_module("o", linear(inner, options.d_model));
+  if (options.has_relative_bias) {
+    relative_attention_bias = register_module(
+        "relative_attention_bias", torch::nn::Embedding(options.num_buckets, options.num_heads));
+  }
+  dropout_ = register_module("dropout", torch::nn::Dropout(options.dropout));
+}
+
+torch::Tensor T5AttentionImpl::compute_bias(int64_t query_len, int64_t key_len, const torch::Device& device) {
+  auto opts = torch::TensorOptions().dtype(torch::kLong).device(device);
+  auto context = torch::arange(query_len, opts).unsqueeze(1);  // [T, 1]
+  auto memory = torch::arange(key_len, opts).unsqueeze(0);     // [1, S]
+  auto buckets = relative_position_bucket(memory - context, options_.bidirectional,
+                                          options_.num_buckets, options_.max_distance);
+  auto values = relative_attention_bias->forward(buckets);  // [T, S, H]
+  return values.permute({2, 0, 1}).unsqueeze(0);          // [1, H, T, S]
+}
+
+torch::Tensor T5AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& kv,
+                                       const torch::Tensor& bias) {
+  const auto B = x.size(0), T = x.size(1);
+  const auto& src = kv.defined() ? kv : x;
+  const auto S = src.size(1), H = options_.num_heads, Dk = options_.d_kv;
+  auto qh = q->forward(x).view({B, T, H, Dk}).transpose(1, 2);    // [B, H, T, Dk]
+  auto kh = k->forward(src).view({B, S, H, Dk}).transpose(1, 2);  // [B, H, S, Dk]
+  auto vh = v->forward(src).view({B, S, H, Dk}).transpose(1, 2);  // [B, H, S, Dk]
+  auto scores = torch::matmul(qh, kh.transpose(2, 3));            // [B, H, T, S], no scaling
+  scores = scores + bias;
+  auto probs = torch::softmax(scores.to(torch::kFloat32), -1).to(scores.scalar_type());
+  probs = dropout_->forward(probs);
+  auto ctx = torch::matmul(probs, vh);                     // [B, H, T, Dk]
+  ctx = ctx.transpose(1, 2).reshape({B, T, H * Dk});       // [B, T, H*Dk]
+  return o->forward(ctx);
+}
+
+torch::Tensor apply_activation(const torch::Tensor& x, const std::string& act) {
+  if (act == "relu") return torch::relu(x);
+  if (act == "gelu") return torch::gelu(x);
+  if (act == "gelu_new") return torch::gelu(x, "tanh");
+  if (act == "silu") return torch::silu(x);
+  throw ConfigError("unknown activation \"" + act + "\"");
+}
+
+DenseActDenseImpl::DenseActDenseImpl(const FfnOptions& options) : options_(options) {
+  auto linear = [](int64_t in, int64_t out) {
+    return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
+  };
+  if (options.gated) {
+    wi_0 = register_module("wi_0", linear(options.d_model, options.d_ff));
+    wi_1 = register_module("wi_1", linear(options.d_model, options.d_ff));
+  } else {
+    wi = register_module("wi", linear(options.d_model, options.d_ff));
+  }
+  wo = register_module("wo", linear(options.d_ff, options.d_model));
+  dropout_ = register_module("dropout", torch::nn::Dropout(options.dropout));
+}
+
+torch::Tensor DenseActDenseImpl::forward(const torch::Tensor& x) {
+  torch::Tensor h = options_.gated
+                        ? apply_activation(wi_0->forward(x), options_.act) * wi_1->forward(x)
+                        : apply_activation(wi->forward(x), options_.act);  // [..., F]
+  return wo->forward(dropout_->forward(h));
+}
+
+T5LayerSelfAttentionImpl::T5LayerSelfAttentionImpl(const AttentionOptions& options, double eps, double dropout) {
+  SelfAttention = register_module("SelfAttention", T5Attention(options));
+  layer_norm = register_module("layer_norm", T5LayerNorm(options.d_model, eps));
+  dropout_ = register_module("dropout", torch::nn::Dropout(dropout));
+}
+
+torch::Tensor T5LayerSelfAttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& bias) {
+  return x + dropout_->forward(SelfAttention->forward(layer_norm->forward(x), {}, bias));
+}
+
+T5LayerCrossAttentionImpl::T5LayerCrossAttentionImpl(const AttentionOptions& options, double eps, double dropout) {
+  EncDecAttention = register_module("EncDecAttention", T5Attention(options));
+  layer_norm = register_module("layer_norm", T5LayerNorm(options.d_model, eps));
+  dropout_ = register_module("dropout", torch::nn::Dropout(dropout));
+}
+
+torch::Tensor T5LayerCrossAttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& memory,
+                                                 const torch::Tensor& bias) {
+  return x + dropout_->forward(EncDecAttention->forward(layer_norm->forward(x), memory, bias));
+}
+
+}  // namespace distill
