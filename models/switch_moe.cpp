@@ -1,6 +1,7 @@
 #include "models/switch_moe.h"
 
 #include <torch/nn/functional/embedding.h>
+#include <torch/nn/functional/linear.h>
 
 #include <cmath>
 #include <string>
@@ -49,11 +50,15 @@ SwitchRouterImpl::SwitchRouterImpl(int64_t d_model, const RoutingOptions& option
 }
 
 torch::Tensor SwitchRouterImpl::forward(const torch::Tensor& x) {
-  auto h = x.to(torch::kFloat32);  // the router runs in float32 whatever the model dtype
+  // The router runs in float32 (or wider) whatever the model dtype: a bf16 softmax over experts
+  // is too coarse for stable routing.
+  const auto dtype = c10::promoteTypes(classifier->weight.scalar_type(), torch::kFloat32);
+  auto h = x.to(dtype);
   if (is_training() && options_.jitter_noise > 0) {
     h = h * torch::empty_like(h).uniform_(1.0 - options_.jitter_noise, 1.0 + options_.jitter_noise);
   }
-  return classifier->forward(h);
+  auto bias = classifier->bias.defined() ? classifier->bias.to(dtype) : torch::Tensor();
+  return torch::nn::functional::linear(h, classifier->weight.to(dtype), bias);
 }
 
 SwitchExpertsImpl::SwitchExpertsImpl(int64_t num_experts, const FfnOptions& expert) {
@@ -71,7 +76,7 @@ SwitchSparseMlpImpl::SwitchSparseMlpImpl(int64_t d_model, const RoutingOptions& 
 SparseMlpOutput SwitchSparseMlpImpl::forward(const torch::Tensor& x) {
   const int64_t B = x.size(0), S = x.size(1), D = x.size(2), E = options_.num_experts, k = options_.top_k;
   auto logits = router->forward(x);                           // [B, S, E] float32
-  auto probs = torch::softmax(logits, -1, torch::kFloat32);   // [B, S, E]
+  auto probs = torch::softmax(logits, -1);                    // [B, S, E]
   const int64_t capacity = expert_capacity_for(options_, B, S, is_training());
   Routing r = route_tokens(probs, k, options_.capacity_mode, capacity);
 

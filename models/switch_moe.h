@@ -26,7 +26,7 @@ struct RoutingOptions {
 
 // What one sparse layer decided, for losses, statistics and parity checks.
 struct RouterOutput {
-  torch::Tensor logits;         // [B, S, E] float32, before softmax
+  torch::Tensor logits;         // [B, S, E] float32 (float64 in a float64 model), before softmax
   torch::Tensor top_experts;    // [B, S, k] int64, chosen experts, best first (before capacity)
   torch::Tensor top_kept;       // [B, S, k] bool, the assignment was processed by its expert
   torch::Tensor expert_choice;  // [B, S] int64, top-1 expert before capacity

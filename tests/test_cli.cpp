@@ -1,0 +1,126 @@
+// The distill binary end to end: inspect and forward, and the errors a user sees.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "models/atomic_file.h"
+#include "models/safetensors.h"
+#include "tests/test_util.h"
+
+namespace distill {
+namespace {
+
+using nlohmann::json;
+using test::run_distill;
+namespace fs = std::filesystem;
+
+json golden() { return json::parse(read_text_file(test::fixture("switch-tiny-4/golden.json"))); }
+
+TEST(CliInspect, JsonCountsMatchTheHandCount) {
+  std::string out, err;
+  ASSERT_EQ(run_distill("inspect " + test::fixture("switch-tiny-4") + " --json", &out, &err), 0) << err;
+  auto j = json::parse(out);
+  EXPECT_EQ(j["parameters"]["total"], 296448);
+  EXPECT_EQ(j["parameters"]["expert"], 131072);
+  EXPECT_EQ(j["parameters"]["active_per_token"], 296448 - 131072 + 2 * 16384);
+  EXPECT_EQ(j["experts"], 4);
+  EXPECT_EQ(j["sparse_layers"], json({"encoder.block.1.layer.1", "decoder.block.1.layer.2"}));
+  EXPECT_EQ(j["routing"]["capacity_mode"], "fixed");
+  EXPECT_GT(j["flops"]["forward_per_token"].get<double>(), 0);
+}
+
+TEST(CliInspect, TextReport) {
+  std::string out, err;
+  ASSERT_EQ(run_distill("inspect " + test::fixture("t5-student-from-switch-tiny-4"), &out, &err), 0) << err;
+  EXPECT_NE(out.find("197632"), std::string::npos) << out;
+  EXPECT_NE(out.find("dense model"), std::string::npos) << out;
+}
+
+TEST(CliForward, MatchesTheGoldens) {
+  test::TempDir dir;
+  auto g = golden();
+  json in = {{"input_ids", g["input_ids"]}, {"attention_mask", g["attention_mask"]},
+             {"decoder_input_ids", g["decoder_input_ids"]}, {"labels", g["labels"]}};
+  write_text_atomic(dir.file("in.json"), in.dump());
+  std::string out, err;
+  ASSERT_EQ(run_distill("forward --model " + test::fixture("switch-tiny-4") + " --inputs " + dir.file("in.json") +
+                            " --output " + dir.file("out.safetensors"),
+                        &out, &err),
+            0)
+      << err;
+  auto losses = json::parse(out);
+  for (const char* k : {"ce_loss", "encoder_aux_loss", "encoder_z_loss", "decoder_aux_loss", "decoder_z_loss"}) {
+    EXPECT_NEAR(losses[k].get<double>(), g["losses_hf"][k].get<double>(), 1e-4 * g["losses_hf"][k].get<double>()) << k;
+  }
+  auto got = SafetensorsFile(dir.file("out.safetensors")).load_all();
+  auto want = test::load_fixture_tensors("switch-tiny-4/golden.safetensors");
+  EXPECT_TRUE(test::tensors_close(got.at("logits"), want.at("logits")));
+  EXPECT_TRUE(test::tensors_close(got.at("encoder_last_hidden_state"), want.at("encoder_last_hidden_state")));
+  for (const char* p : {"encoder.block.1.layer.1.", "decoder.block.1.layer.2."}) {
+    EXPECT_TRUE(test::tensors_close(got.at(std::string(p) + "router_logits"), want.at(std::string(p) + "router_logits")));
+    EXPECT_TRUE(torch::equal(got.at(std::string(p) + "expert_choice"), want.at(std::string(p) + "expert_choice")));
+    EXPECT_TRUE(torch::equal(got.at(std::string(p) + "kept"), want.at(std::string(p) + "kept")));
+  }
+}
+
+struct BadInput {
+  const char* name;
+  const char* json;
+  const char* message;
+};
+
+TEST(CliForward, BadInputsAreClearErrors) {
+  test::TempDir dir;
+  const BadInput cases[] = {
+      {"not json", "{\"input_ids\": [[1, 2]", "not valid JSON"},
+      {"no ids", "{\"labels\": [[1]]}", "missing \"input_ids\""},
+      {"ragged", "{\"input_ids\": [[1, 2], [3]], \"labels\": [[1]]}", "must be rectangular: row 1 has 1 entries"},
+      {"float id", "{\"input_ids\": [[1.5]], \"labels\": [[1]]}", "expected integers"},
+      {"out of vocab", "{\"input_ids\": [[1, 999]], \"labels\": [[1]]}", "input_ids holds 999, outside [0, 512)"},
+      {"bad label", "{\"input_ids\": [[1]], \"labels\": [[-5]]}", "labels holds -5"},
+      {"no decoder", "{\"input_ids\": [[1]]}", "needs \"decoder_input_ids\" or \"labels\""},
+      {"mask shape", "{\"input_ids\": [[1, 2]], \"attention_mask\": [[1]], \"labels\": [[1]]}", "attention_mask must have the shape of input_ids"},
+      {"batch", "{\"input_ids\": [[1], [2]], \"labels\": [[1]]}", "differ in batch size"},
+  };
+  for (const auto& c : cases) {
+    write_text_atomic(dir.file("in.json"), c.json);
+    std::string out, err;
+    int code = run_distill("forward --model " + test::fixture("switch-tiny-4") + " --inputs " + dir.file("in.json") +
+                               " --output " + dir.file("out.safetensors"),
+                           &out, &err);
+    EXPECT_EQ(code, 1) << c.name << ": " << err;
+    EXPECT_NE(err.find(c.message), std::string::npos) << c.name << ": " << err;
+    EXPECT_NE(err.find("in.json"), std::string::npos) << c.name << ": " << err;
+    EXPECT_FALSE(fs::exists(dir.file("out.safetensors"))) << c.name;
+  }
+}
+
+TEST(CliForward, BadCheckpointIsNamed) {
+  test::TempDir dir;
+  fs::copy(test::fixture("switch-tiny-4"), dir.file("m"));
+  fs::permissions(dir.file("m/model.safetensors"), fs::perms::owner_write, fs::perm_options::add);
+  fs::resize_file(dir.file("m/model.safetensors"), 100000);
+  auto g = golden();
+  write_text_atomic(dir.file("in.json"), json({{"input_ids", g["input_ids"]}, {"labels", g["labels"]}}).dump());
+  std::string err;
+  EXPECT_EQ(run_distill("forward --model " + dir.file("m") + " --inputs " + dir.file("in.json") + " --output " +
+                            dir.file("out.safetensors"),
+                        nullptr, &err),
+            1);
+  EXPECT_NE(err.find("m/model.safetensors"), std::string::npos) << err;
+  EXPECT_NE(err.find("out of bounds"), std::string::npos) << err;
+}
+
+TEST(CliUsage, UnknownCommandsAndMissingArguments) {
+  std::string err;
+  EXPECT_NE(run_distill("frobnicate", nullptr, &err), 0);
+  EXPECT_NE(run_distill("forward --model x", nullptr, &err), 0);
+  EXPECT_NE(err.find("--inputs"), std::string::npos) << err;
+  EXPECT_EQ(run_distill("inspect /nonexistent", nullptr, &err), 1);
+  EXPECT_NE(err.find("/nonexistent/config.json"), std::string::npos) << err;
+}
+
+}  // namespace
+}  // namespace distill

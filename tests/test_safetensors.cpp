@@ -1,0 +1,186 @@
+// safetensors reader/writer: round trips, sharding and every malformed file we reject.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "models/atomic_file.h"
+#include "models/errors.h"
+#include "models/safetensors.h"
+#include "tests/test_util.h"
+
+namespace distill {
+namespace {
+
+using test::TempDir;
+
+// Writes a raw safetensors file: header JSON text followed by `data_bytes` zero bytes.
+void write_raw(const std::string& path, const std::string& header, size_t data_bytes, int64_t header_len = -1) {
+  std::ofstream out(path, std::ios::binary);
+  uint64_t n = header_len < 0 ? header.size() : static_cast<uint64_t>(header_len);
+  out.write(reinterpret_cast<const char*>(&n), 8);
+  out << header;
+  out << std::string(data_bytes, '\0');
+}
+
+std::string error_of(const std::string& path) {
+  try {
+    SafetensorsFile f(path);
+  } catch (const CheckpointError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(Safetensors, RoundTripsEveryDtype) {
+  TempDir dir;
+  std::vector<std::pair<std::string, torch::Tensor>> tensors = {
+      {"f32", torch::randn({3, 4})},
+      {"f16", torch::randn({5}).to(torch::kHalf)},
+      {"bf16", torch::randn({2, 2}).to(torch::kBFloat16)},
+      {"f64", torch::randn({1}).to(torch::kDouble)},
+      {"i64", torch::arange(6, torch::kLong).view({2, 3})},
+      {"i32", torch::arange(4, torch::kInt)},
+      {"u8", torch::arange(7).to(torch::kByte)},
+      {"bool", torch::tensor({true, false, true})},
+      {"scalar", torch::tensor(3.5f)},
+      {"empty", torch::zeros({0, 4})},
+      {"strided", torch::randn({4, 6}).t()},  // non-contiguous input is stored contiguous
+  };
+  save_safetensors(dir.file("t.safetensors"), tensors, {{"note", "x"}});
+  SafetensorsFile f(dir.file("t.safetensors"));
+  EXPECT_EQ(f.metadata().at("format"), "pt");
+  EXPECT_EQ(f.metadata().at("note"), "x");
+  for (const auto& [name, t] : tensors) {
+    auto got = f.load(name);
+    EXPECT_EQ(got.scalar_type(), t.scalar_type()) << name;
+    EXPECT_TRUE(torch::equal(got, t)) << name;
+  }
+  // Data section starts 8-byte aligned, as the reference writer does.
+  uint64_t header_len = 0;
+  std::ifstream in(dir.file("t.safetensors"), std::ios::binary);
+  in.read(reinterpret_cast<char*>(&header_len), 8);
+  EXPECT_EQ(header_len % 8, 0u);
+}
+
+TEST(Safetensors, ReadsTheHuggingFaceFixture) {
+  SafetensorsFile f(test::fixture("switch-tiny-4/model.safetensors"));
+  EXPECT_EQ(f.entries().size(), 61u);
+  EXPECT_EQ(f.metadata().at("format"), "pt");
+  EXPECT_EQ(f.load("shared.weight").sizes(), (std::vector<int64_t>{512, 64}));
+}
+
+TEST(Safetensors, ShardedModelRoundTrip) {
+  TempDir dir;
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  for (int i = 0; i < 5; ++i) tensors.emplace_back("w" + std::to_string(i), torch::randn({64}));
+  save_model_tensors(dir.path(), tensors, /*max_shard_bytes=*/600);  // 256 bytes each -> 3 shards
+  EXPECT_TRUE(std::filesystem::exists(dir.file("model.safetensors.index.json")));
+  EXPECT_TRUE(std::filesystem::exists(dir.file("model-00003-of-00003.safetensors")));
+  EXPECT_FALSE(std::filesystem::exists(dir.file("model.safetensors")));
+  auto loaded = load_model_tensors(dir.path());
+  ASSERT_EQ(loaded.size(), 5u);
+  for (const auto& [name, t] : tensors) EXPECT_TRUE(torch::equal(loaded.at(name), t)) << name;
+}
+
+TEST(Safetensors, ShardIndexNamingAMissingTensorIsAnError) {
+  TempDir dir;
+  save_safetensors(dir.file("a.safetensors"), {{"x", torch::zeros({2})}});
+  write_text_atomic(dir.file("model.safetensors.index.json"), R"({"weight_map": {"x": "a.safetensors", "y": "a.safetensors"}})");
+  try {
+    load_model_tensors(dir.path());
+    FAIL() << "expected an error";
+  } catch (const CheckpointError& e) {
+    EXPECT_NE(std::string(e.what()).find("tensor y"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Safetensors, TruncatedFile) {
+  TempDir dir;
+  save_safetensors(dir.file("t.safetensors"), {{"x", torch::randn({100})}});
+  std::filesystem::resize_file(dir.file("t.safetensors"), std::filesystem::file_size(dir.file("t.safetensors")) - 10);
+  EXPECT_NE(error_of(dir.file("t.safetensors")).find("out of bounds"), std::string::npos) << error_of(dir.file("t.safetensors"));
+  std::filesystem::resize_file(dir.file("t.safetensors"), 5);
+  EXPECT_NE(error_of(dir.file("t.safetensors")).find("shorter than the 8-byte header"), std::string::npos);
+}
+
+TEST(Safetensors, HeaderLengthPastTheEnd) {
+  TempDir dir;
+  write_raw(dir.file("t.safetensors"), "{}", 0, 4096);
+  auto err = error_of(dir.file("t.safetensors"));
+  EXPECT_NE(err.find("runs past the end"), std::string::npos) << err;
+  EXPECT_NE(err.find("t.safetensors"), std::string::npos) << err;
+}
+
+TEST(Safetensors, OverlappingOffsets) {
+  TempDir dir;
+  write_raw(dir.file("t.safetensors"),
+            R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})", 12);
+  auto err = error_of(dir.file("t.safetensors"));
+  EXPECT_NE(err.find("tensor b overlaps tensor a"), std::string::npos) << err;
+}
+
+TEST(Safetensors, OutOfBoundsOffsets) {
+  TempDir dir;
+  write_raw(dir.file("t.safetensors"), R"({"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})", 8);
+  auto err = error_of(dir.file("t.safetensors"));
+  EXPECT_NE(err.find("tensor a: data_offsets [0, 16] out of bounds"), std::string::npos) << err;
+}
+
+TEST(Safetensors, BytesMustMatchDtypeAndShape) {
+  TempDir dir;
+  write_raw(dir.file("t.safetensors"), R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", 8);
+  auto err = error_of(dir.file("t.safetensors"));
+  EXPECT_NE(err.find("tensor a: 8 bytes do not match F32 [3]"), std::string::npos) << err;
+}
+
+TEST(Safetensors, UnknownDtype) {
+  TempDir dir;
+  write_raw(dir.file("t.safetensors"), R"({"a":{"dtype":"F8_E9","shape":[2],"data_offsets":[0,2]}})", 2);
+  auto err = error_of(dir.file("t.safetensors"));
+  EXPECT_NE(err.find("tensor a: unknown dtype \"F8_E9\""), std::string::npos) << err;
+}
+
+TEST(Safetensors, DuplicateNames) {
+  TempDir dir;
+  write_raw(dir.file("t.safetensors"),
+            R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"a":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}})", 2);
+  auto err = error_of(dir.file("t.safetensors"));
+  EXPECT_NE(err.find("tensor a appears twice"), std::string::npos) << err;
+}
+
+TEST(Safetensors, HoleAndTrailingBytes) {
+  TempDir dir;
+  write_raw(dir.file("t.safetensors"), R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}})", 2);
+  EXPECT_NE(error_of(dir.file("t.safetensors")).find("hole"), std::string::npos);
+  write_raw(dir.file("u.safetensors"), R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})", 3);
+  EXPECT_NE(error_of(dir.file("u.safetensors")).find("trailing bytes"), std::string::npos);
+}
+
+TEST(Safetensors, HeaderNotJson) {
+  TempDir dir;
+  write_raw(dir.file("t.safetensors"), "{not json", 0);
+  EXPECT_NE(error_of(dir.file("t.safetensors")).find("not valid JSON"), std::string::npos);
+}
+
+TEST(Safetensors, PytorchBinGetsConversionAdvice) {
+  TempDir dir;
+  std::ofstream(dir.file("pytorch_model.bin")) << "PK";
+  try {
+    load_model_tensors(dir.path());
+    FAIL();
+  } catch (const CheckpointError& e) {
+    EXPECT_NE(std::string(e.what()).find("safe_serialization=True"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Safetensors, FailedWriteLeavesNoFile) {
+  TempDir dir;
+  EXPECT_THROW(save_safetensors(dir.file("t.safetensors"), {{"c", torch::randn({2}, torch::kComplexFloat)}}), Error);
+  EXPECT_TRUE(std::filesystem::is_empty(dir.path()));
+}
+
+}  // namespace
+}  // namespace distill

@@ -1,0 +1,232 @@
+// Switch layer invariants: capacity, dropped tokens, grouped dispatch against a per-token
+// reference, top-k, padding, jitter, router dtype, router losses, gradients.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+
+#include "models/checkpoint.h"
+#include "models/switch_moe.h"
+#include "tests/test_util.h"
+
+namespace distill {
+namespace {
+
+using test::tensors_close;
+
+// Probabilities skewed towards expert 0, so queues overflow.
+torch::Tensor skewed_probs(int64_t B, int64_t S, int64_t E) {
+  auto logits = torch::randn({B, S, E});
+  logits.select(2, 0).add_(1.5);
+  return torch::softmax(logits, -1);
+}
+
+TEST(SwitchRouting, CapacityIsNeverExceeded) {
+  torch::manual_seed(0);
+  for (auto mode : {CapacityMode::kFixed, CapacityMode::kFactor}) {
+    for (int64_t k : {1, 2}) {
+      const int64_t B = 3, S = 20, E = 4, cap = 4;
+      auto r = route_tokens(skewed_probs(B, S, E), k, mode, cap);
+      auto experts = r.experts.view({B, S, k}), kept = r.kept.view({B, S, k});
+      for (int64_t e = 0; e < E; ++e) {
+        auto at_e = (experts == e) & kept;  // [B, S, k]
+        if (mode == CapacityMode::kFixed) {
+          EXPECT_LE(at_e.sum({1, 2}).max().item<int64_t>(), cap) << "k=" << k << " e=" << e;
+        } else {
+          EXPECT_LE(at_e.sum().item<int64_t>(), cap) << "k=" << k << " e=" << e;
+        }
+        // An expert drops tokens only when it is full.
+        auto demand = (experts == e).sum().item<int64_t>();
+        if (mode == CapacityMode::kFactor) {
+          EXPECT_EQ(at_e.sum().item<int64_t>(), std::min(demand, cap));
+        }
+      }
+    }
+  }
+}
+
+TEST(SwitchRouting, FirstChoicesQueueBeforeSecondChoices) {
+  // Two tokens, both prefer expert 0 first and expert 1 second; capacity 1 per expert.
+  auto probs = torch::tensor({{{0.6f, 0.4f}, {0.7f, 0.3f}}});  // [1, 2, 2]
+  auto r = route_tokens(probs, 2, CapacityMode::kFixed, 1);
+  // Token 0 gets expert 0 (first choice, first in queue); token 1's first choice is dropped;
+  // token 0's second choice (expert 1) is served before token 1's second choice.
+  EXPECT_TRUE(torch::equal(r.kept, torch::tensor({{true, true}, {false, false}})));
+  EXPECT_TRUE(tensors_close(r.gates.sum(-1), torch::ones({2})));
+}
+
+TEST(SwitchRouting, TopKWithKOneAgreesWithTopOne) {
+  torch::manual_seed(1);
+  auto probs = skewed_probs(2, 16, 4);
+  auto r1 = route_tokens(probs, 1, CapacityMode::kFixed, 5);
+  auto r2 = route_tokens(probs, 2, CapacityMode::kFixed, 5);
+  EXPECT_TRUE(torch::equal(r1.experts.select(1, 0), r2.experts.select(1, 0)));
+  EXPECT_TRUE(torch::equal(r1.kept.select(1, 0), r2.kept.select(1, 0)));  // first choices queue first
+  EXPECT_TRUE(torch::equal(r1.gates.select(1, 0), std::get<0>(probs.reshape({-1, 4}).max(-1))));
+}
+
+TEST(SwitchRouting, CapacityFromFactor) {
+  RoutingOptions o;
+  o.num_experts = 4;
+  o.capacity_mode = CapacityMode::kFactor;
+  EXPECT_EQ(expert_capacity_for(o, 2, 10, /*training=*/true), 7);   // ceil(20 / 4 * 1.25)
+  EXPECT_EQ(expert_capacity_for(o, 2, 10, /*training=*/false), 10); // 20 / 4 * 2.0
+  o.capacity_mode = CapacityMode::kFixed;
+  EXPECT_EQ(expert_capacity_for(o, 2, 10, true), 64);
+}
+
+class SparseLayer : public ::testing::TestWithParam<int64_t> {
+ protected:
+  SwitchSparseMlp make(int64_t k, int64_t capacity) {
+    RoutingOptions r;
+    r.num_experts = 4;
+    r.top_k = k;
+    r.expert_capacity = capacity;
+    r.jitter_noise = 0.0;
+    FfnOptions f;
+    f.d_model = 16;
+    f.d_ff = 32;
+    f.dropout = 0.0;
+    SwitchSparseMlp layer(16, r, f);
+    layer->eval();
+    return layer;
+  }
+};
+
+// Per-token reference: for each token, each of its top-k experts while the expert has room.
+torch::Tensor reference_forward(SwitchSparseMlp& layer, const torch::Tensor& x, int64_t k, int64_t capacity) {
+  const int64_t B = x.size(0), S = x.size(1), E = 4;
+  auto probs = torch::softmax(layer->router->forward(x), -1);
+  auto out = torch::zeros_like(x);
+  for (int64_t b = 0; b < B; ++b) {
+    std::vector<int64_t> load(E, 0);
+    auto [vals, idx] = probs[b].topk(k, -1);  // [S, k]
+    for (int64_t rank = 0; rank < k; ++rank) {
+      for (int64_t s = 0; s < S; ++s) {
+        int64_t e = idx[s][rank].item<int64_t>();
+        if (++load[e] > capacity) continue;
+        auto gate = k == 1 ? vals[s][0] : vals[s][rank] / vals[s].sum();
+        out[b][s] += gate * layer->experts->experts[e]->forward(x[b][s].unsqueeze(0)).squeeze(0);
+      }
+    }
+  }
+  return out;
+}
+
+TEST_P(SparseLayer, GroupedDispatchMatchesPerTokenReference) {
+  torch::manual_seed(2);
+  torch::NoGradGuard ng;
+  const int64_t k = GetParam(), cap = 3;
+  auto layer = make(k, cap);
+  auto x = torch::randn({2, 12, 16});
+  auto got = layer->forward(x);
+  EXPECT_TRUE(tensors_close(got.hidden, reference_forward(layer, x, k, cap), 1e-5));
+}
+
+TEST_P(SparseLayer, DroppedTokensGetExactlyZeroOutput) {
+  torch::manual_seed(3);
+  torch::NoGradGuard ng;
+  const int64_t k = GetParam();
+  auto layer = make(k, /*capacity=*/2);
+  auto x = torch::randn({2, 12, 16});
+  auto got = layer->forward(x);
+  auto dropped = ~got.router.top_kept.any(-1);  // [B, S]: no expert processed the token
+  ASSERT_GT(dropped.sum().item<int64_t>(), 0) << "capacity 2 of 4 experts must drop tokens";
+  EXPECT_EQ(got.hidden.index({dropped}).abs().max().item<float>(), 0.0f);
+  auto processed = got.router.top_kept.any(-1);
+  EXPECT_GT(got.hidden.index({processed}).abs().sum(-1).min().item<float>(), 0.0f);
+}
+
+INSTANTIATE_TEST_SUITE_P(TopK, SparseLayer, ::testing::Values(1, 2));
+
+TEST(SwitchRouter, JitterOnlyInTraining) {
+  torch::manual_seed(4);
+  RoutingOptions r;
+  r.num_experts = 4;
+  r.jitter_noise = 0.1;
+  SwitchRouter router(8, r);
+  auto x = torch::randn({2, 5, 8});
+  router->train();
+  EXPECT_FALSE(torch::equal(router->forward(x), router->forward(x)));
+  router->eval();
+  EXPECT_TRUE(torch::equal(router->forward(x), router->forward(x)));
+}
+
+TEST(SwitchRouter, StaysFloat32InABfloat16Model) {
+  torch::NoGradGuard ng;
+  auto model = load_model(test::fixture("switch-tiny-4"));
+  set_model_dtype(model, torch::kBFloat16);
+  EXPECT_EQ(model->shared->weight.scalar_type(), torch::kBFloat16);
+  auto g = test::load_fixture_tensors("switch-tiny-4/golden.safetensors");
+  auto out = model->forward({g["input_ids"], g["attention_mask"], g["decoder_input_ids"], {}, g["labels"]});
+  EXPECT_EQ(out.logits.scalar_type(), torch::kBFloat16);
+  for (const auto& [name, r] : out.routing) EXPECT_EQ(r.logits.scalar_type(), torch::kFloat32) << name;
+  for (const auto& p : model->named_parameters()) {
+    if (is_router_parameter(p.key())) {
+      EXPECT_EQ(p.value().scalar_type(), torch::kFloat32) << p.key();
+    }
+  }
+  // bf16 keeps the logits close to float32 ones (loose: bf16 has 8 bits of mantissa).
+  EXPECT_TRUE(tensors_close(out.logits, g["logits"], 0.05));
+}
+
+TEST(RouterLosses, UniformRoutingGivesOneAndLogEsquared) {
+  auto logits = torch::zeros({2, 8, 4});
+  auto choice = torch::arange(4).repeat({2, 2});  // every expert equally often
+  EXPECT_NEAR(load_balancing_loss(logits, choice).item<double>(), 1.0, 1e-6);
+  EXPECT_NEAR(router_z_loss(logits).item<double>(), std::pow(std::log(4.0), 2), 1e-5);
+  auto collapsed = torch::zeros({2, 8}, torch::kLong);  // all on expert 0
+  EXPECT_NEAR(load_balancing_loss(logits, collapsed).item<double>(), 4.0 * 0.25, 1e-6);
+}
+
+TEST(SwitchGradients, MatchFiniteDifferences) {
+  // Double precision, routing fixed by the tiny step: autograd against central differences.
+  torch::manual_seed(5);
+  RoutingOptions r;
+  r.num_experts = 3;
+  r.expert_capacity = 100;
+  r.jitter_noise = 0.0;
+  FfnOptions f;
+  f.d_model = 6;
+  f.d_ff = 8;
+  f.dropout = 0.0;
+  SwitchSparseMlp layer(6, r, f);
+  layer->to(torch::kDouble);
+  layer->eval();
+  auto x = torch::randn({1, 5, 6}, torch::kDouble);
+  auto w = torch::randn({1, 5, 6}, torch::kDouble);
+  auto loss_of = [&] { return (layer->forward(x).hidden * w).sum(); };
+  loss_of().backward();
+  std::vector<torch::Tensor> params = {layer->router->classifier->weight, layer->experts->experts[0]->wi->weight,
+                                       layer->experts->experts[1]->wo->weight};
+  for (auto& p : params) {
+    auto grad = p.grad().clone();
+    torch::NoGradGuard ng;
+    for (int64_t i = 0; i < std::min<int64_t>(p.numel(), 6); ++i) {
+      auto flat = p.view({-1});
+      const double h = 1e-6, orig = flat[i].item<double>();
+      flat[i] = orig + h;
+      double up = loss_of().item<double>();
+      flat[i] = orig - h;
+      double down = loss_of().item<double>();
+      flat[i] = orig;
+      EXPECT_NEAR(grad.view({-1})[i].item<double>(), (up - down) / (2 * h), 1e-6);
+    }
+  }
+}
+
+TEST(SwitchModel, PaddingDoesNotChangeRealTokens) {
+  torch::NoGradGuard ng;
+  auto model = load_model(test::fixture("switch-tiny-4"));
+  auto g = test::load_fixture_tensors("switch-tiny-4/golden.safetensors");
+  // Row 0 has 11 real tokens and 6 pads; run it alone without the padding.
+  auto padded = model->forward({g["input_ids"].narrow(0, 0, 1), g["attention_mask"].narrow(0, 0, 1),
+                                g["decoder_input_ids"].narrow(0, 0, 1), {}, {}});
+  auto bare = model->forward({g["input_ids"].narrow(0, 0, 1).narrow(1, 0, 11), {},
+                              g["decoder_input_ids"].narrow(0, 0, 1), {}, {}});
+  EXPECT_TRUE(tensors_close(padded.encoder_last_hidden_state.narrow(1, 0, 11), bare.encoder_last_hidden_state, 1e-5));
+  EXPECT_TRUE(tensors_close(padded.logits, bare.logits, 1e-5));
+}
+
+}  // namespace
+}  // namespace distill
