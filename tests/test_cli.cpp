@@ -3,8 +3,10 @@
 #include <torch/torch.h>
 
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "data/tokenizer.h"
 #include "models/atomic_file.h"
 #include "models/safetensors.h"
 #include "tests/test_util.h"
@@ -120,6 +122,65 @@ TEST(CliUsage, UnknownCommandsAndMissingArguments) {
   EXPECT_NE(err.find("--inputs"), std::string::npos) << err;
   EXPECT_EQ(run_distill("inspect /nonexistent", nullptr, &err), 1);
   EXPECT_NE(err.find("/nonexistent/config.json"), std::string::npos) << err;
+}
+
+}  // namespace
+}  // namespace distill
+
+namespace distill {
+namespace {
+
+TEST(CliTokenizer, EncodeMatchesTheGoldenIds) {
+  std::string out, err;
+  ASSERT_EQ(run_distill("tokenizer encode --model " + test::fixture("switch-tiny-4") +
+                            " --text 'Free software is a matter of liberty.'",
+                        &out, &err),
+            0)
+      << err;
+  EXPECT_EQ(out, "204 111 36 11 92 95 108 9 3 14 12 56 34 16 32 8 1\n");
+}
+
+TEST(CliTokenizer, TrainWritesAModelAndRejectsTinyVocabularies) {
+  test::TempDir dir;
+  {
+    std::ofstream f(dir.file("c.txt"));
+    for (int i = 0; i < 200; ++i) f << "the state of the union is strong and the budget " << i << " is balanced\n";
+  }
+  std::string out, err;
+  ASSERT_EQ(run_distill("tokenizer train --input " + dir.file("c.txt") + " --vocab-size 60 --sentinels 10 --output " +
+                            dir.file("tok"),
+                        &out, &err),
+            0)
+      << err;
+  EXPECT_NE(out.find("50 pieces + 10 sentinels = 60 ids"), std::string::npos) << out;
+  EXPECT_TRUE(fs::exists(dir.file("tok/spiece.model")));
+  EXPECT_EQ(run_distill("tokenizer train --input " + dir.file("c.txt") + " --vocab-size 50 --output " + dir.file("t2"),
+                        &out, &err),
+            1);
+  EXPECT_NE(err.find("need at least 16"), std::string::npos) << err;
+  EXPECT_NE(run_distill("tokenizer train --input /nonexistent.txt --vocab-size 500 --output " + dir.file("t3"), &out, &err), 0);
+}
+
+TEST(CliTokenizer, BrokenWrapperIsAClearError) {
+  test::TempDir dir;
+  std::ofstream(dir.file("libdistill_spm.so")) << "not a library";
+  std::string err;
+  EXPECT_EQ(run_distill("tokenizer encode --model " + test::fixture("switch-tiny-4") + " --text hi", nullptr, &err,
+                        "DISTILL_SPM_LIBRARY=" + dir.file("libdistill_spm.so")),
+            1);
+  EXPECT_NE(err.find("cannot load the SentencePiece wrapper"), std::string::npos) << err;
+}
+
+TEST(CliGenerate, TextInTextOut) {
+  std::string out, err;
+  ASSERT_EQ(run_distill("generate --model " + test::fixture("switch-tiny-4") +
+                            " --text 'The licensee may copy and distribute the program.' --max-new-tokens 8",
+                        &out, &err),
+            0)
+      << err;
+  // The fixture's greedy ids are [0, 418 x 8]: the text is piece 418 eight times.
+  auto t = Tokenizer::load(test::fixture("switch-tiny-4"));
+  EXPECT_EQ(out, t.decode(std::vector<int64_t>(8, 418)) + "\n");
 }
 
 }  // namespace

@@ -48,9 +48,9 @@ std::string slurp(const std::string& path) {
 }
 }  // namespace
 
-int run_distill(const std::string& args, std::string* out, std::string* err) {
+int run_distill(const std::string& args, std::string* out, std::string* err, const std::string& env) {
   TempDir tmp;
-  const std::string cmd = std::string(DISTILL_BINARY) + " --threads 1 " + args + " >" + tmp.file("out") + " 2>" + tmp.file("err");
+  const std::string cmd = (env.empty() ? "" : "env " + env + " ") + std::string(DISTILL_BINARY) + " --threads 1 " + args + " >" + tmp.file("out") + " 2>" + tmp.file("err");
   int status = std::system(cmd.c_str());
   if (out) *out = slurp(tmp.file("out"));
   if (err) *err = slurp(tmp.file("err"));

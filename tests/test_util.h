@@ -31,7 +31,9 @@ class TempDir {
 // Tensors of a safetensors file in tests/fixtures.
 std::map<std::string, torch::Tensor> load_fixture_tensors(const std::string& relative);
 
-// Runs the distill binary with `args`; returns the exit code and fills stdout/stderr.
-int run_distill(const std::string& args, std::string* out = nullptr, std::string* err = nullptr);
+// Runs the distill binary with `args` (and `env` assignments before it); returns the exit code
+// and fills stdout/stderr.
+int run_distill(const std::string& args, std::string* out = nullptr, std::string* err = nullptr,
+                const std::string& env = "");
 
 }  // namespace distill::test

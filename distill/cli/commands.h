@@ -16,5 +16,7 @@ struct Command {
 
 Command add_inspect(CLI::App& app);
 Command add_forward(CLI::App& app);
+Command add_tokenizer(CLI::App& app);
+Command add_generate(CLI::App& app);
 
 }  // namespace distill::cli

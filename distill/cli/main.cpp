@@ -17,6 +17,8 @@ int main(int argc, char** argv) {
   std::vector<distill::cli::Command> commands = {
       distill::cli::add_inspect(app),
       distill::cli::add_forward(app),
+      distill::cli::add_tokenizer(app),
+      distill::cli::add_generate(app),
   };
   try {
     app.parse(argc, argv);
