@@ -18,5 +18,10 @@ Command add_inspect(CLI::App& app);
 Command add_forward(CLI::App& app);
 Command add_tokenizer(CLI::App& app);
 Command add_generate(CLI::App& app);
+Command add_train(CLI::App& app);
+Command add_distill(CLI::App& app);
+Command add_run(CLI::App& app);
+Command add_eval(CLI::App& app);
+Command add_config(CLI::App& app);
 
 }  // namespace distill::cli

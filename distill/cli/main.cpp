@@ -7,6 +7,7 @@
 
 #include "distill/cli/commands.h"
 #include "distill/runtime.h"
+#include "distill/trainer.h"
 #include "models/errors.h"
 
 int main(int argc, char** argv) {
@@ -19,6 +20,11 @@ int main(int argc, char** argv) {
       distill::cli::add_forward(app),
       distill::cli::add_tokenizer(app),
       distill::cli::add_generate(app),
+      distill::cli::add_train(app),
+      distill::cli::add_distill(app),
+      distill::cli::add_eval(app),
+      distill::cli::add_run(app),
+      distill::cli::add_config(app),
   };
   try {
     app.parse(argc, argv);
@@ -29,6 +35,9 @@ int main(int argc, char** argv) {
     distill::init_runtime(threads);
     for (auto& c : commands)
       if (c.app->parsed()) c.run();
+  } catch (const distill::InterruptedError& e) {
+    std::cerr << e.what() << "\n";
+    return 130;
   } catch (const distill::Error& e) {
     std::cerr << "error: " << e.what() << "\n";
     return 1;

@@ -1,0 +1,154 @@
+// The jobs: distill train | distill | eval | run, and distill config check.
+#include <spdlog/spdlog.h>
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <iostream>
+
+#include "data/tokenized_corpus.h"
+#include "distill/cli/commands.h"
+#include "distill/evaluate.h"
+#include "distill/experiment.h"
+#include "distill/report.h"
+#include "distill/run_config.h"
+#include "models/checkpoint.h"
+
+namespace distill::cli {
+namespace fs = std::filesystem;
+
+namespace {
+
+struct JobArgs {
+  std::string config;
+  std::vector<std::string> set;
+  std::string output;
+  bool resume = false;
+  bool dense = false;
+};
+
+void add_job_options(CLI::App* sub, JobArgs& a) {
+  sub->add_option("config", a.config, "Run configuration (YAML)")->required();
+  sub->add_option("--set", a.set, "Override a key: --set training.steps=100 (repeatable)");
+  sub->add_option("--output", a.output, "Output directory (overrides output_dir)");
+  sub->add_flag("--resume", a.resume, "Continue unfinished stages from their newest checkpoint");
+}
+
+RunConfig load(const JobArgs& a) {
+  auto overrides = a.set;
+  if (!a.output.empty()) overrides.push_back("output_dir=" + a.output);
+  return load_run_config(a.config, overrides);
+}
+
+struct EvalArgs {
+  std::string model, tokenizer, format = "text", objective = "span_corruption";
+  std::vector<std::string> data;
+  int64_t input_length = 128, target_length = 32, batch_size = 16, max_batches = 0;
+  uint64_t seed = 1235;
+  bool json = false;
+};
+
+}  // namespace
+
+Command add_train(CLI::App& app) {
+  auto a = std::make_shared<JobArgs>();
+  auto* sub = app.add_subcommand("train", "Train a model from scratch: the sparse teacher, or with --dense the dense baseline");
+  add_job_options(sub, *a);
+  sub->add_flag("--dense", a->dense, "Train the dense baseline (the student's shape) instead of the teacher");
+  return {sub, [a] {
+            auto c = load(*a);
+            open_run_directory(c);
+            auto data = prepare_data(c, resolve_tokenizer(c));
+            auto r = train_from_scratch(c, data, a->dense, a->resume);
+            std::cout << r.name << " model: " << r.model_dir << "\n";
+          }};
+}
+
+Command add_distill(CLI::App& app) {
+  auto a = std::make_shared<JobArgs>();
+  auto* sub = app.add_subcommand("distill", "Distill the teacher into a dense student on the mixed loss");
+  add_job_options(sub, *a);
+  return {sub, [a] {
+            auto c = load(*a);
+            open_run_directory(c);
+            auto data = prepare_data(c, resolve_tokenizer(c));
+            auto r = distill_student(c, data, a->resume);
+            std::cout << "student model: " << r.model_dir << "\n";
+          }};
+}
+
+Command add_run(CLI::App& app) {
+  auto a = std::make_shared<JobArgs>();
+  auto* sub = app.add_subcommand("run", "The whole experiment: teacher, dense baseline, student, evaluation, report");
+  add_job_options(sub, *a);
+  return {sub, [a] {
+            auto c = load(*a);
+            open_run_directory(c);
+            auto report = run_experiment(c, a->resume);
+            spdlog::default_logger()->flush();
+            std::cout << report_summary(report) << "report: " << (fs::path(c.output_dir) / "report.md").string() << "\n";
+          }};
+}
+
+Command add_config(CLI::App& app) {
+  auto a = std::make_shared<JobArgs>();
+  auto* sub = app.add_subcommand("config", "Configuration tools");
+  sub->require_subcommand(1);
+  auto* check = sub->add_subcommand("check", "Validate a run configuration and print it resolved");
+  check->add_option("config", a->config, "Run configuration (YAML)")->required();
+  check->add_option("--set", a->set, "Override a key: --set training.steps=100 (repeatable)");
+  return {sub, [a] { std::cout << run_config_yaml(load(*a)); }};
+}
+
+Command add_eval(CLI::App& app) {
+  auto a = std::make_shared<EvalArgs>();
+  auto* sub = app.add_subcommand("eval", "Negative log perplexity, perplexity, accuracy (and routing) on held-out data");
+  sub->add_option("--model", a->model, "Model directory")->required();
+  sub->add_option("--data", a->data, "Held-out corpus files")->required();
+  sub->add_option("--tokenizer", a->tokenizer, "Tokenizer (default: the model's spiece.model)");
+  sub->add_option("--format", a->format, "Corpus format")->check(CLI::IsMember({"text", "jsonl", "tsv", "jsonl_pairs"}));
+  sub->add_option("--objective", a->objective, "Objective")->check(CLI::IsMember({"span_corruption", "seq2seq", "prefix_lm"}));
+  sub->add_option("--input-length", a->input_length, "Encoder tokens per example")->check(CLI::Range(4, 1 << 20));
+  sub->add_option("--target-length", a->target_length, "Decoder tokens per example")->check(CLI::Range(2, 1 << 20));
+  sub->add_option("--batch-size", a->batch_size, "Examples per batch")->check(CLI::PositiveNumber);
+  sub->add_option("--max-batches", a->max_batches, "Evaluate at most this many batches (0 = all)");
+  sub->add_option("--seed", a->seed, "Seed of the span-corruption noise");
+  sub->add_flag("--json", a->json, "Print one JSON object");
+  return {sub, [a] {
+            auto tokenizer = Tokenizer::load(a->tokenizer.empty() ? a->model : a->tokenizer);
+            auto model = load_model(a->model);
+            check_vocabulary(model->config(), tokenizer, a->model);
+            CorpusOptions co;
+            co.files = a->data;
+            co.format = parse_corpus_format(a->format);
+            auto docs = tokenize_corpus(co, tokenizer).train;
+            ObjectiveOptions oo;
+            oo.input_length = a->input_length;
+            oo.target_length = a->target_length;
+            oo.eos_id = tokenizer.eos_id();
+            oo.vocab_size = tokenizer.vocab_size();
+            oo.num_sentinels = tokenizer.num_sentinels();
+            BatchingOptions bo;
+            bo.batch_size = a->batch_size;
+            bo.shuffle = false;
+            bo.seed = a->seed;
+            Dataset ds(std::move(docs), std::shared_ptr<const Objective>(make_objective(a->objective, oo)), bo);
+            auto epoch = ds.make_epoch(0);
+            std::vector<Batch> batches;
+            for (size_t i = 0; i < epoch.batches.size() && (a->max_batches <= 0 || static_cast<int64_t>(i) < a->max_batches); ++i)
+              batches.push_back(ds.collate_batch(epoch, i));
+            auto r = evaluate(model, batches);
+            if (a->json) {
+              std::cout << r.to_json().dump(2) << "\n";
+              return;
+            }
+            std::cout << fmt::format("neg_log_perplexity {:.4f} (+- {:.4f})  perplexity {:.3f}  accuracy {:.4f}  on {} target tokens\n",
+                                     r.neg_log_perplexity, r.nll_stderr, r.perplexity, r.accuracy, r.tokens);
+            for (const auto& l : r.routing) {
+              std::cout << fmt::format("{}: dropped {:.2f}%  load", l.layer, 100 * l.dropped_rate);
+              for (double x : l.load) std::cout << fmt::format(" {:.3f}", x);
+              std::cout << "\n";
+            }
+          }};
+}
+
+}  // namespace distill::cli

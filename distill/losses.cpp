@@ -1,0 +1,34 @@
+#include "distill/losses.h"
+
+#include <torch/torch.h>
+
+namespace distill {
+
+at::Tensor token_cross_entropy(const at::Tensor& logits, const at::Tensor& labels) {
+  const auto V = logits.size(-1);
+  return torch::nn::functional::cross_entropy(logits.reshape({-1, V}).to(torch::kFloat32), labels.reshape({-1}),
+                                              torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-100));
+}
+
+DistillLoss distillation_loss(const at::Tensor& student_logits, const at::Tensor& teacher_logits,
+                              const at::Tensor& labels, const DistillLossOptions& o) {
+  DistillLoss out;
+  out.hard = token_cross_entropy(student_logits, labels);
+  const double T = o.temperature;
+  auto mask = (labels != -100).to(torch::kFloat32);  // [B, T]
+  const auto n = mask.sum().clamp_min(1.0);
+  // One log-softmax per side; probabilities derived from it, not recomputed.
+  auto s_logp = torch::log_softmax(student_logits.to(torch::kFloat32) / T, -1);  // [B, T, V]
+  auto t_logp = torch::log_softmax(teacher_logits.to(torch::kFloat32) / T, -1);
+  auto t_p = t_logp.exp();
+  auto ce = -(t_p * s_logp).sum(-1);             // [B, T]
+  auto entropy = -(t_p * t_logp).sum(-1);        // [B, T], constant w.r.t. the student
+  const double t2 = T * T;
+  auto soft_ce = (ce * mask).sum() / n * t2;
+  out.kl = ((ce - entropy) * mask).sum() / n * t2;
+  out.soft = o.kl ? out.kl : soft_ce;
+  out.total = o.hard_weight * out.hard + o.soft_weight * out.soft;
+  return out;
+}
+
+}  // namespace distill

@@ -1,0 +1,31 @@
+// The distillation objective: hard_weight * CE(ground truth) + soft_weight * soft term against
+// the teacher's softened distribution (Hinton et al.; Switch Transformer, Fedus et al. 2022).
+#pragma once
+
+#include <ATen/Tensor.h>
+
+namespace distill {
+
+struct DistillLossOptions {
+  double hard_weight = 0.75;   // weight of CE against the labels
+  double soft_weight = 0.25;   // weight of the soft term
+  double temperature = 1.0;    // T: both distributions softened by logits / T
+  bool kl = false;             // soft term KL(teacher || student) instead of CE; same gradient
+};
+
+struct DistillLoss {
+  at::Tensor total;            // what is minimised
+  at::Tensor hard;             // mean CE over target tokens (labels != -100)
+  at::Tensor soft;             // mean soft term (CE or KL) over target tokens, times T^2
+  at::Tensor kl;               // mean KL(teacher || student) at T, times T^2 (for logging)
+};
+
+// student_logits, teacher_logits [B, T, V]; labels [B, T] with -100 ignored. The soft term is
+// multiplied by T^2 so its gradient keeps its scale as T changes (Hinton et al. 2015).
+DistillLoss distillation_loss(const at::Tensor& student_logits, const at::Tensor& teacher_logits,
+                              const at::Tensor& labels, const DistillLossOptions& options);
+
+// Mean token cross-entropy over labels != -100 (float32).
+at::Tensor token_cross_entropy(const at::Tensor& logits, const at::Tensor& labels);
+
+}  // namespace distill

@@ -1,0 +1,146 @@
+// The YAML run configuration: everything a train / distill / run job needs, with defaults.
+// Every field is listed once in visit_config (run_config.cpp), which both the strict reader and
+// the writer of the resolved config use.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace distill {
+
+struct CorpusConfig {
+  std::vector<std::string> files;     // corpus files, read in order
+  std::string format = "text";        // text | jsonl | tsv | jsonl_pairs
+  std::string text_field = "text";    // jsonl: field with the text
+  std::string input_field = "input";  // jsonl_pairs: source field
+  std::string target_field = "target";  // jsonl_pairs: target field
+  bool blank_line_documents = false;  // text: blank lines separate documents (else one per line)
+};
+
+struct TokenizerConfig {
+  std::string path;                   // spiece.model or a directory with it; empty: the teacher's, or train one
+  int64_t vocab_size = 8000;          // when training: total ids, sentinels included
+  int64_t sentinels = 100;            // when training: <extra_id_*> ids
+  int64_t max_sentences = 200000;     // when training: sentences sampled
+};
+
+struct DataConfig {
+  TokenizerConfig tokenizer;
+  CorpusConfig train;                 // training corpus
+  CorpusConfig validation;            // held-out corpus; empty files: split from train
+  double validation_fraction = 0.05;  // share of training documents held out when validation has no files
+  std::string objective = "span_corruption";  // span_corruption | seq2seq | prefix_lm
+  double noise_density = 0.15;        // span corruption: fraction of tokens masked
+  double mean_span_length = 3.0;      // span corruption: mean masked span
+  int64_t input_length = 128;         // encoder tokens per example, at most
+  int64_t target_length = 32;         // decoder tokens per example, at most
+  int64_t batch_size = 16;            // examples per batch
+  int64_t max_batch_tokens = 0;       // cap on padded tokens per batch; 0 = none
+  bool pack = true;                   // concatenate documents before chunking (not for pairs)
+  int64_t eval_batches = 0;           // validation batches per evaluation; 0 = all
+};
+
+// Architecture of a model trained from scratch (teacher.model) or of the student (overrides).
+struct ArchConfig {
+  int64_t d_model = 128;              // D
+  int64_t d_ff = 512;                 // F
+  int64_t d_kv = 32;                  // head width
+  int64_t num_heads = 4;              // H
+  int64_t num_layers = 4;             // encoder blocks
+  int64_t num_decoder_layers = 4;     // decoder blocks
+  std::string feed_forward_proj = "relu";  // relu | gated-gelu
+  bool tie_word_embeddings = true;    // LM head shares the embedding
+  int64_t relative_attention_num_buckets = 32;     // position-bias buckets
+  int64_t relative_attention_max_distance = 128;   // saturation distance
+  int64_t num_experts = 8;            // E (teacher); 0 = dense
+  int64_t sparse_step = 2;            // every sparse_step-th block is sparse (HF rule), both stacks
+  std::string capacity_mode = "factor";  // factor (paper, per batch) | fixed (HF, per sequence)
+  int64_t expert_capacity = 64;       // fixed mode: tokens per expert and sequence
+  double capacity_factor_train = 1.25;  // factor mode, training
+  double capacity_factor_eval = 2.0;    // factor mode, evaluation
+  int64_t router_top_k = 1;           // experts per token
+  double router_jitter_noise = 0.01;  // multiplicative router-input noise in training
+  double router_z_loss_coef = 0.001;  // z-loss weight in training
+  double router_aux_loss_coef = 0.01; // load-balancing loss weight in training (paper: 0.01)
+};
+
+struct OptimizerConfig {
+  std::string name = "adamw";         // adamw | adafactor
+  double lr = 1e-3;                   // peak learning rate (adafactor: with schedule)
+  double beta1 = 0.9;                 // adamw
+  double beta2 = 0.999;               // adamw
+  double eps = 1e-8;                  // adamw
+  double weight_decay = 0.01;         // adamw, decoupled
+  double adafactor_decay_rate = 0.8;  // adafactor: second-moment decay 1 - step^-rate
+  double adafactor_clip_threshold = 1.0;  // adafactor: update RMS clipping
+};
+
+struct ScheduleConfig {
+  std::string name = "inverse_sqrt";  // constant | linear_warmup | inverse_sqrt | cosine
+  int64_t warmup_steps = 100;         // linear warm-up (all but constant)
+  double min_lr_ratio = 0.1;          // cosine: final lr / peak lr
+};
+
+struct TrainingConfig {
+  int64_t steps = 1000;               // optimizer steps
+  int64_t grad_accumulation = 1;      // micro-batches per optimizer step
+  double grad_clip = 1.0;             // global L2 norm clip; 0 = off
+  double dropout = 0.1;               // dropout rate of the model being trained
+  double expert_dropout = 0.1;        // dropout inside experts (sparse models)
+  double init_scale = 0.1;            // from-scratch init: truncated normal, std sqrt(s / fan_in)
+  bool expert_grad_scaling = false;   // Artetxe et al.: scale expert gradients by 1/sqrt(E)
+  OptimizerConfig optimizer;
+  ScheduleConfig schedule;
+  int64_t log_interval = 50;          // steps between progress lines
+  int64_t eval_interval = 500;        // steps between evaluations; 0 = only at the end
+  int64_t checkpoint_interval = 500;  // steps between checkpoints; 0 = only at the end
+  int64_t keep_checkpoints = 2;       // most recent checkpoints kept
+};
+
+struct TeacherConfig {
+  std::string path;                   // an existing checkpoint; empty: train one (model + training)
+  ArchConfig model;                   // architecture when training
+  std::optional<TrainingConfig> training;  // teacher-specific training; default: training
+  bool bf16 = false;                  // run the frozen teacher in bfloat16 (router stays float32)
+};
+
+struct StudentConfig {
+  std::string init = "fresh";         // FFN in expert positions: fresh | mean | router_weighted | top_expert
+  bool copy_non_expert = true;        // initialise every non-expert tensor from the teacher
+  int64_t calibration_batches = 8;    // router_weighted: batches used to measure routing frequency
+  std::optional<int64_t> d_ff;        // student FFN width; default: the teacher's
+};
+
+struct DistillationConfig {
+  double hard_weight = 0.75;          // weight of CE against the ground truth
+  double soft_weight = 0.25;          // weight of the soft-label term against the teacher
+  double temperature = 1.0;           // softmax temperature of both sides in the soft term (scaled by T^2)
+  std::string soft_loss = "ce";       // ce (the paper) | kl (same gradient, 0 when equal)
+  std::optional<double> teacher_capacity_factor = 2.0;  // teacher eval capacity factor; null: the checkpoint's
+};
+
+struct RunConfig {
+  std::string output_dir = "runs/default";  // everything the run writes
+  uint64_t seed = 1234;               // every random choice derives from it
+  int threads = 0;                    // 0 = cores available
+  DataConfig data;
+  TeacherConfig teacher;
+  StudentConfig student;
+  DistillationConfig distillation;
+  TrainingConfig training;            // baseline and student (and teacher unless it has its own)
+};
+
+// Reads `path`, applies `overrides` ("a.b=value"), and validates. Every unknown key (with a
+// "did you mean"), wrong type and out-of-range value is reported at once with file:line
+// (ConfigError). Relative paths are taken from the current directory, like any CLI argument.
+RunConfig load_run_config(const std::string& path, const std::vector<std::string>& overrides = {});
+
+// The fully resolved configuration as YAML (every key, defaults included).
+std::string run_config_yaml(const RunConfig& config);
+
+// Levenshtein distance, for "did you mean".
+size_t edit_distance(const std::string& a, const std::string& b);
+
+}  // namespace distill

@@ -1,0 +1,46 @@
+// Building the dense student from a sparse teacher: same shape minus the experts, every
+// non-expert tensor copied, and the FFN in each expert position initialised as configured.
+#pragma once
+
+#include <ATen/Tensor.h>
+
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "data/batching.h"
+#include "models/seq2seq.h"
+
+namespace distill {
+
+enum class FfnInit {
+  kFresh,           // random init (the paper's recipe)
+  kMean,            // elementwise mean of the layer's experts
+  kRouterWeighted,  // mean weighted by how often the router picks each expert (calibration batches)
+  kTopExpert,       // the expert the router picks most often
+};
+FfnInit parse_ffn_init(const std::string& name);
+
+// The student architecture: the teacher's, dense, optionally with another FFN width and dropout.
+ModelConfig student_config(const ModelConfig& teacher, std::optional<int64_t> d_ff, double dropout);
+
+// Fraction of real tokens each expert receives (top-1 choice), per sparse layer prefix
+// ("encoder.block.1.layer.1."), measured with the teacher in eval mode.
+std::map<std::string, at::Tensor> routing_frequency(Seq2SeqModel& teacher, const std::vector<Batch>& batches);
+
+struct StudentInit {
+  std::vector<std::string> copied;        // student tensors copied from the teacher
+  std::vector<std::string> from_experts;  // student FFN tensors built from expert weights
+  std::vector<std::string> fresh;         // left at their random initialisation
+};
+
+// Fills `student` from `teacher`. `frequency` is needed by kRouterWeighted and kTopExpert.
+StudentInit init_student(Seq2SeqModel& student, const Seq2SeqModel& teacher, FfnInit mode, bool copy_non_expert,
+                         const std::map<std::string, at::Tensor>& frequency = {});
+
+// From-scratch initialisation (Switch paper): truncated normal, std sqrt(scale / fan_in), cut at
+// two standard deviations; norms at 1; embeddings with fan_in 1 (std sqrt(scale)).
+void init_from_scratch(Seq2SeqModel& model, double scale);
+
+}  // namespace distill

@@ -1,0 +1,289 @@
+#include "distill/trainer.h"
+
+#include <spdlog/spdlog.h>
+#include <torch/torch.h>
+
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "distill/optim.h"
+#include "models/atomic_file.h"
+#include "models/checkpoint.h"
+#include "models/safetensors.h"
+
+namespace distill {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+std::atomic<bool> g_interrupted{false};
+extern "C" void on_sigint(int) { g_interrupted = true; }
+
+// Installs the Ctrl-C handler for the lifetime of a training run.
+class SigintScope {
+ public:
+  SigintScope() {
+    g_interrupted = false;
+    previous_ = std::signal(SIGINT, on_sigint);
+  }
+  ~SigintScope() { std::signal(SIGINT, previous_); }
+
+ private:
+  void (*previous_)(int);
+};
+
+std::string format_duration(double s) {
+  const auto t = static_cast<int64_t>(s);
+  if (t >= 3600) return fmt::format("{}h{:02d}m", t / 3600, (t % 3600) / 60);
+  if (t >= 60) return fmt::format("{}m{:02d}s", t / 60, t % 60);
+  return fmt::format("{}s", t);
+}
+
+void append_jsonl(const std::string& path, const json& j) {
+  std::ofstream out(path, std::ios::app);
+  out << j.dump() << "\n";
+}
+
+at::Generator& cpu_generator() {
+  static at::Generator gen = at::detail::getDefaultCPUGenerator();
+  return gen;
+}
+
+}  // namespace
+
+struct Trainer::StepLosses {
+  double total = 0, hard = 0, soft = 0, kl = 0, aux = 0, z = 0;
+  int64_t tokens = 0;
+};
+
+std::string latest_checkpoint(const std::string& dir) {
+  const fs::path root = fs::path(dir) / "checkpoints";
+  if (!fs::is_directory(root)) return "";
+  std::string best;
+  for (const auto& e : fs::directory_iterator(root)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind("step-", 0) != 0 || name.find('.') != std::string::npos) continue;
+    if (!fs::exists(e.path() / "trainer_state.json")) continue;
+    if (name > best) best = name;
+  }
+  return best.empty() ? "" : (root / best).string();
+}
+
+Trainer::Trainer(Seq2SeqModel model, std::shared_ptr<const Dataset> data, const std::vector<Batch>* eval_batches,
+                 TrainerOptions options, std::optional<TeacherSignal> teacher)
+    : model_(std::move(model)), data_(std::move(data)), eval_(eval_batches), o_(std::move(options)), teacher_(std::move(teacher)) {
+  for (const auto& item : model_->named_parameters()) params_.emplace_back(item.key(), item.value());
+  optimizer_ = make_optimizer(params_, o_.training.optimizer);
+  if (teacher_) {
+    teacher_->teacher->eval();
+    for (auto& p : teacher_->teacher->parameters()) p.set_requires_grad(false);
+  }
+}
+
+Trainer::StepLosses Trainer::train_step(const Batch& b, double scale) {
+  StepLosses l;
+  Seq2SeqInputs in{b.input_ids, b.attention_mask, b.decoder_input_ids, {}, b.labels};
+  torch::Tensor loss;
+  if (teacher_) {
+    torch::Tensor teacher_logits;
+    {
+      torch::NoGradGuard ng;
+      teacher_logits = teacher_->teacher->forward({b.input_ids, b.attention_mask, b.decoder_input_ids, {}, {}}).logits;
+    }
+    in.labels = torch::Tensor();
+    auto out = model_->forward(in);
+    auto d = distillation_loss(out.logits, teacher_logits, b.labels, teacher_->loss);
+    loss = d.total;
+    l.hard = d.hard.item<double>();
+    l.soft = d.soft.item<double>();
+    l.kl = d.kl.item<double>();
+  } else {
+    auto out = model_->forward(in);
+    loss = out.loss;
+    l.hard = out.ce_loss.item<double>();
+    l.aux = (out.encoder_aux_loss + out.decoder_aux_loss).item<double>();
+    l.z = (out.encoder_z_loss + out.decoder_z_loss).item<double>();
+  }
+  l.total = loss.item<double>();
+  if (!std::isfinite(l.total)) return l;
+  (loss * scale).backward();
+  l.tokens = b.input_tokens + b.target_tokens;
+  return l;
+}
+
+void Trainer::save_checkpoint(int64_t step, const DataPosition& next) {
+  const fs::path root = fs::path(o_.dir) / "checkpoints";
+  fs::create_directories(root);
+  const std::string name = fmt::format("step-{:08d}", step);
+  const fs::path tmp = root / (name + ".tmp"), final_dir = root / name;
+  std::error_code ec;
+  fs::remove_all(tmp, ec);
+  save_model(model_, tmp.string());
+  save_safetensors((tmp / "optimizer.safetensors").string(), optimizer_->state());
+  at::Tensor rng;
+  {
+    std::lock_guard<std::mutex> lock(cpu_generator().mutex());
+    rng = cpu_generator().get_state();
+  }
+  save_safetensors((tmp / "rng.safetensors").string(), {{"torch_cpu", rng}});
+  json state = {{"stage", o_.stage}, {"step", step}, {"data_epoch", next.epoch}, {"data_batch", next.batch}};
+  write_text_atomic((tmp / "trainer_state.json").string(), state.dump(2) + "\n");
+  fs::remove_all(final_dir, ec);
+  fs::rename(tmp, final_dir);
+  // Keep the newest keep_checkpoints.
+  std::vector<fs::path> all;
+  for (const auto& e : fs::directory_iterator(root)) {
+    const auto n = e.path().filename().string();
+    if (n.rfind("step-", 0) == 0 && n.find('.') == std::string::npos) all.push_back(e.path());
+  }
+  std::sort(all.begin(), all.end());
+  for (size_t i = 0; i + static_cast<size_t>(o_.training.keep_checkpoints) < all.size(); ++i) fs::remove_all(all[i], ec);
+}
+
+bool Trainer::restore_checkpoint(int64_t& step, DataPosition& next) {
+  const std::string dir = latest_checkpoint(o_.dir);
+  if (dir.empty()) return false;
+  auto tensors = load_model_tensors(dir);
+  load_state(model_, tensors, dir + "/model.safetensors");
+  auto opt = SafetensorsFile(dir + "/optimizer.safetensors").load_all();
+  optimizer_->load_state(opt, dir + "/optimizer.safetensors");
+  auto rng = SafetensorsFile(dir + "/rng.safetensors").load("torch_cpu");
+  {
+    std::lock_guard<std::mutex> lock(cpu_generator().mutex());
+    cpu_generator().set_state(rng);
+  }
+  json state;
+  try {
+    state = json::parse(read_text_file(dir + "/trainer_state.json"));
+    step = state.at("step").get<int64_t>();
+    next = {state.at("data_epoch").get<int64_t>(), state.at("data_batch").get<int64_t>()};
+  } catch (const json::exception& e) {
+    throw CheckpointError(dir + "/trainer_state.json: " + e.what());
+  }
+  spdlog::info("[{}] resumed from {} (step {})", o_.stage, dir, step);
+  return true;
+}
+
+TrainResult Trainer::run() {
+  const auto& t = o_.training;
+  fs::create_directories(o_.dir);
+  const std::string metrics = (fs::path(o_.dir) / "metrics.jsonl").string();
+  int64_t step = 0;
+  DataPosition position;
+  if (!(o_.resume && restore_checkpoint(step, position))) {
+    torch::manual_seed(o_.seed);
+    std::ofstream(metrics, std::ios::trunc);
+  }
+  SigintScope sigint;
+  model_->train();
+  BatchStream stream(data_, position, 16);
+  const int64_t E = model_->config().num_experts;
+  const double expert_grad_scale = t.expert_grad_scaling && E > 0 ? 1.0 / std::sqrt(static_cast<double>(E)) : 1.0;
+
+  TrainResult result;
+  StepLosses window;
+  int64_t window_steps = 0, window_tokens = 0, total_tokens = 0;
+  const auto start = std::chrono::steady_clock::now();
+  auto window_start = start;
+  const int64_t first_step = step;
+  while (step < t.steps) {
+    optimizer_->zero_grad();
+    StepLosses sl;
+    for (int64_t micro = 0; micro < t.grad_accumulation; ++micro) {
+      auto item = stream.next();
+      position = item.next;
+      auto l = train_step(item.batch, 1.0 / static_cast<double>(t.grad_accumulation));
+      if (!std::isfinite(l.total)) {
+        const auto last = latest_checkpoint(o_.dir);
+        throw TrainingError(fmt::format("[{}] loss is {} at step {}: training diverged; {}", o_.stage, l.total, step + 1,
+                                        last.empty() ? "no checkpoint was written yet" : "the last good checkpoint is " + last));
+      }
+      const double k = 1.0 / static_cast<double>(t.grad_accumulation);
+      sl.total += l.total * k;
+      sl.hard += l.hard * k;
+      sl.soft += l.soft * k;
+      sl.kl += l.kl * k;
+      sl.aux += l.aux * k;
+      sl.z += l.z * k;
+      sl.tokens += l.tokens;
+    }
+    if (expert_grad_scale != 1.0) {
+      torch::NoGradGuard ng;
+      for (auto& [name, p] : params_)
+        if (is_expert_parameter(name) && p.grad().defined()) p.grad().mul_(expert_grad_scale);
+    }
+    const double grad_norm = clip_grad_norm(params_, t.grad_clip);
+    const double lr = schedule_lr(t.schedule, t.optimizer.lr, step + 1, t.steps);
+    optimizer_->step(lr);
+    ++step;
+    window.total += sl.total;
+    window.hard += sl.hard;
+    window.soft += sl.soft;
+    window.kl += sl.kl;
+    window.aux += sl.aux;
+    window.z += sl.z;
+    window_tokens += sl.tokens;
+    total_tokens += sl.tokens;
+    ++window_steps;
+
+    if (step % t.log_interval == 0 || step == t.steps) {
+      const auto now = std::chrono::steady_clock::now();
+      const double dt = std::chrono::duration<double>(now - window_start).count();
+      const double elapsed = std::chrono::duration<double>(now - start).count();
+      const double tps = dt > 0 ? static_cast<double>(window_tokens) / dt : 0.0;
+      const double eta = elapsed / static_cast<double>(step - first_step) * static_cast<double>(t.steps - step);
+      const double n = static_cast<double>(window_steps);
+      json m = {{"stage", o_.stage}, {"step", step}, {"loss", window.total / n}, {"hard", window.hard / n},
+                {"lr", lr}, {"grad_norm", grad_norm}, {"tokens_per_s", tps}};
+      std::string extra;
+      if (teacher_) {
+        m["soft"] = window.soft / n;
+        m["kl"] = window.kl / n;
+        extra = fmt::format(" (hard {:.4f} soft {:.4f})", window.hard / n, window.soft / n);
+      } else if (E > 0) {
+        m["aux"] = window.aux / n;
+        m["z"] = window.z / n;
+        extra = fmt::format(" (ce {:.4f} aux {:.3f} z {:.3f})", window.hard / n, window.aux / n, window.z / n);
+      }
+      append_jsonl(metrics, m);
+      spdlog::info("[{}] step {}/{} loss {:.4f}{} lr {:.2e} | {:.0f} tok/s | ETA {}", o_.stage, step, t.steps,
+                   window.total / n, extra, lr, tps, format_duration(eta));
+      window = {};
+      window_steps = window_tokens = 0;
+      window_start = now;
+    }
+    if (eval_ && t.eval_interval > 0 && step % t.eval_interval == 0 && step != t.steps) {
+      auto e = evaluate(model_, *eval_);
+      append_jsonl(metrics, {{"stage", o_.stage}, {"step", step}, {"eval", e.to_json()}});
+      spdlog::info("[{}] eval at step {}: nll {:.4f} ppl {:.2f} acc {:.3f}", o_.stage, step, e.nll, e.perplexity, e.accuracy);
+    }
+    const bool checkpoint_due = t.checkpoint_interval > 0 && step % t.checkpoint_interval == 0;
+    if (g_interrupted) {
+      save_checkpoint(step, position);
+      throw InterruptedError(fmt::format("[{}] interrupted at step {}; checkpoint saved in {}; continue with --resume",
+                                         o_.stage, step, latest_checkpoint(o_.dir)));
+    }
+    if (checkpoint_due && step != t.steps) save_checkpoint(step, position);
+  }
+  result.steps = step;
+  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  result.tokens_per_second = result.seconds > 0 ? static_cast<double>(total_tokens) / result.seconds : 0.0;
+  if (eval_) {
+    result.eval = evaluate(model_, *eval_);
+    append_jsonl(metrics, {{"stage", o_.stage}, {"step", step}, {"eval", result.eval->to_json()}});
+    spdlog::info("[{}] eval at step {}: nll {:.4f} ppl {:.2f} acc {:.3f}", o_.stage, step, result.eval->nll,
+                 result.eval->perplexity, result.eval->accuracy);
+  }
+  save_checkpoint(step, position);
+  save_model(model_, (fs::path(o_.dir) / "model").string(), o_.copy_files);
+  json done = {{"stage", o_.stage}, {"steps", step}, {"seconds", result.seconds}, {"tokens_per_s", result.tokens_per_second}};
+  write_text_atomic((fs::path(o_.dir) / "DONE.json").string(), done.dump(2) + "\n");
+  return result;
+}
+
+}  // namespace distill

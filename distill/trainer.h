@@ -1,0 +1,80 @@
+// One training loop for every job: a model from scratch (teacher or dense baseline) on ground
+// truth, or a student against a frozen teacher. Logs, metrics.jsonl, checkpoints, exact resume.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "data/batching.h"
+#include "distill/evaluate.h"
+#include "distill/losses.h"
+#include "distill/optim.h"
+#include "distill/run_config.h"
+#include "models/errors.h"
+#include "models/seq2seq.h"
+
+namespace distill {
+
+// The run was stopped by the user (Ctrl-C) after saving a checkpoint.
+class InterruptedError : public Error {
+ public:
+  using Error::Error;
+};
+
+// Training diverged (NaN or inf loss); the last good checkpoint is left intact.
+class TrainingError : public Error {
+ public:
+  using Error::Error;
+};
+
+struct TrainerOptions {
+  std::string stage = "train";            // names the log lines and metrics ("teacher", "student", ...)
+  std::string dir;                        // stage directory: checkpoints/, model/, metrics.jsonl, DONE.json
+  TrainingConfig training;                // steps, optimizer, schedule, intervals
+  uint64_t seed = 0;                      // torch RNG (dropout, jitter) seed at a fresh start
+  bool resume = false;                    // continue from the newest checkpoint in dir/checkpoints
+  std::vector<std::string> copy_files;    // copied into every saved model (tokenizer files)
+};
+
+struct TeacherSignal {
+  Seq2SeqModel teacher{nullptr};          // frozen, eval mode
+  DistillLossOptions loss;                // hard / soft mix
+};
+
+struct TrainResult {
+  int64_t steps = 0;
+  double seconds = 0;
+  double tokens_per_second = 0;           // encoder + decoder tokens processed per second
+  std::optional<EvalResult> eval;         // at the last step
+};
+
+class Trainer {
+ public:
+  Trainer(Seq2SeqModel model, std::shared_ptr<const Dataset> data, const std::vector<Batch>* eval_batches,
+          TrainerOptions options, std::optional<TeacherSignal> teacher = std::nullopt);
+  // Trains to options.training.steps and writes dir/model and dir/DONE.json.
+  TrainResult run();
+
+  Seq2SeqModel model() const { return model_; }
+
+ private:
+  struct StepLosses;
+  StepLosses train_step(const Batch& batch, double scale);
+  void save_checkpoint(int64_t step, const DataPosition& next);
+  bool restore_checkpoint(int64_t& step, DataPosition& next);
+
+  Seq2SeqModel model_;
+  std::shared_ptr<const Dataset> data_;
+  const std::vector<Batch>* eval_;
+  TrainerOptions o_;
+  std::optional<TeacherSignal> teacher_;
+  std::unique_ptr<Optimizer> optimizer_;
+  std::vector<std::pair<std::string, at::Tensor>> params_;
+};
+
+// The newest finished checkpoint directory in `dir`/checkpoints, or "".
+std::string latest_checkpoint(const std::string& dir);
+
+}  // namespace distill
