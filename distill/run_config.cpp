@@ -450,7 +450,9 @@ void check(ReadContext& ctx, const RunConfig& r) {
   const auto& x = r.distillation;
   c.need(x.hard_weight >= 0, "distillation.hard_weight", "must be >= 0");
   c.need(x.soft_weight >= 0, "distillation.soft_weight", "must be >= 0");
-  c.need(x.hard_weight + x.soft_weight > 0, "distillation.soft_weight", "and hard_weight must not both be 0");
+  if (x.hard_weight >= 0 && x.soft_weight >= 0) {
+    c.need(x.hard_weight + x.soft_weight > 0, "distillation.soft_weight", "and hard_weight must not both be 0");
+  }
   c.need(x.temperature > 0, "distillation.temperature", "must be > 0");
   c.one_of(x.soft_loss, "distillation.soft_loss", {"ce", "kl"});
   if (x.teacher_capacity_factor) c.need(*x.teacher_capacity_factor > 0, "distillation.teacher_capacity_factor", "must be > 0");

@@ -50,7 +50,8 @@ std::string slurp(const std::string& path) {
 
 int run_distill(const std::string& args, std::string* out, std::string* err, const std::string& env) {
   TempDir tmp;
-  const std::string cmd = (env.empty() ? "" : "env " + env + " ") + std::string(DISTILL_BINARY) + " --threads 1 " + args + " >" + tmp.file("out") + " 2>" + tmp.file("err");
+  // From the source directory, so relative paths in configs (datasets/...) resolve as in the README.
+  const std::string cmd = "cd " + std::string(DISTILL_SOURCE_DIR) + " && " + (env.empty() ? "" : "env " + env + " ") + std::string(DISTILL_BINARY) + " --threads 1 " + args + " >" + tmp.file("out") + " 2>" + tmp.file("err");
   int status = std::system(cmd.c_str());
   if (out) *out = slurp(tmp.file("out"));
   if (err) *err = slurp(tmp.file("err"));

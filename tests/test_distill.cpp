@@ -1,0 +1,398 @@
+// The distillation pipeline: the one-step golden, student initialisation, losses, optimizers,
+// resume determinism, divergence, and configuration errors.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "data/tokenizer.h"
+#include "distill/experiment.h"
+#include "distill/losses.h"
+#include "distill/optim.h"
+#include "distill/run_config.h"
+#include "distill/student_init.h"
+#include "distill/trainer.h"
+#include "models/atomic_file.h"
+#include "models/checkpoint.h"
+#include "models/hf_config.h"
+#include "tests/test_util.h"
+
+namespace distill {
+namespace {
+
+using nlohmann::json;
+using test::tensors_close;
+namespace fs = std::filesystem;
+
+json read_json(const std::string& rel) { return json::parse(read_text_file(test::fixture(rel))); }
+
+// ---- the one-step golden -------------------------------------------------------------------
+
+TEST(GoldenDistillStep, LossGradientsAndAdamWUpdate) {
+  auto teacher = load_model(test::fixture("switch-tiny-4"));
+  auto student = load_model(test::fixture("t5-student-from-switch-tiny-4"));
+  teacher->eval();
+  student->eval();  // the golden has dropout off
+  auto io = test::load_fixture_tensors("distill-step-tiny-4/step_io.safetensors");
+  auto g = read_json("distill-step-tiny-4/golden.json");
+  torch::Tensor teacher_logits;
+  {
+    torch::NoGradGuard ng;
+    teacher_logits = teacher->forward({io["input_ids"], io["attention_mask"], io["decoder_input_ids"], {}, {}}).logits;
+  }
+  EXPECT_TRUE(tensors_close(teacher_logits, io["teacher_logits"]));
+  auto out = student->forward({io["input_ids"], io["attention_mask"], io["decoder_input_ids"], {}, {}});
+  EXPECT_TRUE(tensors_close(out.logits, io["student_logits"]));
+  auto loss = distillation_loss(out.logits, teacher_logits, io["labels"], {0.75, 0.25, 1.0, false});
+  EXPECT_NEAR(loss.total.item<double>(), g["loss"].get<double>(), 1e-4 * g["loss"].get<double>());
+  EXPECT_NEAR(loss.hard.item<double>(), g["ce"].get<double>(), 1e-4 * g["ce"].get<double>());
+  EXPECT_NEAR(loss.soft.item<double>(), g["soft_ce"].get<double>(), 1e-4 * g["soft_ce"].get<double>());
+  EXPECT_NEAR(loss.kl.item<double>(), g["kl"].get<double>(), 2e-3 * g["kl"].get<double>());  // a small difference of large terms
+  loss.total.backward();
+
+  auto grads = test::load_fixture_tensors("distill-step-tiny-4/grads.safetensors");
+  NamedParams params;
+  for (auto& p : student->named_parameters()) params.emplace_back(p.key(), p.value());
+  ASSERT_EQ(params.size(), grads.size());
+  double sq = 0;
+  for (auto& [name, p] : params) {
+    ASSERT_TRUE(grads.count(name)) << name;
+    EXPECT_TRUE(tensors_close(p.grad(), grads[name])) << name;
+    sq += p.grad().square().sum().item<double>();
+  }
+  EXPECT_NEAR(std::sqrt(sq), g["grad_global_l2"].get<double>(), 1e-4 * g["grad_global_l2"].get<double>());
+
+  OptimizerConfig oc;  // the golden's AdamW: lr 1e-3, betas 0.9/0.999, eps 1e-8, weight decay 0.01
+  AdamW adamw(params, oc);
+  adamw.step(1e-3);
+  auto after = test::load_fixture_tensors("distill-step-tiny-4/params_after_step.safetensors");
+  for (auto& [name, p] : params) EXPECT_TRUE(tensors_close(p, after[name], 1e-5)) << name;
+}
+
+// ---- student initialisation ---------------------------------------------------------------
+
+class StudentInitTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    teacher_ = load_model(test::fixture("switch-tiny-4"));
+    config_ = student_config(teacher_->config(), std::nullopt, 0.0);
+  }
+  Seq2SeqModel fresh_student() {
+    torch::manual_seed(0);
+    return Seq2SeqModel(config_);
+  }
+  Seq2SeqModel teacher_{nullptr};
+  ModelConfig config_;
+};
+
+TEST_F(StudentInitTest, CopiesExactlyTheNonExpertTensors) {
+  auto keymap = read_json("t5-student-from-switch-tiny-4/keymap.json");
+  std::set<std::string> expected_copied, expected_from_experts;
+  for (auto it = keymap["switch_to_t5"].begin(); it != keymap["switch_to_t5"].end(); ++it)
+    if (!it.value().is_null()) expected_copied.insert(it.value().get<std::string>());
+  for (auto it = keymap["t5_keys_initialised_from_experts"].begin(); it != keymap["t5_keys_initialised_from_experts"].end(); ++it)
+    expected_from_experts.insert(it.key());
+
+  auto student = fresh_student();
+  auto r = init_student(student, teacher_, FfnInit::kMean, true);
+  EXPECT_EQ(std::set<std::string>(r.copied.begin(), r.copied.end()), expected_copied);
+  EXPECT_EQ(std::set<std::string>(r.from_experts.begin(), r.from_experts.end()), expected_from_experts);
+  EXPECT_TRUE(r.fresh.empty());
+  auto tp = teacher_->named_parameters();
+  for (const auto& name : r.copied) {
+    auto tname = name;
+    auto pos = tname.find(".DenseReluDense.");
+    if (pos != std::string::npos) tname.replace(pos, 16, ".mlp.");
+    EXPECT_TRUE(torch::equal(student->named_parameters()[name], tp[tname])) << name;
+  }
+  // mean init is what the Hugging Face fixture student was built with.
+  auto reference = load_model(test::fixture("t5-student-from-switch-tiny-4"));
+  for (const auto& p : reference->named_parameters())
+    EXPECT_TRUE(tensors_close(student->named_parameters()[p.key()], p.value(), 1e-6)) << p.key();
+}
+
+TEST_F(StudentInitTest, EachFfnModeDoesWhatItSays) {
+  const std::string layer = "encoder.block.1.layer.1.";
+  auto expert = [&](int e) { return teacher_->named_parameters()[layer + "mlp.experts.expert_" + std::to_string(e) + ".wi.weight"]; };
+  std::map<std::string, at::Tensor> freq = {{layer, torch::tensor({0.1, 0.2, 0.6, 0.1}, torch::kDouble)},
+                                            {"decoder.block.1.layer.2.", torch::tensor({0.7, 0.1, 0.1, 0.1}, torch::kDouble)}};
+  const std::string wi = layer + "DenseReluDense.wi.weight";
+
+  auto s = fresh_student();
+  auto before = s->named_parameters()[wi].clone();
+  auto r = init_student(s, teacher_, FfnInit::kFresh, true);
+  EXPECT_EQ(r.fresh.size(), 4u);
+  EXPECT_TRUE(torch::equal(s->named_parameters()[wi], before));
+
+  s = fresh_student();
+  init_student(s, teacher_, FfnInit::kRouterWeighted, true, freq);
+  EXPECT_TRUE(tensors_close(s->named_parameters()[wi], 0.1 * expert(0) + 0.2 * expert(1) + 0.6 * expert(2) + 0.1 * expert(3), 1e-6));
+
+  s = fresh_student();
+  init_student(s, teacher_, FfnInit::kTopExpert, true, freq);
+  EXPECT_TRUE(torch::equal(s->named_parameters()[wi], expert(2)));
+
+  s = fresh_student();
+  auto emb = s->shared->weight.clone();
+  r = init_student(s, teacher_, FfnInit::kMean, /*copy_non_expert=*/false);
+  EXPECT_TRUE(torch::equal(s->shared->weight, emb));
+  EXPECT_EQ(r.copied.size(), 0u);
+  EXPECT_EQ(r.from_experts.size(), 4u);
+
+  EXPECT_THROW(init_student(s, teacher_, FfnInit::kTopExpert, true, {}), Error);  // needs frequencies
+  EXPECT_THROW(parse_ffn_init("median"), ConfigError);
+}
+
+TEST_F(StudentInitTest, RoutingFrequencySumsToOne) {
+  auto g = test::load_fixture_tensors("switch-tiny-4/golden.safetensors");
+  Batch b{g["input_ids"], g["attention_mask"], g["decoder_input_ids"], g["labels"], 0, 0};
+  auto f = routing_frequency(teacher_, {b});
+  ASSERT_EQ(f.size(), 2u);
+  for (const auto& [k, v] : f) EXPECT_NEAR(v.sum().item<double>(), 1.0, 1e-9) << k;
+  // encoder.block.1.layer.1 golden choices over the 28 real tokens: count of expert 3.
+  auto choice = g["encoder.block.1.layer.1.expert_choice"].masked_select(g["attention_mask"].to(torch::kBool));
+  EXPECT_NEAR(f["encoder.block.1.layer.1."][3].item<double>(), (choice == 3).sum().item<double>() / choice.numel(), 1e-9);
+}
+
+// ---- losses, optimizers, schedules ---------------------------------------------------------
+
+TEST(DistillLoss, TemperatureScalingAndKl) {
+  torch::manual_seed(1);
+  auto s = torch::randn({2, 3, 7}), t = torch::randn({2, 3, 7});
+  auto labels = torch::tensor({{1, 2, -100}, {3, -100, -100}});
+  auto d1 = distillation_loss(s, t, labels, {0.0, 1.0, 2.0, false});
+  // Manual soft CE at T = 2, over the three real tokens, times T^2.
+  auto mask = labels != -100;
+  auto ce = -(torch::softmax(t / 2, -1) * torch::log_softmax(s / 2, -1)).sum(-1);
+  EXPECT_NEAR(d1.soft.item<double>(), ce.masked_select(mask).mean().item<double>() * 4, 1e-5);
+  // KL is zero when the student equals the teacher, CE is then the teacher's entropy.
+  auto same = distillation_loss(t, t, labels, {0.0, 1.0, 1.0, true});
+  EXPECT_NEAR(same.soft.item<double>(), 0.0, 1e-6);
+  auto ref = distillation_loss(s, t, labels, {0.75, 0.25, 1.0, false});
+  EXPECT_NEAR(ref.total.item<double>(), 0.75 * ref.hard.item<double>() + 0.25 * ref.soft.item<double>(), 1e-6);
+}
+
+TEST(Optim, SchedulesHaveTheirShapes) {
+  ScheduleConfig s;
+  s.warmup_steps = 10;
+  s.name = "constant";
+  EXPECT_DOUBLE_EQ(schedule_lr(s, 1.0, 1, 100), 1.0);
+  s.name = "linear_warmup";
+  EXPECT_DOUBLE_EQ(schedule_lr(s, 1.0, 5, 100), 0.5);
+  EXPECT_DOUBLE_EQ(schedule_lr(s, 1.0, 50, 100), 1.0);
+  s.name = "inverse_sqrt";
+  EXPECT_DOUBLE_EQ(schedule_lr(s, 1.0, 10, 100), 1.0);
+  EXPECT_DOUBLE_EQ(schedule_lr(s, 1.0, 40, 100), 0.5);
+  s.name = "cosine";
+  s.min_lr_ratio = 0.1;
+  EXPECT_DOUBLE_EQ(schedule_lr(s, 1.0, 10, 110), 1.0);
+  EXPECT_NEAR(schedule_lr(s, 1.0, 60, 110), 0.55, 1e-12);
+  EXPECT_NEAR(schedule_lr(s, 1.0, 110, 110), 0.1, 1e-12);
+}
+
+TEST(Optim, AdafactorMinimisesAQuadraticAndRoundTripsItsState) {
+  torch::manual_seed(2);
+  auto w = torch::randn({6, 4}).requires_grad_(true);
+  auto b = torch::randn({4}).requires_grad_(true);
+  OptimizerConfig c;
+  c.name = "adafactor";
+  c.weight_decay = 0;
+  auto opt = make_optimizer({{"w", w}, {"b", b}}, c);
+  auto loss_of = [&] { return w.square().sum() + b.square().sum(); };
+  const double start = loss_of().item<double>();
+  for (int i = 0; i < 200; ++i) {
+    opt->zero_grad();
+    loss_of().backward();
+    opt->step(0.05);
+  }
+  EXPECT_LT(loss_of().item<double>(), 0.05 * start);
+  auto state = opt->state();
+  std::map<std::string, at::Tensor> m(state.begin(), state.end());
+  auto other = make_optimizer({{"w", w}, {"b", b}}, c);
+  other->load_state(m, "test");
+  EXPECT_EQ(other->steps(), 200);
+  m.erase("row/w");
+  EXPECT_THROW(other->load_state(m, "test"), CheckpointError);
+}
+
+// ---- training: resume determinism and divergence --------------------------------------------
+
+ModelConfig tiny_switch() {
+  ModelConfig c;
+  c.model_type = "switch_transformers";
+  c.vocab_size = 300;
+  c.d_model = 16;
+  c.d_ff = 32;
+  c.d_kv = 4;
+  c.num_heads = 4;
+  c.num_layers = 2;
+  c.num_decoder_layers = 2;
+  c.num_experts = 4;
+  c.encoder_sparse_step = c.decoder_sparse_step = 2;
+  c.capacity_mode = CapacityMode::kFactor;
+  c.dropout_rate = 0.1;
+  return c;
+}
+
+std::shared_ptr<Dataset> tiny_dataset() {
+  std::vector<TokenizedDoc> docs;
+  std::mt19937 rng(5);
+  for (int d = 0; d < 30; ++d) {
+    TokenizedDoc doc;
+    for (int i = 0; i < 120; ++i) doc.text.push_back(3 + static_cast<int32_t>(rng() % 200));
+    docs.push_back(doc);
+  }
+  ObjectiveOptions o;
+  o.input_length = 32;
+  o.target_length = 12;
+  o.vocab_size = 300;
+  o.num_sentinels = 50;
+  BatchingOptions b;
+  b.batch_size = 4;
+  b.seed = 9;
+  return std::make_shared<Dataset>(docs, std::make_shared<SpanCorruption>(o), b);
+}
+
+std::vector<double> losses_in(const std::string& metrics) {
+  std::vector<double> out;
+  std::ifstream in(metrics);
+  for (std::string line; std::getline(in, line);) {
+    auto j = json::parse(line);
+    if (j.contains("loss")) out.push_back(j["loss"].get<double>());
+  }
+  return out;
+}
+
+TrainerOptions tiny_options(const std::string& dir, int64_t steps, bool resume) {
+  TrainerOptions o;
+  o.stage = "test";
+  o.dir = dir;
+  o.training.steps = steps;
+  o.training.log_interval = 1;
+  o.training.eval_interval = 0;
+  o.training.checkpoint_interval = 5;
+  o.training.schedule.name = "linear_warmup";
+  o.training.schedule.warmup_steps = 4;
+  o.seed = 11;
+  o.resume = resume;
+  return o;
+}
+
+TEST(Trainer, ResumeGivesTheSameLossTrajectory) {
+  test::TempDir dir;
+  auto data = tiny_dataset();
+  auto fresh_model = [] {
+    torch::manual_seed(3);
+    return Seq2SeqModel(tiny_switch());
+  };
+  Trainer(fresh_model(), data, nullptr, tiny_options(dir.file("straight"), 16, false)).run();
+  Trainer(fresh_model(), data, nullptr, tiny_options(dir.file("resumed"), 7, false)).run();
+  // A new process would start from a fresh model: the checkpoint must carry everything.
+  Trainer(fresh_model(), data, nullptr, tiny_options(dir.file("resumed"), 16, true)).run();
+  auto straight = losses_in(dir.file("straight/metrics.jsonl"));
+  auto resumed = losses_in(dir.file("resumed/metrics.jsonl"));
+  ASSERT_EQ(straight.size(), 16u);
+  ASSERT_EQ(resumed.size(), 16u);
+  for (size_t i = 0; i < 16; ++i) EXPECT_DOUBLE_EQ(resumed[i], straight[i]) << "step " << i + 1;
+  auto a = load_model(dir.file("straight/model")), b = load_model(dir.file("resumed/model"));
+  for (const auto& p : a->named_parameters()) EXPECT_TRUE(torch::equal(p.value(), b->named_parameters()[p.key()])) << p.key();
+  // keep_checkpoints (2) is honoured.
+  size_t n = 0;
+  for (const auto& e : fs::directory_iterator(dir.file("straight/checkpoints"))) n += e.is_directory();
+  EXPECT_EQ(n, 2u);
+}
+
+TEST(Trainer, NonFiniteLossStopsAndKeepsTheLastCheckpoint) {
+  test::TempDir dir;
+  torch::manual_seed(3);
+  Seq2SeqModel model(tiny_switch());
+  auto o = tiny_options(dir.file("run"), 12, false);
+  Trainer(model, tiny_dataset(), nullptr, o).run();  // leaves checkpoints up to step 12
+  const auto last = latest_checkpoint(dir.file("run"));
+  {
+    torch::NoGradGuard ng;
+    model->shared->weight.fill_(std::numeric_limits<float>::quiet_NaN());
+  }
+  auto o2 = tiny_options(dir.file("run2"), 12, false);
+  try {
+    Trainer(model, tiny_dataset(), nullptr, o2).run();
+    FAIL() << "expected a TrainingError";
+  } catch (const TrainingError& e) {
+    EXPECT_NE(std::string(e.what()).find("loss is nan at step 1"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(dir.file("run2/model")));
+  EXPECT_EQ(latest_checkpoint(dir.file("run")), last);
+}
+
+// ---- configuration -------------------------------------------------------------------------
+
+std::string config_error(const std::string& yaml, const std::vector<std::string>& overrides = {}) {
+  test::TempDir dir;
+  write_text_atomic(dir.file("c.yaml"), yaml);
+  try {
+    load_run_config(dir.file("c.yaml"), overrides);
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+const std::string kTrainFile = test::fixture("PROVENANCE.txt");  // any existing file
+
+TEST(RunConfig, DefaultsResolveAndRoundTrip) {
+  test::TempDir dir;
+  write_text_atomic(dir.file("c.yaml"), "data:\n  train:\n    files: [" + kTrainFile + "]\n");
+  auto c = load_run_config(dir.file("c.yaml"), {"training.steps=77", "distillation.temperature=2"});
+  EXPECT_EQ(c.training.steps, 77);
+  EXPECT_EQ(c.distillation.hard_weight, 0.75);
+  EXPECT_EQ(c.distillation.soft_weight, 0.25);
+  EXPECT_EQ(c.distillation.temperature, 2.0);
+  write_text_atomic(dir.file("resolved.yaml"), run_config_yaml(c));
+  auto again = load_run_config(dir.file("resolved.yaml"));
+  EXPECT_EQ(run_config_yaml(again), run_config_yaml(c));
+}
+
+TEST(RunConfig, UnknownKeyGetsASuggestionWithFileAndLine) {
+  auto err = config_error("data:\n  train:\n    files: [" + kTrainFile + "]\ntrainig:\n  steps: 5\ndistillation:\n  temprature: 2\n");
+  EXPECT_NE(err.find("c.yaml:4: unknown key \"trainig\" (did you mean \"training\"?)"), std::string::npos) << err;
+  EXPECT_NE(err.find("c.yaml:7: unknown key \"distillation.temprature\" (did you mean \"distillation.temperature\"?)"),
+            std::string::npos) << err;
+}
+
+TEST(RunConfig, WrongTypesAndRangesAllAtOnce) {
+  auto err = config_error("data:\n  train:\n    files: [" + kTrainFile + "]\n  batch_size: many\ndistillation:\n"
+                          "  hard_weight: -1\n  soft_loss: mse\ntraining:\n  steps: 0\n");
+  EXPECT_NE(err.find("4 problems"), std::string::npos) << err;
+  EXPECT_NE(err.find("c.yaml:4: data.batch_size must be an integer, got \"many\""), std::string::npos) << err;
+  EXPECT_NE(err.find("c.yaml:6: distillation.hard_weight must be >= 0"), std::string::npos) << err;
+  EXPECT_NE(err.find("c.yaml:7: distillation.soft_loss must be one of ce, kl, got \"mse\""), std::string::npos) << err;
+  EXPECT_NE(err.find("c.yaml:9: training.steps must be >= 1"), std::string::npos) << err;
+}
+
+TEST(RunConfig, MissingTeacherAndDataAndBadOverrides) {
+  auto err = config_error("teacher:\n  path: /nonexistent/teacher\n", {"training.steps=abc", "nonsense"});
+  EXPECT_NE(err.find("c.yaml:2: teacher.path names /nonexistent/teacher, which is not a model directory"), std::string::npos) << err;
+  EXPECT_NE(err.find("data.train.files must list at least one file"), std::string::npos) << err;
+  EXPECT_NE(err.find("--set training.steps: training.steps must be an integer"), std::string::npos) << err;
+  EXPECT_NE(err.find("--set nonsense: expected KEY=VALUE"), std::string::npos) << err;
+  EXPECT_NE(config_error("a: [unclosed\n").find("not valid YAML"), std::string::npos);
+}
+
+TEST(RunConfig, VocabularyMismatchIsCaughtAtStart) {
+  auto tokenizer = Tokenizer::load(test::fixture("switch-tiny-4"));
+  auto c = read_hf_config(test::fixture("switch-tiny-4/config.json"));
+  EXPECT_NO_THROW(check_vocabulary(c, tokenizer, "teacher"));
+  c.vocab_size = 300;
+  try {
+    check_vocabulary(c, tokenizer, "teacher x");
+    FAIL();
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("teacher x: vocabulary does not match the tokenizer"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace distill
