@@ -39,4 +39,14 @@ TokenizedCorpus tokenize_corpus(const CorpusOptions& corpus, const Tokenizer& to
   return out;
 }
 
+ObjectiveOptions objective_options(const Tokenizer& tokenizer, int64_t input_length, int64_t target_length) {
+  ObjectiveOptions o;
+  o.input_length = input_length;
+  o.target_length = target_length;
+  o.eos_id = tokenizer.eos_id();
+  o.vocab_size = tokenizer.vocab_size();
+  o.num_sentinels = tokenizer.num_sentinels();
+  return o;
+}
+
 }  // namespace distill

@@ -22,4 +22,7 @@ struct TokenizedCorpus {
 TokenizedCorpus tokenize_corpus(const CorpusOptions& corpus, const Tokenizer& tokenizer,
                                 double validation_fraction = 0.0, uint64_t split_seed = 0, int threads = 2);
 
+// Objective options for `tokenizer`'s EOS, vocabulary and sentinels, at the given lengths.
+ObjectiveOptions objective_options(const Tokenizer& tokenizer, int64_t input_length, int64_t target_length);
+
 }  // namespace distill

@@ -33,13 +33,8 @@ CorpusOptions corpus_options(const CorpusConfig& c) {
   return o;
 }
 
-ObjectiveOptions objective_options(const RunConfig& c, const Tokenizer& t) {
-  ObjectiveOptions o;
-  o.input_length = c.data.input_length;
-  o.target_length = c.data.target_length;
-  o.eos_id = t.eos_id();
-  o.vocab_size = t.vocab_size();
-  o.num_sentinels = t.num_sentinels();
+ObjectiveOptions run_objective_options(const RunConfig& c, const Tokenizer& t) {
+  ObjectiveOptions o = objective_options(t, c.data.input_length, c.data.target_length);
   o.noise_density = c.data.noise_density;
   o.mean_span_length = c.data.mean_span_length;
   return o;
@@ -111,7 +106,7 @@ PreparedData prepare_data(const RunConfig& c, Tokenizer tokenizer) {
   d.validation_documents = static_cast<int64_t>(validation.size());
   d.train_tokens = train.tokens;
 
-  auto objective = std::shared_ptr<const Objective>(make_objective(c.data.objective, objective_options(c, t)));
+  auto objective = std::shared_ptr<const Objective>(make_objective(c.data.objective, run_objective_options(c, t)));
   BatchingOptions b;
   b.batch_size = c.data.batch_size;
   b.max_batch_tokens = c.data.max_batch_tokens;
@@ -146,7 +141,7 @@ void check_vocabulary(const ModelConfig& m, const Tokenizer& t, const std::strin
 
 ModelConfig teacher_model_config(const RunConfig& c, int64_t vocab_size, bool dense_only) {
   const auto& a = c.teacher.model;
-  const auto& t = c.teacher.training ? *c.teacher.training : c.training;
+  const auto& t = c.training;
   ModelConfig m;
   m.model_type = a.num_experts > 0 && !dense_only ? "switch_transformers" : "t5";
   m.vocab_size = vocab_size;
@@ -191,7 +186,8 @@ StageResult train_from_scratch(const RunConfig& c, const PreparedData& data, boo
   }
   // The baseline has the student's shape: the teacher's, dense, at the student's FFN width.
   ModelConfig config = teacher_model_config(c, data.tokenizer.vocab_size(), dense);
-  const TrainingConfig& training = dense ? c.training : (c.teacher.training ? *c.teacher.training : c.training);
+  TrainingConfig training = c.training;
+  if (!dense && c.teacher.steps) training.steps = *c.teacher.steps;
   if (dense) config = student_config(config, c.student.d_ff, c.training.dropout);
   torch::manual_seed(c.seed + (dense ? 2 : 1));
   Seq2SeqModel model(config);

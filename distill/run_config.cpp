@@ -113,7 +113,7 @@ template <class V>
 void visit(V& v, TeacherConfig& c) {
   v.field("path", c.path);
   v.section("model", c.model);
-  v.section("training", c.training);
+  v.field("steps", c.steps);
   v.field("bf16", c.bf16);
 }
 
@@ -210,12 +210,7 @@ class Reader {
       return;
     }
     Reader sub(n, path + ".", ctx_);
-    if constexpr (is_optional<T>::value) {
-      if (!value) value.emplace();
-      visit(sub, *value);
-    } else {
-      visit(sub, value);
-    }
+    visit(sub, value);
     sub.finish();
   }
 
@@ -323,14 +318,8 @@ class Writer {
 
   template <class T>
   void section(const char* key, T& value) {
-    if constexpr (std::is_same_v<T, std::optional<TrainingConfig>>) {
-      if (!value) return;
-      out_ << YAML::Key << key << YAML::Value << YAML::BeginMap;
-      visit(*this, *value);
-    } else {
-      out_ << YAML::Key << key << YAML::Value << YAML::BeginMap;
-      visit(*this, value);
-    }
+    out_ << YAML::Key << key << YAML::Value << YAML::BeginMap;
+    visit(*this, value);
     out_ << YAML::EndMap;
   }
 
@@ -440,7 +429,7 @@ void check(ReadContext& ctx, const RunConfig& r) {
   c.need(a.router_jitter_noise >= 0 && a.router_jitter_noise < 1, "teacher.model.router_jitter_noise", "must be in [0, 1)");
   c.need(a.router_z_loss_coef >= 0, "teacher.model.router_z_loss_coef", "must be >= 0");
   c.need(a.router_aux_loss_coef >= 0, "teacher.model.router_aux_loss_coef", "must be >= 0");
-  if (t.training) check_training(c, *t.training, "teacher.training");
+  if (t.steps) c.need(*t.steps >= 1, "teacher.steps", "must be >= 1");
 
   const auto& s = r.student;
   c.one_of(s.init, "student.init", {"fresh", "mean", "router_weighted", "top_expert"});

@@ -102,7 +102,8 @@ struct TrainingConfig {
 struct TeacherConfig {
   std::string path;                   // an existing checkpoint; empty: train one (model + training)
   ArchConfig model;                   // architecture when training
-  std::optional<TrainingConfig> training;  // teacher-specific training; default: training
+  std::optional<int64_t> steps;       // teacher training steps; default: training.steps (a teacher
+                                      // usually trains longer than the distillation runs)
   bool bf16 = false;                  // run the frozen teacher in bfloat16 (router stays float32)
 };
 

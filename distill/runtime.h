@@ -11,7 +11,8 @@ struct RuntimeInfo {
 };
 
 // Sets LibTorch's thread count to `threads` (0: the cores this process may run on; Debian's
-// LibTorch starts with 1) and reports which BLAS is loaded, warning when it is not OpenBLAS.
+// LibTorch starts with 1), flushes denormals to zero, and reports which BLAS is loaded, warning
+// when it is not OpenBLAS.
 RuntimeInfo init_runtime(int threads = 0);
 
 // Cores available to this process (sched_getaffinity), at least 1.

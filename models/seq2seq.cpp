@@ -61,7 +61,7 @@ T5LayerFFImpl::T5LayerFFImpl(const ModelConfig& c, bool sparse) {
     dense_ = register_module(name, DenseActDense(ffn_options(c, c.dropout_rate)));
   }
   layer_norm = register_module("layer_norm", T5LayerNorm(c.d_model, c.layer_norm_epsilon));
-  dropout_ = register_module("dropout", torch::nn::Dropout(c.dropout_rate));
+  dropout_ = register_module("dropout", FastDropout(c.dropout_rate));
 }
 
 torch::Tensor T5LayerFFImpl::forward(const torch::Tensor& x, std::vector<RouterOutput>* routing) {
@@ -108,7 +108,7 @@ T5StackImpl::T5StackImpl(const ModelConfig& c, bool is_decoder, std::string pref
     block->push_back(blocks.back());
   }
   final_layer_norm = register_module("final_layer_norm", T5LayerNorm(c.d_model, c.layer_norm_epsilon));
-  dropout_ = register_module("dropout", torch::nn::Dropout(c.dropout_rate));
+  dropout_ = register_module("dropout", FastDropout(c.dropout_rate));
 }
 
 StackOutput T5StackImpl::forward(const torch::Tensor& embeds, const torch::Tensor& mask,

@@ -5,7 +5,6 @@
 
 #include <torch/nn/module.h>
 #include <torch/nn/modules/container/modulelist.h>
-#include <torch/nn/modules/dropout.h>
 #include <torch/nn/modules/embedding.h>
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/pimpl.h>
@@ -38,7 +37,7 @@ class T5LayerFFImpl : public torch::nn::Module {
  private:
   DenseActDense dense_{nullptr};
   SwitchSparseMlp sparse_{nullptr};
-  torch::nn::Dropout dropout_{nullptr};
+  FastDropout dropout_{nullptr};
 };
 TORCH_MODULE(T5LayerFF);
 
@@ -77,7 +76,7 @@ class T5StackImpl : public torch::nn::Module {
   bool is_decoder_;
   std::string prefix_;  // "encoder." or "decoder."
   int64_t num_heads_;
-  torch::nn::Dropout dropout_{nullptr};
+  FastDropout dropout_{nullptr};
 };
 TORCH_MODULE(T5Stack);
 

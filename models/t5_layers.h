@@ -3,12 +3,13 @@
 #pragma once
 
 #include <torch/nn/module.h>
-#include <torch/nn/modules/dropout.h>
 #include <torch/nn/modules/embedding.h>
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/pimpl.h>
 
 #include <string>
+
+#include "models/fast_dropout.h"
 
 namespace distill {
 
@@ -60,7 +61,7 @@ class T5AttentionImpl : public torch::nn::Module {
 
  private:
   AttentionOptions options_;
-  torch::nn::Dropout dropout_{nullptr};
+  FastDropout dropout_{nullptr};
 };
 TORCH_MODULE(T5Attention);
 
@@ -82,7 +83,7 @@ class DenseActDenseImpl : public torch::nn::Module {
 
  private:
   FfnOptions options_;
-  torch::nn::Dropout dropout_{nullptr};
+  FastDropout dropout_{nullptr};
 };
 TORCH_MODULE(DenseActDense);
 
@@ -98,7 +99,7 @@ class T5LayerSelfAttentionImpl : public torch::nn::Module {
   T5LayerNorm layer_norm{nullptr};
 
  private:
-  torch::nn::Dropout dropout_{nullptr};
+  FastDropout dropout_{nullptr};
 };
 TORCH_MODULE(T5LayerSelfAttention);
 
@@ -112,7 +113,7 @@ class T5LayerCrossAttentionImpl : public torch::nn::Module {
   T5LayerNorm layer_norm{nullptr};
 
  private:
-  torch::nn::Dropout dropout_{nullptr};
+  FastDropout dropout_{nullptr};
 };
 TORCH_MODULE(T5LayerCrossAttention);
 

@@ -69,7 +69,7 @@ TEST(GoldenDistillStep, LossGradientsAndAdamWUpdate) {
   AdamW adamw(params, oc);
   adamw.step(1e-3);
   auto after = test::load_fixture_tensors("distill-step-tiny-4/params_after_step.safetensors");
-  for (auto& [name, p] : params) EXPECT_TRUE(tensors_close(p, after[name], 1e-5)) << name;
+  for (auto& [name, p] : params) EXPECT_TRUE(tensors_close(p, after[name], 1e-4)) << name;
 }
 
 // ---- student initialisation ---------------------------------------------------------------

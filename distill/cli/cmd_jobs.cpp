@@ -121,12 +121,7 @@ Command add_eval(CLI::App& app) {
             co.files = a->data;
             co.format = parse_corpus_format(a->format);
             auto docs = tokenize_corpus(co, tokenizer).train;
-            ObjectiveOptions oo;
-            oo.input_length = a->input_length;
-            oo.target_length = a->target_length;
-            oo.eos_id = tokenizer.eos_id();
-            oo.vocab_size = tokenizer.vocab_size();
-            oo.num_sentinels = tokenizer.num_sentinels();
+            auto oo = objective_options(tokenizer, a->input_length, a->target_length);
             BatchingOptions bo;
             bo.batch_size = a->batch_size;
             bo.shuffle = false;

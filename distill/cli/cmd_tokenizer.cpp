@@ -5,6 +5,7 @@
 
 #include "data/tokenizer.h"
 #include "distill/cli/commands.h"
+#include "distill/experiment.h"
 #include "models/checkpoint.h"
 #include "models/errors.h"
 #include "models/generate.h"
@@ -22,16 +23,6 @@ struct GenerateArgs {
   std::string model, text;
   int64_t max_new_tokens = 32;
 };
-
-// The model's vocabulary must be the tokenizer's: same size and special ids.
-void check_vocabulary(const ModelConfig& c, const Tokenizer& t, const std::string& where) {
-  if (c.vocab_size < t.vocab_size() || c.pad_token_id != t.pad_id() || c.eos_token_id != t.eos_id()) {
-    throw InputError(where + ": tokenizer " + t.model_file() + " (" + std::to_string(t.vocab_size()) +
-                     " ids, pad " + std::to_string(t.pad_id()) + ", eos " + std::to_string(t.eos_id()) +
-                     ") does not match the model (vocab_size " + std::to_string(c.vocab_size) + ", pad " +
-                     std::to_string(c.pad_token_id) + ", eos " + std::to_string(c.eos_token_id) + ")");
-  }
-}
 
 }  // namespace
 

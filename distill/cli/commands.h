@@ -23,5 +23,6 @@ Command add_distill(CLI::App& app);
 Command add_run(CLI::App& app);
 Command add_eval(CLI::App& app);
 Command add_config(CLI::App& app);
+Command add_bench(CLI::App& app);
 
 }  // namespace distill::cli

@@ -1,0 +1,235 @@
+#include "distill/bench.h"
+
+#include <sys/resource.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <fmt/format.h>
+
+#include "data/batching.h"
+#include "data/tokenized_corpus.h"
+#include "data/tokenizer.h"
+#include "distill/losses.h"
+#include "distill/optim.h"
+#include "distill/runtime.h"
+#include "distill/student_init.h"
+#include "models/checkpoint.h"
+#include "models/errors.h"
+#include "models/model_stats.h"
+
+namespace distill {
+using nlohmann::json;
+
+BenchShape bench_preset(const std::string& name) {
+  BenchShape s;  // small8 is the default
+  if (name == "small8") return s;
+  if (name == "d256") {
+    s.d_model = 256;
+    s.d_ff = 1024;
+    s.d_kv = 64;
+    return s;
+  }
+  throw InputError("unknown preset \"" + name + "\" (expected small8 or d256)");
+}
+
+namespace {
+
+template <class F>
+Timing time_it(const BenchOptions& o, F&& f) {
+  for (int i = 0; i < o.warmup; ++i) f();
+  std::vector<double> ms;
+  for (int i = 0; i < o.repeats; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    f();
+    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(ms.begin(), ms.end());
+  return {ms[ms.size() / 2], ms.front(), ms.back()};
+}
+
+double matmul_peak(c10::ScalarType dtype, const BenchOptions& o) {
+  double best = 0;
+  for (int64_t n : {512, 1024, 2048}) {
+    auto a = torch::randn({n, n}).to(dtype), b = torch::randn({n, n}).to(dtype);
+    auto t = time_it({2, std::max(3, o.repeats / 2)}, [&] { auto c = a.mm(b); });
+    best = std::max(best, 2.0 * n * n * n / (t.median_ms * 1e-3) / 1e9);
+  }
+  return best;
+}
+
+ModelConfig teacher_config(const BenchShape& s) {
+  ModelConfig c;
+  c.model_type = "switch_transformers";
+  c.vocab_size = s.vocab_size;
+  c.d_model = s.d_model;
+  c.d_ff = s.d_ff;
+  c.d_kv = s.d_kv;
+  c.num_heads = s.num_heads;
+  c.num_layers = s.num_layers;
+  c.num_decoder_layers = s.num_decoder_layers;
+  c.num_experts = s.num_experts;
+  c.encoder_sparse_step = c.decoder_sparse_step = s.sparse_step;
+  c.expert_capacity = s.expert_capacity;
+  c.capacity_mode = CapacityMode::kFixed;
+  c.dropout_rate = 0.0;
+  return c;
+}
+
+}  // namespace
+
+BenchResult run_bench(const BenchShape& s, const BenchOptions& o) {
+  BenchResult r;
+  r.shape = s;
+  r.threads = at::get_num_threads();
+  r.blas = init_runtime(r.threads).blas;
+  torch::manual_seed(0);
+  const ModelConfig tc = teacher_config(s);
+  const ModelConfig sc = student_config(tc, std::nullopt, s.student_dropout);
+  Seq2SeqModel teacher(tc), student(sc);
+  init_from_scratch(teacher, 0.1);
+  init_from_scratch(student, 0.1);
+  init_student(student, teacher, FfnInit::kFresh, true);
+  if (s.teacher_bf16) set_model_dtype(teacher, torch::kBFloat16);
+  teacher->eval();
+  for (auto& p : teacher->parameters()) p.set_requires_grad(false);
+  student->train();
+
+  auto ids = torch::randint(2, s.vocab_size, {s.batch, s.src_len}, torch::kLong);
+  auto mask = torch::ones({s.batch, s.src_len}, torch::kLong);
+  auto labels = torch::randint(2, s.vocab_size, {s.batch, s.tgt_len}, torch::kLong);
+  auto dec = shift_right(labels, 0, 0);
+  const double tokens = static_cast<double>(s.batch * (s.src_len + s.tgt_len));
+
+  NamedParams params;
+  for (auto& p : student->named_parameters()) params.emplace_back(p.key(), p.value());
+  AdamW adamw(params, OptimizerConfig{});
+  const DistillLossOptions loss_options{0.75, 0.25, 1.0, false};
+
+  auto teacher_forward = [&] {
+    torch::NoGradGuard ng;
+    return teacher->forward({ids, mask, dec, {}, {}}).logits;
+  };
+  auto student_step = [&](const torch::Tensor& teacher_logits) {
+    adamw.zero_grad();
+    auto out = student->forward({ids, mask, dec, {}, {}});
+    auto loss = teacher_logits.defined() ? distillation_loss(out.logits, teacher_logits, labels, loss_options).total
+                                         : token_cross_entropy(out.logits, labels);
+    loss.backward();
+    adamw.step(1e-4);
+  };
+  r.teacher_forward = time_it(o, [&] { teacher_forward(); });
+  r.student_step = time_it(o, [&] { student_step({}); });
+  r.distill_step = time_it(o, [&] { student_step(teacher_forward()); });
+  r.teacher_tokens_per_s = tokens / (r.teacher_forward.median_ms * 1e-3);
+  r.distill_tokens_per_s = tokens / (r.distill_step.median_ms * 1e-3);
+
+  // One Switch layer against a dense FFN with the same FLOPs per token (top-1: one expert's).
+  {
+    RoutingOptions ro;
+    ro.num_experts = s.num_experts;
+    ro.capacity_mode = CapacityMode::kFactor;
+    ro.capacity_factor_train = 1.25;
+    ro.jitter_noise = 0.0;
+    FfnOptions fo;
+    fo.d_model = s.d_model;
+    fo.d_ff = s.d_ff;
+    fo.dropout = 0.0;
+    SwitchSparseMlp sparse(s.d_model, ro, fo);
+    DenseActDense dense(fo);
+    auto x = torch::randn({s.batch, s.src_len, s.d_model}).requires_grad_(true);
+    auto g = torch::randn({s.batch, s.src_len, s.d_model});
+    r.switch_layer = time_it(o, [&] {
+      sparse->zero_grad();
+      (sparse->forward(x).hidden * g).sum().backward();
+    });
+    r.dense_layer = time_it(o, [&] {
+      dense->zero_grad();
+      (dense->forward(x) * g).sum().backward();
+    });
+    r.switch_vs_dense_ratio = r.switch_layer.median_ms / r.dense_layer.median_ms;
+  }
+
+  r.matmul_peak_gflops_fp32 = matmul_peak(torch::kFloat32, o);
+  r.matmul_peak_gflops_bf16 = matmul_peak(torch::kBFloat16, o);
+  // Training = forward + backward ~ 3x forward FLOPs; the teacher only runs forward.
+  const double student_flops = 3.0 * s.batch * forward_flops(sc, s.src_len, s.tgt_len);
+  const double teacher_flops = s.batch * forward_flops(tc, s.src_len, s.tgt_len);
+  r.student_step_gflops = student_flops / (r.student_step.median_ms * 1e-3) / 1e9;
+  r.distill_step_gflops = (student_flops + teacher_flops) / (r.distill_step.median_ms * 1e-3) / 1e9;
+  r.student_step_mfu = r.student_step_gflops / r.matmul_peak_gflops_fp32;
+  r.mfu = r.distill_step_gflops / r.matmul_peak_gflops_fp32;
+  struct rusage ru {};
+  getrusage(RUSAGE_SELF, &ru);
+  r.peak_rss_mb = static_cast<double>(ru.ru_maxrss) / 1024.0;
+  return r;
+}
+
+json BenchResult::to_json() const {
+  auto t = [](const Timing& x) { return json{{"median_ms", x.median_ms}, {"min_ms", x.min_ms}, {"max_ms", x.max_ms}}; };
+  return {{"distill_step_ms", distill_step.median_ms},
+          {"teacher_tokens_per_s", teacher_tokens_per_s},
+          {"switch_vs_dense_ratio", switch_vs_dense_ratio},
+          {"matmul_peak_gflops_fp32", matmul_peak_gflops_fp32},
+          {"matmul_peak_gflops_bf16", matmul_peak_gflops_bf16},
+          {"mfu", mfu},
+          {"student_step_mfu", student_step_mfu},
+          {"peak_rss_mb", peak_rss_mb},
+          {"distill_tokens_per_s", distill_tokens_per_s},
+          {"timings", {{"teacher_forward", t(teacher_forward)}, {"student_step", t(student_step)},
+                       {"distill_step", t(distill_step)}, {"switch_layer_fwd_bwd", t(switch_layer)},
+                       {"dense_ffn_fwd_bwd", t(dense_layer)}}},
+          {"shape", {{"d_model", shape.d_model}, {"d_ff", shape.d_ff}, {"num_heads", shape.num_heads}, {"d_kv", shape.d_kv},
+                     {"layers", shape.num_layers}, {"decoder_layers", shape.num_decoder_layers},
+                     {"experts", shape.num_experts}, {"sparse_step", shape.sparse_step},
+                     {"expert_capacity", shape.expert_capacity}, {"vocab", shape.vocab_size}, {"batch", shape.batch},
+                     {"src_len", shape.src_len}, {"tgt_len", shape.tgt_len}, {"teacher_bf16", shape.teacher_bf16}}},
+          {"threads", threads},
+          {"blas", blas}};
+}
+
+std::string BenchResult::markdown() const {
+  auto row = [](const char* what, const Timing& t, const std::string& extra) {
+    return fmt::format("| {} | {:.1f} | {:.1f}-{:.1f} | {} |\n", what, t.median_ms, t.min_ms, t.max_ms, extra);
+  };
+  std::string md = fmt::format(
+      "shape: d_model {} d_ff {} heads {}x{} layers {}+{} experts {} (every {} layer sparse, capacity {}) vocab {}, batch {} x "
+      "({} + {}) tokens; {} threads, BLAS {}\n\n",
+      shape.d_model, shape.d_ff, shape.num_heads, shape.d_kv, shape.num_layers, shape.num_decoder_layers, shape.num_experts,
+      shape.sparse_step == 1 ? std::string("") : fmt::format("{}th", shape.sparse_step), shape.expert_capacity,
+      shape.vocab_size, shape.batch, shape.src_len, shape.tgt_len, threads, blas);
+  md += "| measurement | median ms | spread ms | throughput |\n| --- | ---: | ---: | --- |\n";
+  md += row("teacher forward", teacher_forward, fmt::format("{:.0f} tokens/s", teacher_tokens_per_s));
+  md += row("student forward+backward+AdamW", student_step, fmt::format("{:.1f} GFLOP/s, MFU {:.0f}%", student_step_gflops, 100 * student_step_mfu));
+  md += row("distillation step", distill_step, fmt::format("{:.0f} tokens/s, {:.1f} GFLOP/s, MFU {:.0f}%", distill_tokens_per_s, distill_step_gflops, 100 * mfu));
+  md += row("Switch layer fwd+bwd", switch_layer, fmt::format("{:.2f}x the dense FFN of equal FLOPs", switch_vs_dense_ratio));
+  md += row("dense FFN fwd+bwd", dense_layer, "");
+  md += fmt::format("\nmatmul peak: {:.0f} GFLOP/s fp32, {:.0f} GFLOP/s bf16; peak RSS {:.0f} MB\n", matmul_peak_gflops_fp32,
+                    matmul_peak_gflops_bf16, peak_rss_mb);
+  return md;
+}
+
+DataBenchResult run_data_bench(const std::vector<std::string>& files, const std::string& tokenizer_path, int64_t input_length,
+                               int64_t target_length, int64_t batch_size) {
+  const auto t0 = std::chrono::steady_clock::now();
+  auto tokenizer = Tokenizer::load(tokenizer_path);
+  CorpusOptions co;
+  co.files = files;
+  auto corpus = tokenize_corpus(co, tokenizer, 0.0, 0, at::get_num_threads());
+  auto oo = objective_options(tokenizer, input_length, target_length);
+  BatchingOptions bo;
+  bo.batch_size = batch_size;
+  Dataset ds(std::move(corpus.train), std::shared_ptr<const Objective>(make_objective("span_corruption", oo)), bo);
+  auto epoch = ds.make_epoch(0);
+  DataBenchResult r;
+  for (size_t i = 0; i < epoch.batches.size(); ++i) {
+    auto b = ds.collate_batch(epoch, i);
+    r.tokens += b.input_tokens + b.target_tokens;
+  }
+  r.batches = static_cast<int64_t>(epoch.batches.size());
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  r.tokens_per_s = static_cast<double>(r.tokens) / r.seconds;
+  return r;
+}
+
+}  // namespace distill

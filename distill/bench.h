@@ -1,0 +1,61 @@
+// Performance measurements of the real code paths on synthetic batches: teacher forward,
+// student training step, the full distillation step, Switch layer vs a dense FFN of equal FLOPs,
+// the machine's matrix-product peak and the model FLOP utilisation.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace distill {
+
+struct BenchShape {
+  int64_t d_model = 128, d_ff = 256, d_kv = 32, num_heads = 4;   // D, F, head width, H
+  int64_t num_layers = 4, num_decoder_layers = 4;                 // blocks per stack
+  int64_t num_experts = 8, sparse_step = 1, expert_capacity = 64; // every layer sparse by default
+  int64_t vocab_size = 512;                                       // V
+  int64_t batch = 8, src_len = 128, tgt_len = 32;                 // B, S, T
+  double student_dropout = 0.1;                                   // dropout in the student
+  bool teacher_bf16 = false;                                      // frozen teacher in bfloat16
+};
+
+// "small8" and "d256": the two reference shapes of the performance issue.
+BenchShape bench_preset(const std::string& name);
+
+struct BenchOptions {
+  int warmup = 3;    // untimed repetitions first
+  int repeats = 10;  // timed repetitions; medians and spreads are over these
+};
+
+struct Timing {
+  double median_ms = 0, min_ms = 0, max_ms = 0;
+};
+
+struct BenchResult {
+  BenchShape shape;
+  Timing teacher_forward, student_step, distill_step, switch_layer, dense_layer;
+  double teacher_tokens_per_s = 0, distill_tokens_per_s = 0;
+  double switch_vs_dense_ratio = 0;        // Switch layer fwd+bwd / dense FFN of the same FLOPs per token
+  double matmul_peak_gflops_fp32 = 0, matmul_peak_gflops_bf16 = 0;
+  double distill_step_gflops = 0, student_step_gflops = 0;  // achieved
+  double mfu = 0, student_step_mfu = 0;    // achieved / fp32 peak
+  double peak_rss_mb = 0;
+  std::string blas;
+  int threads = 0;
+  nlohmann::json to_json() const;
+  std::string markdown() const;
+};
+
+BenchResult run_bench(const BenchShape& shape, const BenchOptions& options);
+
+// Tokens per second of the data pipeline (read, tokenize, corrupt, batch) on `files`.
+struct DataBenchResult {
+  int64_t tokens = 0, batches = 0;
+  double seconds = 0, tokens_per_s = 0;
+};
+DataBenchResult run_data_bench(const std::vector<std::string>& files, const std::string& tokenizer, int64_t input_length,
+                               int64_t target_length, int64_t batch_size);
+
+}  // namespace distill
