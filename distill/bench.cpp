@@ -193,10 +193,10 @@ std::string BenchResult::markdown() const {
     return fmt::format("| {} | {:.1f} | {:.1f}-{:.1f} | {} |\n", what, t.median_ms, t.min_ms, t.max_ms, extra);
   };
   std::string md = fmt::format(
-      "shape: d_model {} d_ff {} heads {}x{} layers {}+{} experts {} (every {} layer sparse, capacity {}) vocab {}, batch {} x "
+      "shape: d_model {} d_ff {} heads {}x{} layers {}+{} experts {} ({} sparse, capacity {}) vocab {}, batch {} x "
       "({} + {}) tokens; {} threads, BLAS {}\n\n",
       shape.d_model, shape.d_ff, shape.num_heads, shape.d_kv, shape.num_layers, shape.num_decoder_layers, shape.num_experts,
-      shape.sparse_step == 1 ? std::string("") : fmt::format("{}th", shape.sparse_step), shape.expert_capacity,
+      shape.sparse_step == 1 ? std::string("every layer") : fmt::format("every {}th layer", shape.sparse_step), shape.expert_capacity,
       shape.vocab_size, shape.batch, shape.src_len, shape.tgt_len, threads, blas);
   md += "| measurement | median ms | spread ms | throughput |\n| --- | ---: | ---: | --- |\n";
   md += row("teacher forward", teacher_forward, fmt::format("{:.0f} tokens/s", teacher_tokens_per_s));

@@ -44,7 +44,10 @@ json build_report(const ReportInputs& in) {
   json quality = {{"metric", "negative log perplexity (higher is better)"},
                   {"teacher", t}, {"baseline", b}, {"student", s},
                   {"teacher_minus_baseline", t - b},
-                  {"retention_percent", 100.0 * s / t}};  // plain student / teacher, as NLP papers state it
+                  // Plain retention on the positive NLL (a ratio of the negative scores reads above
+                  // 100% when the student is worse): below 100% when the student is worse.
+                  {"retention_percent", 100.0 * in.teacher_eval.nll / in.student_eval.nll},
+                  {"accuracy_retention_percent", 100.0 * in.student_eval.accuracy / in.teacher_eval.accuracy}};
   json warnings = json::array();
   if (std::abs(t - b) > 0) {
     quality["gain_preserved_percent"] = 100.0 * (s - b) / (t - b);
@@ -101,7 +104,9 @@ std::string report_markdown(const json& r) {
                       q["gain_preserved_percent"].get<double>(), q["student"].get<double>(), q["baseline"].get<double>(),
                       q["teacher"].get<double>(), q["baseline"].get<double>());
   }
-  md += fmt::format("- Plain retention (student / teacher negative log perplexity): {:.1f}%.\n", q["retention_percent"].get<double>());
+  md += fmt::format("- Plain retention: {:.1f}% of the teacher's per-token likelihood (teacher NLL / student NLL), {:.1f}% of "
+                    "its token accuracy.\n",
+                    q["retention_percent"].get<double>(), q["accuracy_retention_percent"].get<double>());
   md += fmt::format("- Evaluation noise (2 standard errors of the teacher-baseline gap): {:.4f} nats on {} target tokens.\n",
                     q["gap_noise_2se"].get<double>(), r["settings"]["eval_tokens"].get<int64_t>());
   const auto& s = r["settings"];

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "models/atomic_file.h"
@@ -53,7 +54,9 @@ TEST(E2eRun, TinyExperimentWritesACompleteConsistentReport) {
   const double t = r["teacher"]["eval"]["neg_log_perplexity"], b = r["baseline"]["eval"]["neg_log_perplexity"],
                s = r["student"]["eval"]["neg_log_perplexity"];
   EXPECT_NEAR(q["gain_preserved_percent"].get<double>(), 100 * (s - b) / (t - b), 1e-9);
-  EXPECT_NEAR(q["retention_percent"].get<double>(), 100 * s / t, 1e-9);
+  EXPECT_NEAR(q["retention_percent"].get<double>(), 100 * t / s, 1e-9);  // NLLs: -t / -s
+  EXPECT_NEAR(q["accuracy_retention_percent"].get<double>(),
+              100 * r["student"]["eval"]["accuracy"].get<double>() / r["teacher"]["eval"]["accuracy"].get<double>(), 1e-9);
   EXPECT_TRUE(q["gap_noise_2se"].is_number());
   EXPECT_TRUE(r["warnings"].is_array());
   for (const char* k : {"hard_weight", "soft_weight", "temperature", "soft_loss", "student_init", "steps", "objective"})
@@ -104,6 +107,40 @@ TEST(E2eJobs, TrainThenDistillSeparatelyAndConfigCheck) {
   // A teacher that does not exist is an error before anything runs.
   EXPECT_EQ(run_distill("distill configs/tiny.yaml --output " + dir.file("other"), &out, &err), 1);
   EXPECT_NE(err.find("no teacher at"), std::string::npos) << err;
+}
+
+}  // namespace
+}  // namespace distill
+
+namespace distill {
+namespace {
+
+TEST(E2eInterrupt, CtrlCSavesACheckpointAndResumeFinishes) {
+  ASSERT_TRUE(have_sotu());
+  test::TempDir dir;
+  // Start a long run, wait for its third logged step, then send SIGINT as Ctrl-C would.
+  const std::string script = "cd " + std::string(DISTILL_SOURCE_DIR) + " && (" + DISTILL_BINARY +
+                             " --threads 1 train configs/tiny.yaml --output " + dir.file("run") +
+                             " --set training.steps=100000 --set training.log_interval=1 --set training.checkpoint_interval=0 2>" +
+                             dir.file("err") + " & pid=$!; for i in $(seq 600); do grep -q 'step 3/' " + dir.file("err") +
+                             " && break; sleep 0.1; done; kill -INT $pid; wait $pid; echo $? >" + dir.file("code") + ")";
+  ASSERT_EQ(std::system(script.c_str()), 0);
+  EXPECT_EQ(read_text_file(dir.file("code")), "130\n") << read_text_file(dir.file("err"));
+  const std::string err = read_text_file(dir.file("err"));
+  auto at = err.find("interrupted at step ");
+  ASSERT_NE(at, std::string::npos) << err;
+  const int64_t step = std::stoll(err.substr(at + 20));
+  EXPECT_TRUE(fs::exists(dir.file("run/teacher/checkpoints/step-" + fmt::format("{:08d}", step) + "/trainer_state.json")));
+  EXPECT_FALSE(fs::exists(dir.file("run/teacher/model")));
+  std::string out, err2;
+  ASSERT_EQ(run_distill("train configs/tiny.yaml --resume --output " + dir.file("run") + " --set training.steps=" +
+                            std::to_string(step + 2) + " --set training.log_interval=1",
+                        &out, &err2),
+            0)
+      << err2;
+  EXPECT_NE(err2.find("resumed from"), std::string::npos) << err2;
+  EXPECT_NE(err2.find("step " + std::to_string(step + 2) + "/" + std::to_string(step + 2)), std::string::npos) << err2;
+  EXPECT_TRUE(fs::exists(dir.file("run/teacher/model/model.safetensors")));
 }
 
 }  // namespace
