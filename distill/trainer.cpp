@@ -61,6 +61,12 @@ struct Trainer::StepLosses {
   int64_t tokens = 0;
 };
 
+void scale_expert_gradients(const NamedParams& params, double factor) {
+  torch::NoGradGuard ng;
+  for (const auto& [name, p] : params)
+    if (is_expert_parameter(name) && p.grad().defined()) p.grad().mul_(factor);
+}
+
 std::string latest_checkpoint(const std::string& dir) {
   const fs::path root = fs::path(dir) / "checkpoints";
   if (!fs::is_directory(root)) return "";
@@ -212,11 +218,7 @@ TrainResult Trainer::run() {
       sl.z += l.z * k;
       sl.tokens += l.tokens;
     }
-    if (expert_grad_scale != 1.0) {
-      torch::NoGradGuard ng;
-      for (auto& [name, p] : params_)
-        if (is_expert_parameter(name) && p.grad().defined()) p.grad().mul_(expert_grad_scale);
-    }
+    if (expert_grad_scale != 1.0) scale_expert_gradients(params_, expert_grad_scale);
     const double grad_norm = clip_grad_norm(params_, t.grad_clip);
     const double lr = schedule_lr(t.schedule, t.optimizer.lr, step + 1, t.steps);
     optimizer_->step(lr);

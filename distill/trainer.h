@@ -74,6 +74,10 @@ class Trainer {
   std::vector<std::pair<std::string, at::Tensor>> params_;
 };
 
+// Artetxe et al.'s expert-gradient scaling: multiplies the gradients of expert parameters by
+// `factor` (1/sqrt(E)) and leaves every other gradient alone.
+void scale_expert_gradients(const NamedParams& params, double factor);
+
 // The newest finished checkpoint directory in `dir`/checkpoints, or "".
 std::string latest_checkpoint(const std::string& dir);
 

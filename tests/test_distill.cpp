@@ -305,6 +305,31 @@ TEST(Trainer, ResumeGivesTheSameLossTrajectory) {
   EXPECT_EQ(n, 2u);
 }
 
+TEST(Trainer, ExpertGradientScalingTouchesOnlyExperts) {
+  torch::manual_seed(4);
+  Seq2SeqModel model(tiny_switch());
+  auto batch = tiny_dataset()->collate_batch(tiny_dataset()->make_epoch(0), 0);
+  model->forward({batch.input_ids, batch.attention_mask, batch.decoder_input_ids, {}, batch.labels}).loss.backward();
+  NamedParams params;
+  std::map<std::string, torch::Tensor> before;
+  for (auto& p : model->named_parameters()) {
+    params.emplace_back(p.key(), p.value());
+    if (p.value().grad().defined()) before[p.key()] = p.value().grad().clone();
+  }
+  scale_expert_gradients(params, 0.5);  // 1/sqrt(4 experts)
+  int experts = 0;
+  for (auto& [name, p] : params) {
+    if (!before.count(name)) continue;
+    if (is_expert_parameter(name)) {
+      ++experts;
+      EXPECT_TRUE(torch::allclose(p.grad(), before[name] * 0.5)) << name;
+    } else {
+      EXPECT_TRUE(torch::equal(p.grad(), before[name])) << name;
+    }
+  }
+  EXPECT_GT(experts, 0);
+}
+
 TEST(Trainer, NonFiniteLossStopsAndKeepsTheLastCheckpoint) {
   test::TempDir dir;
   torch::manual_seed(3);
