@@ -45,6 +45,7 @@ struct EvalArgs {
   int64_t input_length = 128, target_length = 32, batch_size = 16, max_batches = 0;
   uint64_t seed = 1235;
   bool json = false;
+  bool bf16 = false;
 };
 
 }  // namespace
@@ -113,10 +114,12 @@ Command add_eval(CLI::App& app) {
   sub->add_option("--max-batches", a->max_batches, "Evaluate at most this many batches (0 = all)");
   sub->add_option("--seed", a->seed, "Seed of the span-corruption noise");
   sub->add_flag("--json", a->json, "Print one JSON object");
+  sub->add_flag("--bf16", a->bf16, "Evaluate with bfloat16 weights (routers stay float32)");
   return {sub, [a] {
             auto tokenizer = Tokenizer::load(a->tokenizer.empty() ? a->model : a->tokenizer);
             auto model = load_model(a->model);
             check_vocabulary(model->config(), tokenizer, a->model);
+            if (a->bf16) set_model_dtype(model, torch::kBFloat16);
             CorpusOptions co;
             co.files = a->data;
             co.format = parse_corpus_format(a->format);
