@@ -18,6 +18,14 @@ nlohmann::json EvalResult::to_json() const {
   return j;
 }
 
+at::Tensor routed_tokens(const std::string& layer_prefix, const Batch& batch) {
+  return layer_prefix.rfind("encoder.", 0) == 0 ? batch.attention_mask.to(torch::kBool) : (batch.labels != -100);
+}
+
+at::Tensor expert_counts(const RouterOutput& routing, const at::Tensor& real) {
+  return torch::bincount(routing.expert_choice.masked_select(real), {}, routing.logits.size(-1)).to(torch::kFloat64);
+}
+
 EvalResult evaluate(Seq2SeqModel& model, const std::vector<Batch>& batches) {
   torch::NoGradGuard ng;
   const bool was_training = model->is_training();
@@ -32,7 +40,6 @@ EvalResult evaluate(Seq2SeqModel& model, const std::vector<Batch>& batches) {
   std::map<std::string, Acc> layers;
   for (const auto& b : batches) {
     auto out = model->forward({b.input_ids, b.attention_mask, b.decoder_input_ids, {}, {}});
-    const auto V = out.logits.size(-1);
     auto mask = b.labels != -100;
     auto logp = torch::log_softmax(out.logits.to(torch::kFloat32), -1);
     auto safe = b.labels.clamp_min(0);
@@ -43,14 +50,12 @@ EvalResult evaluate(Seq2SeqModel& model, const std::vector<Batch>& batches) {
     tokens += n;
     if (n > 0) batch_nll.push_back(s / static_cast<double>(n));
     correct += (out.logits.argmax(-1) == b.labels).logical_and(mask).sum().item<double>();
-    (void)V;
     for (const auto& [prefix, r] : out.routing) {
-      const bool enc = prefix.rfind("encoder.", 0) == 0;
-      auto real = enc ? b.attention_mask.to(torch::kBool) : mask;
+      auto real = routed_tokens(prefix, b);
       auto& acc = layers[prefix];
       acc.total += real.sum().item<double>();
       acc.dropped += r.kept.logical_not().logical_and(real).sum().item<double>();
-      auto hist = torch::bincount(r.expert_choice.masked_select(real), {}, r.logits.size(-1)).to(torch::kFloat64);
+      auto hist = expert_counts(r, real);
       acc.load = acc.load.defined() ? acc.load + hist : hist;
     }
   }

@@ -29,6 +29,13 @@ struct EvalResult {
   nlohmann::json to_json() const;
 };
 
+// The real tokens a sparse layer saw ([B, L] bool): the attention mask for an encoder layer
+// ("encoder." prefix), labels != -100 for a decoder layer.
+at::Tensor routed_tokens(const std::string& layer_prefix, const Batch& batch);
+
+// How many of the `real` tokens chose each expert first: [E] float64.
+at::Tensor expert_counts(const RouterOutput& routing, const at::Tensor& real);
+
 // Runs `model` in eval mode without gradients on every batch.
 EvalResult evaluate(Seq2SeqModel& model, const std::vector<Batch>& batches);
 

@@ -2,13 +2,9 @@
 
 #include <torch/torch.h>
 
-namespace distill {
+#include "models/seq2seq.h"  // token_cross_entropy
 
-at::Tensor token_cross_entropy(const at::Tensor& logits, const at::Tensor& labels) {
-  const auto V = logits.size(-1);
-  return torch::nn::functional::cross_entropy(logits.reshape({-1, V}).to(torch::kFloat32), labels.reshape({-1}),
-                                              torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-100));
-}
+namespace distill {
 
 DistillLoss distillation_loss(const at::Tensor& student_logits, const at::Tensor& teacher_logits,
                               const at::Tensor& labels, const DistillLossOptions& o) {

@@ -25,7 +25,4 @@ struct DistillLoss {
 DistillLoss distillation_loss(const at::Tensor& student_logits, const at::Tensor& teacher_logits,
                               const at::Tensor& labels, const DistillLossOptions& options);
 
-// Mean token cross-entropy over labels != -100 (float32).
-at::Tensor token_cross_entropy(const at::Tensor& logits, const at::Tensor& labels);
-
 }  // namespace distill

@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include "distill/evaluate.h"
 #include "models/errors.h"
 
 namespace distill {
@@ -28,9 +29,7 @@ std::map<std::string, at::Tensor> routing_frequency(Seq2SeqModel& teacher, const
   for (const auto& b : batches) {
     auto out = teacher->forward({b.input_ids, b.attention_mask, b.decoder_input_ids, {}, {}});
     for (const auto& [prefix, r] : out.routing) {
-      const bool enc = prefix.rfind("encoder.", 0) == 0;
-      auto real = enc ? b.attention_mask.to(torch::kBool) : (b.labels != -100);  // [B, L]
-      auto hist = torch::bincount(r.expert_choice.masked_select(real), {}, r.logits.size(-1)).to(torch::kFloat64);
+      auto hist = expert_counts(r, routed_tokens(prefix, b));
       auto it = counts.find(prefix);
       if (it == counts.end()) counts.emplace(prefix, hist);
       else it->second += hist;

@@ -206,10 +206,7 @@ Seq2SeqOutput Seq2SeqModelImpl::forward(const Seq2SeqInputs& in, bool keep_hidde
   for (auto& r : dec.routing) out.routing.push_back(std::move(r));
 
   if (in.labels.defined()) {
-    const auto V = out.logits.size(-1);
-    out.ce_loss = torch::nn::functional::cross_entropy(
-        out.logits.reshape({-1, V}).to(torch::kFloat32), in.labels.reshape({-1}),
-        torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-100));
+    out.ce_loss = token_cross_entropy(out.logits, in.labels);
     auto el = router_losses(enc_routing, out.logits.device());
     auto dl = router_losses(dec_routing, out.logits.device());
     out.encoder_z_loss = el.z_loss;
@@ -220,6 +217,12 @@ Seq2SeqOutput Seq2SeqModelImpl::forward(const Seq2SeqInputs& in, bool keep_hidde
                config_.router_aux_loss_coef * (el.aux_loss + dl.aux_loss);
   }
   return out;
+}
+
+torch::Tensor token_cross_entropy(const torch::Tensor& logits, const torch::Tensor& labels) {
+  const auto V = logits.size(-1);
+  return torch::nn::functional::cross_entropy(logits.reshape({-1, V}).to(torch::kFloat32), labels.reshape({-1}),
+                                              torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-100));
 }
 
 torch::Tensor shift_right(const torch::Tensor& labels, int64_t decoder_start_token_id, int64_t pad_token_id) {

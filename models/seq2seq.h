@@ -126,6 +126,9 @@ class Seq2SeqModelImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Seq2SeqModel);
 
+// Mean token cross-entropy over labels != -100, in float32: logits [B, T, V], labels [B, T].
+torch::Tensor token_cross_entropy(const torch::Tensor& logits, const torch::Tensor& labels);
+
 // HF's shift_right: [decoder_start, labels[:-1]] with -100 replaced by the pad id.
 torch::Tensor shift_right(const torch::Tensor& labels, int64_t decoder_start_token_id, int64_t pad_token_id);
 
