@@ -55,9 +55,12 @@ Dataset::Dataset(std::vector<TokenizedDoc> docs, std::shared_ptr<const Objective
 }
 
 Dataset::Epoch Dataset::make_epoch(int64_t epoch) const {
-  std::seed_seq seq{static_cast<uint32_t>(options_.seed), static_cast<uint32_t>(options_.seed >> 32),
-                    static_cast<uint32_t>(epoch)};
-  std::mt19937_64 rng(seq);
+  auto seeded = [&](int64_t e) {
+    std::seed_seq seq{static_cast<uint32_t>(options_.seed), static_cast<uint32_t>(options_.seed >> 32),
+                      static_cast<uint32_t>(e)};
+    return std::mt19937_64(seq);
+  };
+  std::mt19937_64 rng = seeded(options_.static_examples ? 0 : epoch);
   std::vector<uint32_t> order(docs_.size());
   std::iota(order.begin(), order.end(), 0u);
   if (options_.shuffle) std::shuffle(order.begin(), order.end(), rng);
@@ -73,6 +76,8 @@ Dataset::Epoch Dataset::make_epoch(int64_t epoch) const {
   } else {
     for (auto i : order) objective_->make_examples(docs_[i], rng, out.examples);
   }
+  // Static examples: only the order of the examples depends on the epoch.
+  if (options_.static_examples && epoch != 0) rng = seeded(epoch);
   std::vector<uint32_t> ex(out.examples.size());
   std::iota(ex.begin(), ex.end(), 0u);
   if (options_.shuffle) std::shuffle(ex.begin(), ex.end(), rng);
@@ -100,7 +105,9 @@ Dataset::Epoch Dataset::make_epoch(int64_t epoch) const {
 Batch Dataset::collate_batch(const Epoch& epoch, size_t index) const {
   std::vector<const Example*> ex;
   for (auto i : epoch.batches.at(index)) ex.push_back(&epoch.examples[i]);
-  return collate(ex, options_.pad_id, options_.decoder_start_id);
+  auto b = collate(ex, options_.pad_id, options_.decoder_start_id);
+  b.example_ids = epoch.batches[index];
+  return b;
 }
 
 BatchStream::BatchStream(std::shared_ptr<const Dataset> dataset, DataPosition start, size_t capacity)

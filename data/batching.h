@@ -23,6 +23,7 @@ struct Batch {
   at::Tensor labels;             // [B, T] int64, -100 on padding
   int64_t input_tokens = 0;      // real encoder tokens
   int64_t target_tokens = 0;     // labels != -100
+  std::vector<uint32_t> example_ids;  // row i is example example_ids[i] of its epoch
 };
 
 // Pads to the longest example in the batch.
@@ -34,6 +35,9 @@ struct BatchingOptions {
   bool shuffle = true;           // shuffle documents and examples each epoch
   bool pack = true;              // concatenate documents before chunking (T5 pre-training); not for pairs
   uint64_t seed = 0;             // every random choice derives from (seed, epoch)
+  bool static_examples = false;  // draw the examples (document order, corruption) once, from epoch 0's
+                                 // seed; later epochs only reshuffle them. Example ids then name the
+                                 // same example in every epoch, which the teacher cache needs.
   int64_t pad_id = 0;            // padding id
   int64_t decoder_start_id = 0;  // first decoder input
 };
@@ -48,7 +52,8 @@ class Dataset {
  public:
   Dataset(std::vector<TokenizedDoc> docs, std::shared_ptr<const Objective> objective, BatchingOptions options);
 
-  // The examples of `epoch`, grouped into batches (indices into `examples`).
+  // The examples of `epoch`, grouped into batches (indices into `examples`). With static_examples,
+  // `examples` is the same list in every epoch.
   struct Epoch {
     std::vector<Example> examples;
     std::vector<std::vector<uint32_t>> batches;

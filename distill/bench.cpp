@@ -14,6 +14,7 @@
 #include "distill/optim.h"
 #include "distill/runtime.h"
 #include "distill/student_init.h"
+#include "distill/teacher_cache.h"
 #include "models/checkpoint.h"
 #include "models/errors.h"
 #include "models/model_stats.h"
@@ -110,17 +111,27 @@ BenchResult run_bench(const BenchShape& s, const BenchOptions& o) {
     torch::NoGradGuard ng;
     return teacher->forward({ids, mask, dec, {}, {}}).logits;
   };
-  auto student_step = [&](const torch::Tensor& teacher_logits) {
+  auto student_step = [&](const auto& loss_of) {
     adamw.zero_grad();
-    auto out = student->forward({ids, mask, dec, {}, {}});
-    auto loss = teacher_logits.defined() ? distillation_loss(out.logits, teacher_logits, labels, loss_options).total
-                                         : token_cross_entropy(out.logits, labels);
-    loss.backward();
+    loss_of(student->forward({ids, mask, dec, {}, {}}).logits).backward();
     adamw.step(1e-4);
   };
   r.teacher_forward = time_it(o, [&] { teacher_forward(); });
-  r.student_step = time_it(o, [&] { student_step({}); });
-  r.distill_step = time_it(o, [&] { student_step(teacher_forward()); });
+  r.student_step = time_it(o, [&] { student_step([&](const torch::Tensor& s) { return token_cross_entropy(s, labels); }); });
+  r.distill_step = time_it(o, [&] {
+    auto t = teacher_forward();
+    student_step([&](const torch::Tensor& s) { return distillation_loss(s, t, labels, loss_options).total; });
+  });
+  // An epoch after the first with the teacher cache: every batch is a hit.
+  Batch batch{ids, mask, dec, labels, 0, 0, {}};
+  for (int64_t i = 0; i < s.batch; ++i) batch.example_ids.push_back(static_cast<uint32_t>(i));
+  TeacherCache cache(s.cache_top_k, loss_options.temperature);
+  cache.targets(batch, teacher_forward);
+  r.cached_step = time_it(o, [&] {
+    auto targets = cache.targets(batch, teacher_forward);
+    student_step([&](const torch::Tensor& s) { return distillation_loss(s, targets, labels, loss_options).total; });
+  });
+  r.cached_vs_student_ratio = r.cached_step.median_ms / r.student_step.median_ms;
   r.teacher_tokens_per_s = tokens / (r.teacher_forward.median_ms * 1e-3);
   r.distill_tokens_per_s = tokens / (r.distill_step.median_ms * 1e-3);
 
@@ -170,6 +181,7 @@ json BenchResult::to_json() const {
   return {{"distill_step_ms", distill_step.median_ms},
           {"teacher_tokens_per_s", teacher_tokens_per_s},
           {"switch_vs_dense_ratio", switch_vs_dense_ratio},
+          {"cached_vs_student_ratio", cached_vs_student_ratio},
           {"matmul_peak_gflops_fp32", matmul_peak_gflops_fp32},
           {"matmul_peak_gflops_bf16", matmul_peak_gflops_bf16},
           {"mfu", mfu},
@@ -177,13 +189,15 @@ json BenchResult::to_json() const {
           {"peak_rss_mb", peak_rss_mb},
           {"distill_tokens_per_s", distill_tokens_per_s},
           {"timings", {{"teacher_forward", t(teacher_forward)}, {"student_step", t(student_step)},
-                       {"distill_step", t(distill_step)}, {"switch_layer_fwd_bwd", t(switch_layer)},
+                       {"distill_step", t(distill_step)}, {"cached_distill_step", t(cached_step)},
+                       {"switch_layer_fwd_bwd", t(switch_layer)},
                        {"dense_ffn_fwd_bwd", t(dense_layer)}}},
           {"shape", {{"d_model", shape.d_model}, {"d_ff", shape.d_ff}, {"num_heads", shape.num_heads}, {"d_kv", shape.d_kv},
                      {"layers", shape.num_layers}, {"decoder_layers", shape.num_decoder_layers},
                      {"experts", shape.num_experts}, {"sparse_step", shape.sparse_step},
                      {"expert_capacity", shape.expert_capacity}, {"vocab", shape.vocab_size}, {"batch", shape.batch},
-                     {"src_len", shape.src_len}, {"tgt_len", shape.tgt_len}, {"teacher_bf16", shape.teacher_bf16}}},
+                     {"src_len", shape.src_len}, {"tgt_len", shape.tgt_len}, {"teacher_bf16", shape.teacher_bf16},
+                     {"cache_top_k", shape.cache_top_k}}},
           {"threads", threads},
           {"blas", blas}};
 }
@@ -202,6 +216,8 @@ std::string BenchResult::markdown() const {
   md += row("teacher forward", teacher_forward, fmt::format("{:.0f} tokens/s", teacher_tokens_per_s));
   md += row("student forward+backward+AdamW", student_step, fmt::format("{:.1f} GFLOP/s, MFU {:.0f}%", student_step_gflops, 100 * student_step_mfu));
   md += row("distillation step", distill_step, fmt::format("{:.0f} tokens/s, {:.1f} GFLOP/s, MFU {:.0f}%", distill_tokens_per_s, distill_step_gflops, 100 * mfu));
+  md += row(fmt::format("distillation step, teacher cache hit (k={})", shape.cache_top_k).c_str(), cached_step,
+            fmt::format("{:.2f}x the student step", cached_vs_student_ratio));
   md += row("Switch layer fwd+bwd", switch_layer, fmt::format("{:.2f}x the dense FFN of equal FLOPs", switch_vs_dense_ratio));
   md += row("dense FFN fwd+bwd", dense_layer, "");
   md += fmt::format("\nmatmul peak: {:.0f} GFLOP/s fp32, {:.0f} GFLOP/s bf16; peak RSS {:.0f} MB\n", matmul_peak_gflops_fp32,

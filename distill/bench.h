@@ -19,6 +19,7 @@ struct BenchShape {
   int64_t batch = 8, src_len = 128, tgt_len = 32;                 // B, S, T
   double student_dropout = 0.1;                                   // dropout in the student
   bool teacher_bf16 = false;                                      // frozen teacher in bfloat16
+  int64_t cache_top_k = 32;                                       // k of the teacher-cache step
 };
 
 // "small8" and "d256": the two reference shapes of the performance issue.
@@ -35,8 +36,9 @@ struct Timing {
 
 struct BenchResult {
   BenchShape shape;
-  Timing teacher_forward, student_step, distill_step, switch_layer, dense_layer;
+  Timing teacher_forward, student_step, distill_step, cached_step, switch_layer, dense_layer;
   double teacher_tokens_per_s = 0, distill_tokens_per_s = 0;
+  double cached_vs_student_ratio = 0;      // distillation step served by the teacher cache / plain student step
   double switch_vs_dense_ratio = 0;        // Switch layer fwd+bwd / dense FFN of the same FLOPs per token
   double matmul_peak_gflops_fp32 = 0, matmul_peak_gflops_bf16 = 0;
   double distill_step_gflops = 0, student_step_gflops = 0;  // achieved

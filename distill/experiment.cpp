@@ -111,6 +111,7 @@ PreparedData prepare_data(const RunConfig& c, Tokenizer tokenizer) {
   b.batch_size = c.data.batch_size;
   b.max_batch_tokens = c.data.max_batch_tokens;
   b.pack = c.data.pack;
+  b.static_examples = c.data.static_examples;
   b.seed = c.seed;
   b.pad_id = t.pad_id();
   b.decoder_start_id = t.pad_id();
@@ -250,7 +251,8 @@ StageResult distill_student(const RunConfig& c, const PreparedData& data, bool r
   spdlog::info("[student] from teacher {}: {} tensors copied, {} built from experts ({}), {} fresh", teacher_dir,
                init.copied.size(), init.from_experts.size(), c.student.init, init.fresh.size());
   TeacherSignal signal{teacher, {c.distillation.hard_weight, c.distillation.soft_weight, c.distillation.temperature,
-                                 c.distillation.soft_loss == "kl"}};
+                                 c.distillation.soft_loss == "kl"},
+                        c.distillation.teacher_cache ? c.distillation.teacher_cache_top_k : 0};
   TrainerOptions o{"student", dir, c.training, c.seed, resume, data.tokenizer_files};
   Trainer trainer(student, data.train, &data.eval, o, signal);
   r.seconds = trainer.run().seconds;

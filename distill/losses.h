@@ -25,4 +25,19 @@ struct DistillLoss {
 DistillLoss distillation_loss(const at::Tensor& student_logits, const at::Tensor& teacher_logits,
                               const at::Tensor& labels, const DistillLossOptions& options);
 
+// The teacher's distribution at temperature T cut to its k most probable tokens, the rest of its
+// mass kept as one number: a (k+1)-class distribution whose last class is "any other token".
+struct SoftTargets {
+  at::Tensor ids;              // [B, T, k] int64, most probable first
+  at::Tensor probs;            // [B, T, k] float32
+  at::Tensor rest;             // [B, T] float32, 1 - probs.sum(-1)
+};
+SoftTargets top_k_soft_targets(const at::Tensor& teacher_logits, int64_t k, double temperature);
+
+// The same objective against top-k soft targets: the soft term compares the teacher's k+1 classes
+// with the student's (its probabilities of the k tokens and its mass on all others). With k = V
+// it equals the full loss.
+DistillLoss distillation_loss(const at::Tensor& student_logits, const SoftTargets& teacher, const at::Tensor& labels,
+                              const DistillLossOptions& options);
+
 }  // namespace distill

@@ -46,6 +46,7 @@ void visit(V& v, DataConfig& c) {
   v.field("batch_size", c.batch_size);
   v.field("max_batch_tokens", c.max_batch_tokens);
   v.field("pack", c.pack);
+  v.field("static_examples", c.static_examples);
   v.field("eval_batches", c.eval_batches);
 }
 
@@ -132,6 +133,8 @@ void visit(V& v, DistillationConfig& c) {
   v.field("temperature", c.temperature);
   v.field("soft_loss", c.soft_loss);
   v.field("teacher_capacity_factor", c.teacher_capacity_factor);
+  v.field("teacher_cache", c.teacher_cache);
+  v.field("teacher_cache_top_k", c.teacher_cache_top_k);
 }
 
 template <class V>
@@ -445,6 +448,11 @@ void check(ReadContext& ctx, const RunConfig& r) {
   c.need(x.temperature > 0, "distillation.temperature", "must be > 0");
   c.one_of(x.soft_loss, "distillation.soft_loss", {"ce", "kl"});
   if (x.teacher_capacity_factor) c.need(*x.teacher_capacity_factor > 0, "distillation.teacher_capacity_factor", "must be > 0");
+  c.need(x.teacher_cache_top_k >= 1, "distillation.teacher_cache_top_k", "must be >= 1");
+  if (x.teacher_cache) {
+    c.need(r.data.static_examples, "distillation.teacher_cache",
+           "needs data.static_examples: true (otherwise every epoch draws new examples and the cache never hits)");
+  }
   check_training(c, r.training, "training");
 }
 

@@ -39,6 +39,8 @@ struct DataConfig {
   int64_t batch_size = 16;            // examples per batch
   int64_t max_batch_tokens = 0;       // cap on padded tokens per batch; 0 = none
   bool pack = true;                   // concatenate documents before chunking (not for pairs)
+  bool static_examples = false;       // make the examples once and reuse them every epoch (only their
+                                      // order changes); needed by distillation.teacher_cache
   int64_t eval_batches = 0;           // validation batches per evaluation; 0 = all
 };
 
@@ -120,6 +122,9 @@ struct DistillationConfig {
   double temperature = 1.0;           // softmax temperature of both sides in the soft term (scaled by T^2)
   std::string soft_loss = "ce";       // ce (the paper) | kl (same gradient, 0 when equal)
   std::optional<double> teacher_capacity_factor = 2.0;  // teacher eval capacity factor; null: the checkpoint's
+  bool teacher_cache = false;         // keep the teacher's top-k probabilities per target token so later
+                                      // epochs skip the teacher (needs data.static_examples)
+  int64_t teacher_cache_top_k = 32;   // k; the rest of the teacher's mass is kept as one number
 };
 
 struct RunConfig {

@@ -88,6 +88,7 @@ Trainer::Trainer(Seq2SeqModel model, std::shared_ptr<const Dataset> data, const 
   if (teacher_) {
     teacher_->teacher->eval();
     for (auto& p : teacher_->teacher->parameters()) p.set_requires_grad(false);
+    if (teacher_->cache_top_k > 0) cache_ = std::make_unique<TeacherCache>(teacher_->cache_top_k, teacher_->loss.temperature);
   }
 }
 
@@ -96,14 +97,19 @@ Trainer::StepLosses Trainer::train_step(const Batch& b, double scale) {
   Seq2SeqInputs in{b.input_ids, b.attention_mask, b.decoder_input_ids, {}, b.labels};
   torch::Tensor loss;
   if (teacher_) {
-    torch::Tensor teacher_logits;
-    {
-      torch::NoGradGuard ng;
-      teacher_logits = teacher_->teacher->forward({b.input_ids, b.attention_mask, b.decoder_input_ids, {}, {}}).logits;
-    }
+    auto teacher_logits = [&] {
+      c10::InferenceMode frozen;
+      return teacher_->teacher->forward({b.input_ids, b.attention_mask, b.decoder_input_ids, {}, {}}).logits;
+    };
     in.labels = torch::Tensor();
-    auto out = model_->forward(in);
-    auto d = distillation_loss(out.logits, teacher_logits, b.labels, teacher_->loss);
+    DistillLoss d;
+    if (cache_) {
+      auto targets = cache_->targets(b, teacher_logits);
+      d = distillation_loss(model_->forward(in).logits, targets, b.labels, teacher_->loss);
+    } else {
+      auto t = teacher_logits();
+      d = distillation_loss(model_->forward(in).logits, t, b.labels, teacher_->loss);
+    }
     loss = d.total;
     l.hard = d.hard.item<double>();
     l.soft = d.soft.item<double>();
@@ -197,6 +203,8 @@ TrainResult Trainer::run() {
   const auto start = std::chrono::steady_clock::now();
   auto window_start = start;
   const int64_t first_step = step;
+  int64_t epoch = position.epoch;
+  auto epoch_start = start;
   while (step < t.steps) {
     optimizer_->zero_grad();
     StepLosses sl;
@@ -233,6 +241,23 @@ TrainResult Trainer::run() {
     total_tokens += sl.tokens;
     ++window_steps;
 
+    if (position.epoch > epoch) {
+      // Per-epoch wall time: with the teacher cache, epochs after the first skip the teacher.
+      const auto now = std::chrono::steady_clock::now();
+      const double seconds = std::chrono::duration<double>(now - epoch_start).count();
+      json m = {{"stage", o_.stage}, {"step", step}, {"epoch", epoch}, {"epoch_seconds", seconds}};
+      std::string extra;
+      if (cache_) {
+        m["teacher_cache"] = {{"hits", cache_->hits()}, {"misses", cache_->misses()}, {"examples", cache_->examples()},
+                              {"megabytes", cache_->megabytes()}};
+        extra = fmt::format(" (teacher cache: {} of {} batches served, {} examples, {:.1f} MB)", cache_->hits(),
+                            cache_->hits() + cache_->misses(), cache_->examples(), cache_->megabytes());
+      }
+      append_jsonl(metrics, m);
+      spdlog::info("[{}] epoch {} done at step {} in {}{}", o_.stage, epoch, step, format_duration(seconds), extra);
+      epoch = position.epoch;
+      epoch_start = now;
+    }
     if (step % t.log_interval == 0 || step == t.steps) {
       const auto now = std::chrono::steady_clock::now();
       const double dt = std::chrono::duration<double>(now - window_start).count();

@@ -12,6 +12,7 @@
 #include "distill/losses.h"
 #include "distill/optim.h"
 #include "distill/run_config.h"
+#include "distill/teacher_cache.h"
 #include "models/errors.h"
 #include "models/seq2seq.h"
 
@@ -41,6 +42,7 @@ struct TrainerOptions {
 struct TeacherSignal {
   Seq2SeqModel teacher{nullptr};          // frozen, eval mode
   DistillLossOptions loss;                // hard / soft mix
+  int64_t cache_top_k = 0;                // > 0: cache the teacher's top-k soft targets per example
 };
 
 struct TrainResult {
@@ -72,6 +74,7 @@ class Trainer {
   std::optional<TeacherSignal> teacher_;
   std::unique_ptr<Optimizer> optimizer_;
   std::vector<std::pair<std::string, at::Tensor>> params_;
+  std::unique_ptr<TeacherCache> cache_;
 };
 
 // Artetxe et al.'s expert-gradient scaling: multiplies the gradients of expert parameters by

@@ -336,6 +336,30 @@ TEST(Batching, SameSeedSameBatchesOtherSeedOthers) {
   EXPECT_TRUE(epoch_differs);
 }
 
+TEST(Batching, StaticExamplesRepeatEveryEpochInANewOrder) {
+  auto data = small_dataset(1);
+  BatchingOptions b = data->options();
+  b.static_examples = true;
+  std::vector<TokenizedDoc> docs;
+  for (int d = 0; d < 20; ++d) docs.push_back({token_range(50 + 13 * d), {}});
+  auto o = span_options();
+  o.input_length = 32;
+  o.target_length = 12;
+  Dataset ds(docs, std::make_shared<SpanCorruption>(o), b);
+  auto e0 = ds.make_epoch(0), e1 = ds.make_epoch(1), e2 = ds.make_epoch(2);
+  ASSERT_EQ(e0.examples.size(), e1.examples.size());
+  for (size_t i = 0; i < e0.examples.size(); ++i) {
+    EXPECT_EQ(e1.examples[i].inputs, e0.examples[i].inputs);
+    EXPECT_EQ(e2.examples[i].targets, e0.examples[i].targets);
+  }
+  EXPECT_NE(e0.batches, e1.batches);
+  EXPECT_NE(e1.batches, e2.batches);
+  auto batch = ds.collate_batch(e1, 2);
+  EXPECT_EQ(batch.example_ids, e1.batches[2]);
+  // Epoch 0 is the same as without static examples: turning it on changes nothing else.
+  EXPECT_EQ(e0.batches, small_dataset(1)->make_epoch(0).batches);
+}
+
 TEST(Batching, TokenBudgetCapsBatches) {
   std::vector<TokenizedDoc> docs;
   for (int d = 0; d < 10; ++d) docs.push_back({token_range(40), {}});

@@ -14,6 +14,7 @@
 #include "distill/optim.h"
 #include "distill/run_config.h"
 #include "distill/student_init.h"
+#include "distill/teacher_cache.h"
 #include "distill/trainer.h"
 #include "models/atomic_file.h"
 #include "models/checkpoint.h"
@@ -148,7 +149,7 @@ TEST_F(StudentInitTest, EachFfnModeDoesWhatItSays) {
 
 TEST_F(StudentInitTest, RoutingFrequencySumsToOne) {
   auto g = test::load_fixture_tensors("switch-tiny-4/golden.safetensors");
-  Batch b{g["input_ids"], g["attention_mask"], g["decoder_input_ids"], g["labels"], 0, 0};
+  Batch b{g["input_ids"], g["attention_mask"], g["decoder_input_ids"], g["labels"], 0, 0, {}};
   auto f = routing_frequency(teacher_, {b});
   ASSERT_EQ(f.size(), 2u);
   for (const auto& [k, v] : f) EXPECT_NEAR(v.sum().item<double>(), 1.0, 1e-9) << k;
@@ -173,6 +174,45 @@ TEST(DistillLoss, TemperatureScalingAndKl) {
   EXPECT_NEAR(same.soft.item<double>(), 0.0, 1e-6);
   auto ref = distillation_loss(s, t, labels, {0.75, 0.25, 1.0, false});
   EXPECT_NEAR(ref.total.item<double>(), 0.75 * ref.hard.item<double>() + 0.25 * ref.soft.item<double>(), 1e-6);
+}
+
+TEST(DistillLoss, TopKTargetsWithTheWholeVocabularyGiveTheFullLoss) {
+  torch::manual_seed(2);
+  auto t = torch::randn({2, 3, 7}) * 2;
+  auto labels = torch::tensor({{1, 2, -100}, {3, -100, -100}});
+  for (bool kl : {false, true}) {
+    for (double T : {1.0, 2.0}) {
+      const DistillLossOptions o{0.75, 0.25, T, kl};
+      auto s1 = torch::randn({2, 3, 7}, torch::requires_grad());
+      auto s2 = s1.detach().clone().requires_grad_(true);
+      auto full = distillation_loss(s1, t, labels, o);
+      auto top = distillation_loss(s2, top_k_soft_targets(t, 7, T), labels, o);
+      EXPECT_NEAR(top.total.item<double>(), full.total.item<double>(), 1e-5);
+      EXPECT_NEAR(top.kl.item<double>(), full.kl.item<double>(), 1e-5);
+      full.total.backward();
+      top.total.backward();
+      EXPECT_TRUE(tensors_close(s2.grad(), s1.grad()));
+    }
+  }
+}
+
+TEST(DistillLoss, TopKKeepsTheRestOfTheMassAsOneClass) {
+  torch::manual_seed(3);
+  auto s = torch::randn({1, 2, 6}), t = torch::randn({1, 2, 6});
+  auto labels = torch::tensor({{1, 2}});
+  auto targets = top_k_soft_targets(t, 2, 1.0);
+  auto p = torch::softmax(t, -1), q = torch::softmax(s, -1);
+  auto sorted = p.sort(-1, /*descending=*/true);
+  EXPECT_TRUE(tensors_close(targets.probs, std::get<0>(sorted).narrow(-1, 0, 2)));
+  EXPECT_TRUE(torch::equal(targets.ids, std::get<1>(sorted).narrow(-1, 0, 2)));
+  EXPECT_TRUE(tensors_close(targets.rest, 1 - targets.probs.sum(-1)));
+  // Cross-entropy of the 3-class teacher (top 2 + rest) against the student's 3 classes.
+  auto q_top = q.gather(-1, targets.ids);
+  auto ce = -(targets.probs * q_top.log()).sum(-1) - targets.rest * (1 - q_top.sum(-1)).log();
+  auto d = distillation_loss(s, targets, labels, {0.0, 1.0, 1.0, false});
+  EXPECT_NEAR(d.soft.item<double>(), ce.mean().item<double>(), 1e-5);
+  // KL of identical coarse distributions is zero.
+  EXPECT_NEAR(distillation_loss(t, targets, labels, {0.0, 1.0, 1.0, true}).soft.item<double>(), 0.0, 1e-6);
 }
 
 TEST(Optim, SchedulesHaveTheirShapes) {
@@ -352,6 +392,128 @@ TEST(Trainer, NonFiniteLossStopsAndKeepsTheLastCheckpoint) {
   EXPECT_EQ(latest_checkpoint(dir.file("run")), last);
 }
 
+// ---- the teacher cache ---------------------------------------------------------------------
+
+// Documents from a sparse Markov chain (3 successors per token), so masked spans are partly
+// predictable and distillation has something to carry.
+std::vector<TokenizedDoc> markov_docs(int n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<TokenizedDoc> docs;
+  for (int d = 0; d < n; ++d) {
+    TokenizedDoc doc;
+    int32_t x = 3 + static_cast<int32_t>(rng() % 200);
+    for (int i = 0; i < 120; ++i) {
+      doc.text.push_back(x);
+      x = 3 + (x * 7 + 11 * static_cast<int32_t>(rng() % 3)) % 200;
+    }
+    docs.push_back(doc);
+  }
+  return docs;
+}
+
+std::shared_ptr<Dataset> markov_dataset(uint32_t seed, bool static_examples, bool shuffle = true) {
+  ObjectiveOptions o;
+  o.input_length = 32;
+  o.target_length = 12;
+  o.vocab_size = 300;
+  o.num_sentinels = 50;
+  BatchingOptions b;
+  b.batch_size = 4;
+  b.seed = seed;
+  b.shuffle = shuffle;
+  b.static_examples = static_examples;
+  return std::make_shared<Dataset>(markov_docs(30, seed), std::make_shared<SpanCorruption>(o), b);
+}
+
+ModelConfig cache_teacher_config() {
+  auto c = tiny_switch();
+  c.capacity_factor_eval = 100.0;  // nothing dropped: a token's targets do not depend on its batch
+  return c;
+}
+
+TEST(TeacherCache, FillsOnceThenServesEveryEpochWithoutTheTeacher) {
+  torch::manual_seed(5);
+  Seq2SeqModel teacher(cache_teacher_config());
+  teacher->eval();
+  auto data = markov_dataset(3, true);
+  TeacherCache cache(8, 2.0);
+  int teacher_calls = 0;
+  for (int64_t epoch = 0; epoch < 3; ++epoch) {
+    auto e = data->make_epoch(epoch);
+    for (size_t i = 0; i < e.batches.size(); ++i) {
+      auto b = data->collate_batch(e, i);
+      auto logits = [&] {
+        torch::NoGradGuard ng;
+        return teacher->forward({b.input_ids, b.attention_mask, b.decoder_input_ids, {}, {}}).logits;
+      };
+      auto calls = [&] {
+        ++teacher_calls;
+        return logits();
+      };
+      auto got = cache.targets(b, calls);
+      auto fresh = top_k_soft_targets(logits(), 8, 2.0);
+      auto real = (b.labels != -100).unsqueeze(-1);  // padding positions are empty in the cache
+      EXPECT_TRUE(torch::equal(got.ids, fresh.ids * real)) << "epoch " << epoch << " batch " << i;
+      EXPECT_TRUE(tensors_close(got.probs, fresh.probs * real, 1e-5));
+      EXPECT_TRUE(tensors_close(got.rest, fresh.rest * real.squeeze(-1), 1e-5));
+    }
+    if (epoch == 0) {
+      EXPECT_EQ(teacher_calls, static_cast<int>(e.batches.size()));
+    }
+  }
+  EXPECT_EQ(teacher_calls, cache.misses());
+  EXPECT_EQ(cache.hits() + cache.misses(), 3 * static_cast<int64_t>(data->make_epoch(0).batches.size()));
+  EXPECT_GT(cache.megabytes(), 0.0);
+}
+
+TEST(TeacherCache, StudentWithTop32IsWithinNoiseOfTheUncachedStudent) {
+  test::TempDir dir;
+  auto data = markov_dataset(3, true);
+  std::vector<Batch> eval;
+  {
+    auto held_out = markov_dataset(77, true, false);
+    auto e = held_out->make_epoch(0);
+    for (size_t i = 0; i < e.batches.size(); ++i) eval.push_back(held_out->collate_batch(e, i));
+  }
+  torch::manual_seed(5);
+  Seq2SeqModel teacher(cache_teacher_config());
+  init_from_scratch(teacher, 1.0);
+  auto to = tiny_options(dir.file("teacher"), 150, false);
+  to.training.optimizer.lr = 1e-2;
+  to.training.log_interval = 50;
+  const double teacher_nll = Trainer(teacher, data, &eval, to).run().eval->nll;
+
+  auto distill = [&](const std::string& name, int64_t cache_k) {
+    auto sc = student_config(teacher->config(), std::nullopt, 0.1);
+    torch::manual_seed(6);
+    Seq2SeqModel student(sc);
+    init_student(student, teacher, FfnInit::kFresh, true);
+    auto o = tiny_options(dir.file(name), 120, false);  // about 5 epochs
+    o.training.optimizer.lr = 1e-2;
+    o.training.log_interval = 40;
+    TeacherSignal signal{teacher, {0.75, 0.25, 1.0, false}, cache_k};
+    return *Trainer(student, data, &eval, o, signal).run().eval;
+  };
+  const auto plain = distill("plain", 0);
+  const auto cached = distill("cached", 32);
+  // Epochs after the first were served from the cache.
+  int epochs = 0;
+  std::ifstream in(dir.file("cached/metrics.jsonl"));
+  for (std::string line; std::getline(in, line);) {
+    auto j = json::parse(line);
+    if (!j.contains("teacher_cache")) continue;
+    ++epochs;
+    if (j["epoch"].get<int>() >= 1) {
+      EXPECT_GT(j["teacher_cache"]["hits"].get<int64_t>(), 0);
+    }
+  }
+  EXPECT_GE(epochs, 3);
+  const double noise = std::max(plain.nll_stderr, cached.nll_stderr);
+  EXPECT_LT(std::abs(cached.nll - plain.nll), 2 * noise)
+      << "cached " << cached.nll << " plain " << plain.nll << " teacher " << teacher_nll << " stderr " << noise;
+  EXPECT_LT(plain.nll, std::log(300.0) - 1.0);  // the students did learn
+}
+
 // ---- configuration -------------------------------------------------------------------------
 
 std::string config_error(const std::string& yaml, const std::vector<std::string>& overrides = {}) {
@@ -395,6 +557,16 @@ TEST(RunConfig, WrongTypesAndRangesAllAtOnce) {
   EXPECT_NE(err.find("c.yaml:6: distillation.hard_weight must be >= 0"), std::string::npos) << err;
   EXPECT_NE(err.find("c.yaml:7: distillation.soft_loss must be one of ce, kl, got \"mse\""), std::string::npos) << err;
   EXPECT_NE(err.find("c.yaml:9: training.steps must be >= 1"), std::string::npos) << err;
+}
+
+TEST(RunConfig, TeacherCacheNeedsStaticExamples) {
+  const std::string base = "data:\n  train:\n    files: [" + kTrainFile + "]\ndistillation:\n  teacher_cache: true\n";
+  auto err = config_error(base);
+  EXPECT_NE(err.find("c.yaml:5: distillation.teacher_cache needs data.static_examples: true"), std::string::npos) << err;
+  EXPECT_EQ(config_error(base, {"data.static_examples=true"}), "");
+  EXPECT_NE(config_error(base, {"data.static_examples=true", "distillation.teacher_cache_top_k=0"})
+                .find("distillation.teacher_cache_top_k must be >= 1"),
+            std::string::npos);
 }
 
 TEST(RunConfig, MissingTeacherAndDataAndBadOverrides) {
