@@ -16,6 +16,7 @@
 #include "distill/student_init.h"
 #include "distill/teacher_cache.h"
 #include "models/checkpoint.h"
+#include "models/mixed_precision.h"
 #include "models/errors.h"
 #include "models/model_stats.h"
 
@@ -113,7 +114,12 @@ BenchResult run_bench(const BenchShape& s, const BenchOptions& o) {
   };
   auto student_step = [&](const auto& loss_of) {
     adamw.zero_grad();
-    loss_of(student->forward({ids, mask, dec, {}, {}}).logits).backward();
+    torch::Tensor loss;
+    {
+      Bf16Autocast amp(s.student_bf16);
+      loss = loss_of(student->forward({ids, mask, dec, {}, {}}).logits);
+    }
+    loss.backward();
     adamw.step(1e-4);
   };
   r.teacher_forward = time_it(o, [&] { teacher_forward(); });
@@ -148,6 +154,7 @@ BenchResult run_bench(const BenchShape& s, const BenchOptions& o) {
     fo.dropout = 0.0;
     SwitchSparseMlp sparse(s.d_model, ro, fo);
     DenseActDense dense(fo);
+    Bf16Autocast amp(s.student_bf16);  // both layers in the student's precision
     auto x = torch::randn({s.batch, s.src_len, s.d_model}).requires_grad_(true);
     auto g = torch::randn({s.batch, s.src_len, s.d_model});
     r.switch_layer = time_it(o, [&] {
@@ -197,6 +204,7 @@ json BenchResult::to_json() const {
                      {"experts", shape.num_experts}, {"sparse_step", shape.sparse_step},
                      {"expert_capacity", shape.expert_capacity}, {"vocab", shape.vocab_size}, {"batch", shape.batch},
                      {"src_len", shape.src_len}, {"tgt_len", shape.tgt_len}, {"teacher_bf16", shape.teacher_bf16},
+                     {"student_bf16", shape.student_bf16},
                      {"cache_top_k", shape.cache_top_k}}},
           {"threads", threads},
           {"blas", blas}};
@@ -208,10 +216,11 @@ std::string BenchResult::markdown() const {
   };
   std::string md = fmt::format(
       "shape: d_model {} d_ff {} heads {}x{} layers {}+{} experts {} ({} sparse, capacity {}) vocab {}, batch {} x "
-      "({} + {}) tokens; {} threads, BLAS {}\n\n",
+      "({} + {}) tokens; teacher {}, student {}; {} threads, BLAS {}\n\n",
       shape.d_model, shape.d_ff, shape.num_heads, shape.d_kv, shape.num_layers, shape.num_decoder_layers, shape.num_experts,
       shape.sparse_step == 1 ? std::string("every layer") : fmt::format("every {}th layer", shape.sparse_step), shape.expert_capacity,
-      shape.vocab_size, shape.batch, shape.src_len, shape.tgt_len, threads, blas);
+      shape.vocab_size, shape.batch, shape.src_len, shape.tgt_len, shape.teacher_bf16 ? "bf16" : "fp32",
+      shape.student_bf16 ? "bf16 matmuls" : "fp32", threads, blas);
   md += "| measurement | median ms | spread ms | throughput |\n| --- | ---: | ---: | --- |\n";
   md += row("teacher forward", teacher_forward, fmt::format("{:.0f} tokens/s", teacher_tokens_per_s));
   md += row("student forward+backward+AdamW", student_step, fmt::format("{:.1f} GFLOP/s, MFU {:.0f}%", student_step_gflops, 100 * student_step_mfu));

@@ -19,6 +19,7 @@ struct BenchShape {
   int64_t batch = 8, src_len = 128, tgt_len = 32;                 // B, S, T
   double student_dropout = 0.1;                                   // dropout in the student
   bool teacher_bf16 = false;                                      // frozen teacher in bfloat16
+  bool student_bf16 = false;                                      // student matrix products in bf16 (training.bf16)
   int64_t cache_top_k = 32;                                       // k of the teacher-cache step
 };
 

@@ -100,6 +100,7 @@ void visit(V& v, TrainingConfig& c) {
   v.field("grad_clip", c.grad_clip);
   v.field("dropout", c.dropout);
   v.field("expert_dropout", c.expert_dropout);
+  v.field("bf16", c.bf16);
   v.field("init_scale", c.init_scale);
   v.field("expert_grad_scaling", c.expert_grad_scaling);
   v.section("optimizer", c.optimizer);

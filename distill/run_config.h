@@ -91,6 +91,8 @@ struct TrainingConfig {
   double grad_clip = 1.0;             // global L2 norm clip; 0 = off
   double dropout = 0.1;               // dropout rate of the model being trained
   double expert_dropout = 0.1;        // dropout inside experts (sparse models)
+  bool bf16 = false;                  // bfloat16 matrix products (autocast); weights, optimizer state,
+                                      // router, norms and losses stay float32
   double init_scale = 0.1;            // from-scratch init: truncated normal, std sqrt(s / fan_in)
   bool expert_grad_scaling = false;   // Artetxe et al.: scale expert gradients by 1/sqrt(E)
   OptimizerConfig optimizer;

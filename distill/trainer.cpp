@@ -13,6 +13,7 @@
 #include "distill/optim.h"
 #include "models/atomic_file.h"
 #include "models/checkpoint.h"
+#include "models/mixed_precision.h"
 #include "models/safetensors.h"
 
 namespace distill {
@@ -105,9 +106,11 @@ Trainer::StepLosses Trainer::train_step(const Batch& b, double scale) {
     DistillLoss d;
     if (cache_) {
       auto targets = cache_->targets(b, teacher_logits);
+      Bf16Autocast amp(o_.training.bf16);
       d = distillation_loss(model_->forward(in).logits, targets, b.labels, teacher_->loss);
     } else {
       auto t = teacher_logits();
+      Bf16Autocast amp(o_.training.bf16);
       d = distillation_loss(model_->forward(in).logits, t, b.labels, teacher_->loss);
     }
     loss = d.total;
@@ -115,6 +118,7 @@ Trainer::StepLosses Trainer::train_step(const Batch& b, double scale) {
     l.soft = d.soft.item<double>();
     l.kl = d.kl.item<double>();
   } else {
+    Bf16Autocast amp(o_.training.bf16);
     auto out = model_->forward(in);
     loss = out.loss;
     l.hard = out.ce_loss.item<double>();

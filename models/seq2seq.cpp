@@ -1,5 +1,7 @@
 #include "models/seq2seq.h"
 
+#include "models/mixed_precision.h"
+
 #include <torch/nn/functional/loss.h>
 
 #include <cmath>
@@ -181,6 +183,7 @@ StackOutput Seq2SeqModelImpl::decode(const torch::Tensor& decoder_input_ids,
 }
 
 torch::Tensor Seq2SeqModelImpl::lm_logits(const torch::Tensor& hidden) {
+  NoAutocast fp32;  // the softmax over the vocabulary wants full-precision logits
   if (!lm_head.is_empty()) return lm_head->forward(hidden);
   // Tied head: T5 rescales the decoder output by D^-0.5 before projecting on the embedding.
   return torch::matmul(hidden * std::pow(static_cast<double>(config_.d_model), -0.5), shared->weight.t());

@@ -1,5 +1,8 @@
 #include "models/switch_moe.h"
 
+#include "models/grouped_ffn.h"
+#include "models/mixed_precision.h"
+
 #include <torch/nn/functional/embedding.h>
 #include <torch/nn/functional/linear.h>
 
@@ -52,6 +55,7 @@ SwitchRouterImpl::SwitchRouterImpl(int64_t d_model, const RoutingOptions& option
 torch::Tensor SwitchRouterImpl::forward(const torch::Tensor& x) {
   // The router runs in float32 (or wider) whatever the model dtype: a bf16 softmax over experts
   // is too coarse for stable routing.
+  NoAutocast fp32;
   const auto dtype = c10::promoteTypes(classifier->weight.scalar_type(), torch::kFloat32);
   auto h = x.to(dtype);
   if (is_training() && options_.jitter_noise > 0) {
@@ -61,7 +65,7 @@ torch::Tensor SwitchRouterImpl::forward(const torch::Tensor& x) {
   return torch::nn::functional::linear(h, classifier->weight.to(dtype), bias);
 }
 
-SwitchExpertsImpl::SwitchExpertsImpl(int64_t num_experts, const FfnOptions& expert) {
+SwitchExpertsImpl::SwitchExpertsImpl(int64_t num_experts, const FfnOptions& expert) : options_(expert) {
   for (int64_t e = 0; e < num_experts; ++e) {
     experts.push_back(register_module("expert_" + std::to_string(e), DenseActDense(expert)));
   }
@@ -92,19 +96,25 @@ SparseMlpOutput SwitchSparseMlpImpl::forward(const torch::Tensor& x) {
   auto counts = torch::bincount(expert_of, {}, E).to(torch::kCPU);
   auto counts_a = counts.accessor<int64_t, 1>();
 
-  auto xs = flat.index_select(0, src);  // [M, D]
-  std::vector<torch::Tensor> outs;
-  int64_t begin = 0;
-  for (int64_t e = 0; e < E; ++e) {
-    const int64_t n = counts_a[e];
-    if (n == 0) continue;
-    outs.push_back(experts->experts[e]->forward(xs.narrow(0, begin, n)));
-    begin += n;
-  }
-  auto out = torch::zeros_like(flat);
-  if (!outs.empty()) {
-    auto ys = torch::cat(outs, 0) * gate.to(x.scalar_type()).unsqueeze(1);  // [M, D]
-    out = out.index_add(0, src, ys);
+  torch::Tensor out;  // [N, D]
+  const auto& ffn = experts->options();
+  if (!ffn.gated && ffn.act == "relu") {
+    std::vector<torch::Tensor> wi, wo;
+    for (const auto& ex : experts->experts) {
+      wi.push_back(ex->wi->weight);
+      wo.push_back(ex->wo->weight);
+    }
+    std::vector<int64_t> count_list(counts_a.data(), counts_a.data() + E);
+    out = grouped_relu_ffn(flat, gate, {src, count_list}, wi, wo, is_training() ? ffn.dropout : 0.0);
+  } else {
+    auto xs = flat.index_select(0, src);  // [M, D]
+    auto parts = xs.split_with_sizes(c10::IntArrayRef(counts_a.data(), static_cast<size_t>(E)));
+    std::vector<torch::Tensor> outs;
+    for (int64_t e = 0; e < E; ++e) {
+      if (counts_a[e] > 0) outs.push_back(experts->experts[e]->forward(parts[e]));
+    }
+    out = torch::zeros_like(flat);
+    if (!outs.empty()) out = out.index_add(0, src, torch::cat(outs, 0) * gate.to(x.scalar_type()).unsqueeze(1));
   }
 
   RouterOutput ro;

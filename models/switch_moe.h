@@ -65,7 +65,11 @@ TORCH_MODULE(SwitchRouter);
 class SwitchExpertsImpl : public torch::nn::Module {
  public:
   SwitchExpertsImpl(int64_t num_experts, const FfnOptions& expert);
+  const FfnOptions& options() const { return options_; }
   std::vector<DenseActDense> experts;
+
+ private:
+  FfnOptions options_;
 };
 TORCH_MODULE(SwitchExperts);
 

@@ -5,7 +5,11 @@
 
 #include <cmath>
 
+#include <ATen/autocast_mode.h>
+
 #include "models/checkpoint.h"
+#include "models/mixed_precision.h"
+#include "models/seq2seq.h"
 #include "models/switch_moe.h"
 #include "tests/test_util.h"
 
@@ -213,6 +217,115 @@ TEST(SwitchGradients, MatchFiniteDifferences) {
       EXPECT_NEAR(grad.view({-1})[i].item<double>(), (up - down) / (2 * h), 1e-6);
     }
   }
+}
+
+// With dropout in the experts, for the fused ReLU experts and the generic (gated) path. The same
+// seed before every forward makes the dropout mask part of a fixed function.
+void check_gradients_with_dropout(bool gated) {
+  torch::manual_seed(6);
+  RoutingOptions r;
+  r.num_experts = 3;
+  r.expert_capacity = 100;
+  r.jitter_noise = 0.0;
+  FfnOptions f;
+  f.d_model = 6;
+  f.d_ff = 8;
+  f.dropout = 0.4;
+  f.gated = gated;
+  f.act = gated ? "gelu_new" : "relu";
+  SwitchSparseMlp layer(6, r, f);
+  layer->to(torch::kDouble);
+  layer->train();
+  auto x = torch::randn({1, 7, 6}, torch::kDouble).requires_grad_(true);
+  auto w = torch::randn({1, 7, 6}, torch::kDouble);
+  auto loss_of = [&] {
+    torch::manual_seed(99);
+    return (layer->forward(x).hidden * w).sum();
+  };
+  {
+    torch::NoGradGuard ng;
+    auto train_out = loss_of();
+    layer->eval();
+    EXPECT_GT(std::abs(train_out.item<double>() - loss_of().item<double>()), 1e-6) << "dropout must be active";
+    layer->train();
+  }
+  loss_of().backward();
+  auto& expert = layer->experts->experts[0];
+  std::vector<torch::Tensor> params = {x, layer->router->classifier->weight, gated ? expert->wi_0->weight : expert->wi->weight,
+                                       layer->experts->experts[2]->wo->weight};
+  for (auto& p : params) {
+    ASSERT_TRUE(p.grad().defined());
+    auto grad = p.grad().clone();
+    torch::NoGradGuard ng;
+    for (int64_t i = 0; i < std::min<int64_t>(p.numel(), 8); ++i) {
+      auto flat = p.view({-1});
+      const double h = 1e-6, orig = flat[i].item<double>();
+      flat[i] = orig + h;
+      double up = loss_of().item<double>();
+      flat[i] = orig - h;
+      double down = loss_of().item<double>();
+      flat[i] = orig;
+      EXPECT_NEAR(grad.view({-1})[i].item<double>(), (up - down) / (2 * h), 1e-6) << (gated ? "gated " : "relu ") << i;
+    }
+  }
+}
+
+TEST(SwitchGradients, WithExpertDropoutMatchFiniteDifferences) {
+  check_gradients_with_dropout(false);
+  check_gradients_with_dropout(true);
+}
+
+TEST(MixedPrecision, Bf16AutocastKeepsRouterLogitsAndGradientsFloat32) {
+  ModelConfig c;
+  c.model_type = "switch_transformers";
+  c.vocab_size = 64;
+  c.d_model = 32;
+  c.d_ff = 64;
+  c.d_kv = 8;
+  c.num_heads = 4;
+  c.num_layers = c.num_decoder_layers = 2;
+  c.num_experts = 4;
+  c.encoder_sparse_step = c.decoder_sparse_step = 1;
+  c.capacity_mode = CapacityMode::kFactor;
+  c.dropout_rate = 0.0;
+  torch::manual_seed(7);
+  Seq2SeqModel model(c);
+  model->eval();
+  auto ids = torch::randint(2, 64, {2, 10}), labels = torch::randint(2, 64, {2, 6});
+  Seq2SeqInputs in{ids, torch::ones({2, 10}, torch::kLong), shift_right(labels, 0, 0), {}, labels};
+  auto run = [&](bool bf16) {
+    model->zero_grad();
+    Seq2SeqOutput out;
+    {
+      Bf16Autocast amp(bf16);
+      out = model->forward(in);
+    }
+    out.loss.backward();
+    std::vector<torch::Tensor> grads;
+    for (auto& p : model->parameters()) grads.push_back(p.grad().defined() ? p.grad().clone() : torch::Tensor());
+    return std::make_pair(out, grads);
+  };
+  auto [ref, ref_grads] = run(false);
+  auto [amp, amp_grads] = run(true);
+  EXPECT_FALSE(at::autocast::is_cpu_enabled());
+  EXPECT_EQ(amp.logits.scalar_type(), torch::kFloat32);
+  ASSERT_EQ(amp.routing.size(), 4u);
+  for (const auto& [name, r] : amp.routing) EXPECT_EQ(r.logits.scalar_type(), torch::kFloat32) << name;
+  EXPECT_NEAR(amp.ce_loss.item<double>(), ref.ce_loss.item<double>(), 0.02 * ref.ce_loss.item<double>());
+  for (size_t i = 0; i < ref_grads.size(); ++i) {
+    if (!ref_grads[i].defined()) continue;
+    ASSERT_TRUE(amp_grads[i].defined());
+    EXPECT_EQ(amp_grads[i].scalar_type(), torch::kFloat32);
+    auto cos = torch::cosine_similarity(amp_grads[i].flatten(), ref_grads[i].flatten(), 0).item<double>();
+    EXPECT_GT(cos, 0.97) << "parameter " << i;
+  }
+  // bf16 copies of the weights do not outlive the scope: a changed weight is seen next time.
+  {
+    torch::NoGradGuard ng;
+    model->parameters()[0].mul_(2.0);
+  }
+  auto again = run(true).first;
+  EXPECT_GT((again.logits - amp.logits).abs().max().item<double>(), 1e-3);
 }
 
 TEST(SwitchModel, PaddingDoesNotChangeRealTokens) {

@@ -31,13 +31,14 @@ Command add_bench(CLI::App& app) {
   auto* batch = sub->add_option("--batch", a->shape.batch, "Override: batch size");
   auto* vocab = sub->add_option("--vocab", a->shape.vocab_size, "Override: vocabulary");
   auto* bf16 = sub->add_flag("--teacher-bf16", a->shape.teacher_bf16, "Run the frozen teacher in bfloat16");
+  auto* student_bf16 = sub->add_flag("--student-bf16", a->shape.student_bf16, "Student matrix products in bfloat16 (training.bf16)");
   auto* cache_k = sub->add_option("--cache-top-k", a->shape.cache_top_k, "k of the teacher-cache step")->check(CLI::PositiveNumber);
   sub->add_option("--warmup", a->options.warmup, "Untimed repetitions")->check(CLI::NonNegativeNumber);
   sub->add_option("--repeats", a->options.repeats, "Timed repetitions")->check(CLI::PositiveNumber);
   sub->add_flag("--json", a->json, "Print one JSON object");
   sub->add_option("--data", a->data, "Benchmark the data pipeline on these text files instead");
   sub->add_option("--tokenizer", a->tokenizer, "Tokenizer for --data");
-  return {sub, [a, d_model, d_ff, d_kv, experts, batch, vocab, bf16, cache_k] {
+  return {sub, [a, d_model, d_ff, d_kv, experts, batch, vocab, bf16, student_bf16, cache_k] {
             if (!a->data.empty()) {
               if (a->tokenizer.empty()) throw InputError("bench --data needs --tokenizer DIR");
               auto r = run_data_bench(a->data, a->tokenizer, 128, 32, 16);
@@ -55,6 +56,7 @@ Command add_bench(CLI::App& app) {
             if (*batch) s.batch = a->shape.batch;
             if (*vocab) s.vocab_size = a->shape.vocab_size;
             if (*bf16) s.teacher_bf16 = true;
+            if (*student_bf16) s.student_bf16 = true;
             if (*cache_k) s.cache_top_k = a->shape.cache_top_k;
             auto r = run_bench(s, a->options);
             std::cout << (a->json ? r.to_json().dump(2) : r.markdown()) << "\n";
