@@ -18,33 +18,77 @@ int64_t expert_capacity_for(const RoutingOptions& o, int64_t batch, int64_t seq_
   return std::max<int64_t>(1, static_cast<int64_t>(std::ceil(assignments / o.num_experts * factor)));
 }
 
-Routing route_tokens(const torch::Tensor& probs, int64_t top_k, CapacityMode mode, int64_t capacity) {
-  const int64_t B = probs.size(0), S = probs.size(1), E = probs.size(2), k = top_k;
-  torch::Tensor values, experts;  // [B, S, k]
-  if (k == 1) {
-    // argmax, not topk: ties go to the lowest index, exactly as Hugging Face's router.
-    experts = probs.argmax(-1, /*keepdim=*/true);
-    values = probs.gather(-1, experts);
-  } else {
-    std::tie(values, experts) = probs.topk(k, -1);
-  }
-  auto gates = k == 1 ? values : values / values.sum(-1, /*keepdim=*/true);
+namespace {
 
-  // Queue position of each assignment at its expert: a cumulative count over one-hot rows laid
-  // out rank-major, so every first choice is served before any second choice.
-  auto onehot = torch::nn::functional::one_hot(experts, E).to(torch::kInt32);  // [B, S, k, E]
-  torch::Tensor kept;
-  if (mode == CapacityMode::kFixed) {
-    auto q = onehot.permute({0, 2, 1, 3}).reshape({B, k * S, E});   // [B, k*S, E]
-    auto priority = (q.cumsum(1) * q).sum(-1);                     // [B, k*S]
-    kept = (priority <= capacity).view({B, k, S}).permute({0, 2, 1}); // [B, S, k]
-  } else {
-    auto q = onehot.permute({2, 0, 1, 3}).reshape({k * B * S, E}); // [k*B*S, E]
-    auto priority = (q.cumsum(0) * q).sum(-1);                     // [k*B*S]
-    kept = (priority <= capacity).view({k, B, S}).permute({1, 2, 0}); // [B, S, k]
+// One pass over [N, E] probabilities: top-k choices, queue positions and the dispatch order. At
+// this size (a few thousand tokens, a handful of experts) a plain loop beats a dozen tensor ops.
+template <typename T>
+void route_pass(const T* p, int64_t B, int64_t S, int64_t E, int64_t k, CapacityMode mode, int64_t capacity,
+                int64_t* experts, bool* kept, std::vector<std::vector<int64_t>>& by_expert) {
+  const int64_t N = B * S;
+  for (int64_t n = 0; n < N; ++n) {
+    const T* row = p + n * E;
+    int64_t* choice = experts + n * k;
+    for (int64_t r = 0; r < k; ++r) {
+      // Strictly greater: ties go to the lowest index, as Hugging Face's argmax.
+      int64_t best = -1;
+      for (int64_t e = 0; e < E; ++e) {
+        bool taken = false;
+        for (int64_t j = 0; j < r; ++j) taken = taken || choice[j] == e;
+        if (!taken && (best < 0 || row[e] > row[best])) best = e;
+      }
+      choice[r] = best;
+    }
   }
-  return Routing{experts.reshape({B * S, k}), gates.reshape({B * S, k}),
-                 kept.reshape({B * S, k}).contiguous(), capacity};
+  // Every first choice queues before any second choice: per sequence (fixed) or over the whole
+  // batch, rows in order (factor).
+  std::vector<int64_t> load(static_cast<size_t>(E), 0);
+  auto queue = [&](int64_t b, int64_t r) {
+    for (int64_t s = 0; s < S; ++s) {
+      const int64_t a = (b * S + s) * k + r;
+      kept[a] = ++load[static_cast<size_t>(experts[a])] <= capacity;
+    }
+  };
+  if (mode == CapacityMode::kFixed) {
+    for (int64_t b = 0; b < B; ++b) {
+      std::fill(load.begin(), load.end(), 0);
+      for (int64_t r = 0; r < k; ++r) queue(b, r);
+    }
+  } else {
+    for (int64_t r = 0; r < k; ++r)
+      for (int64_t b = 0; b < B; ++b) queue(b, r);
+  }
+  by_expert.assign(static_cast<size_t>(E), {});
+  for (int64_t a = 0; a < N * k; ++a) {
+    if (kept[a]) by_expert[static_cast<size_t>(experts[a])].push_back(a);
+  }
+}
+
+}  // namespace
+
+Routing route_tokens(const torch::Tensor& probs, int64_t top_k, CapacityMode mode, int64_t capacity) {
+  const int64_t B = probs.size(0), S = probs.size(1), E = probs.size(2), k = top_k, N = B * S;
+  auto p = probs.detach().to(torch::kCPU).contiguous();
+  auto experts = torch::empty({N, k}, torch::kLong);
+  auto kept = torch::empty({N, k}, torch::kBool);
+  std::vector<std::vector<int64_t>> by_expert;
+  AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "route_tokens", [&] {
+    route_pass(p.data_ptr<scalar_t>(), B, S, E, k, mode, capacity, experts.data_ptr<int64_t>(), kept.data_ptr<bool>(), by_expert);
+  });
+  Routing r;
+  r.capacity = capacity;
+  r.experts = experts.to(probs.device());
+  r.kept = kept.to(probs.device());
+  auto values = probs.reshape({N, E}).gather(1, r.experts);  // [N, k], differentiable
+  r.gates = k == 1 ? values : values / values.sum(-1, /*keepdim=*/true);
+  std::vector<int64_t> order;
+  order.reserve(static_cast<size_t>(N * k));
+  for (const auto& list : by_expert) {
+    r.counts.push_back(static_cast<int64_t>(list.size()));
+    order.insert(order.end(), list.begin(), list.end());
+  }
+  r.assignment = torch::tensor(order, torch::kLong).to(probs.device());
+  return r;
 }
 
 SwitchRouterImpl::SwitchRouterImpl(int64_t d_model, const RoutingOptions& options) : options_(options) {
@@ -86,15 +130,9 @@ SparseMlpOutput SwitchSparseMlpImpl::forward(const torch::Tensor& x) {
 
   // Grouped dispatch: kept assignments sorted by expert, one matmul chain per expert on a
   // contiguous slice, results scattered back with index_add_. Dropped tokens receive nothing.
-  auto flat = x.reshape({B * S, D});                                            // [N, D]
-  auto token = torch::arange(B * S, r.experts.options()).unsqueeze(1).expand({B * S, k}).reshape(-1);
-  auto keep = r.kept.reshape(-1).nonzero().squeeze(1);
-  auto expert_of = r.experts.reshape(-1).index_select(0, keep);                 // [M]
-  auto order = std::get<1>(torch::sort(expert_of, c10::optional<bool>(true), 0, false));  // stable, by expert
-  auto src = token.index_select(0, keep).index_select(0, order);                // [M]
-  auto gate = r.gates.reshape(-1).index_select(0, keep).index_select(0, order); // [M]
-  auto counts = torch::bincount(expert_of, {}, E).to(torch::kCPU);
-  auto counts_a = counts.accessor<int64_t, 1>();
+  auto flat = x.reshape({B * S, D});                                 // [N, D]
+  auto src = r.assignment.div(k, "floor");                           // [M] token of each assignment
+  auto gate = r.gates.reshape(-1).index_select(0, r.assignment);     // [M]
 
   torch::Tensor out;  // [N, D]
   const auto& ffn = experts->options();
@@ -104,14 +142,13 @@ SparseMlpOutput SwitchSparseMlpImpl::forward(const torch::Tensor& x) {
       wi.push_back(ex->wi->weight);
       wo.push_back(ex->wo->weight);
     }
-    std::vector<int64_t> count_list(counts_a.data(), counts_a.data() + E);
-    out = grouped_relu_ffn(flat, gate, {src, count_list}, wi, wo, is_training() ? ffn.dropout : 0.0);
+    out = grouped_relu_ffn(flat, gate, {src, r.counts}, wi, wo, is_training() ? ffn.dropout : 0.0);
   } else {
     auto xs = flat.index_select(0, src);  // [M, D]
-    auto parts = xs.split_with_sizes(c10::IntArrayRef(counts_a.data(), static_cast<size_t>(E)));
+    auto parts = xs.split_with_sizes(r.counts);
     std::vector<torch::Tensor> outs;
     for (int64_t e = 0; e < E; ++e) {
-      if (counts_a[e] > 0) outs.push_back(experts->experts[e]->forward(parts[e]));
+      if (r.counts[static_cast<size_t>(e)] > 0) outs.push_back(experts->experts[e]->forward(parts[e]));
     }
     out = torch::zeros_like(flat);
     if (!outs.empty()) out = out.index_add(0, src, torch::cat(outs, 0) * gate.to(x.scalar_type()).unsqueeze(1));

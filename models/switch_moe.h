@@ -40,7 +40,11 @@ struct Routing {
   torch::Tensor gates;    // [N, k] float32: the probability for k == 1, renormalised over k otherwise
   torch::Tensor kept;     // [N, k] bool
   int64_t capacity = 0;
+  // The kept assignments grouped by expert (stable within an expert), ready for dispatch.
+  torch::Tensor assignment;     // [M] int64 flat index n * k + rank into experts / gates
+  std::vector<int64_t> counts;  // [E] kept assignments per expert
 };
+
 // probs [B, S, E]. Assignments queue for their expert in order of rank, then batch row, then
 // position; in kFixed mode each sequence has its own queues of length `capacity`.
 Routing route_tokens(const torch::Tensor& probs, int64_t top_k, CapacityMode mode, int64_t capacity);
