@@ -223,8 +223,14 @@ std::string BenchResult::markdown() const {
       shape.student_bf16 ? "bf16 matmuls" : "fp32", threads, blas);
   md += "| measurement | median ms | spread ms | throughput |\n| --- | ---: | ---: | --- |\n";
   md += row("teacher forward", teacher_forward, fmt::format("{:.0f} tokens/s", teacher_tokens_per_s));
-  md += row("student forward+backward+AdamW", student_step, fmt::format("{:.1f} GFLOP/s, MFU {:.0f}%", student_step_gflops, 100 * student_step_mfu));
-  md += row("distillation step", distill_step, fmt::format("{:.0f} tokens/s, {:.1f} GFLOP/s, MFU {:.0f}%", distill_tokens_per_s, distill_step_gflops, 100 * mfu));
+  // MFU is against the fp32 peak; with bf16 products the bf16 peak is the honest denominator too.
+  auto mfu_text = [&](double gflops) {
+    auto t = fmt::format("MFU {:.0f}% of fp32 peak", 100 * gflops / matmul_peak_gflops_fp32);
+    if (shape.student_bf16 || shape.teacher_bf16) t += fmt::format(" ({:.0f}% of bf16)", 100 * gflops / matmul_peak_gflops_bf16);
+    return t;
+  };
+  md += row("student forward+backward+AdamW", student_step, fmt::format("{:.1f} GFLOP/s, {}", student_step_gflops, mfu_text(student_step_gflops)));
+  md += row("distillation step", distill_step, fmt::format("{:.0f} tokens/s, {:.1f} GFLOP/s, {}", distill_tokens_per_s, distill_step_gflops, mfu_text(distill_step_gflops)));
   md += row(fmt::format("distillation step, teacher cache hit (k={})", shape.cache_top_k).c_str(), cached_step,
             fmt::format("{:.2f}x the student step", cached_vs_student_ratio));
   md += row("Switch layer fwd+bwd", switch_layer, fmt::format("{:.2f}x the dense FFN of equal FLOPs", switch_vs_dense_ratio));

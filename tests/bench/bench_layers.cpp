@@ -93,6 +93,36 @@ void BM_TorchDropout(benchmark::State& state) {
 }
 BENCHMARK(BM_TorchDropout)->Unit(benchmark::kMicrosecond);
 
+// The six matrix products of an FFN's forward and backward (h = x wi^T, y = h wo^T, and the
+// weight and input gradients of both), for `groups` weight sets of `rows` tokens each: 1 x 1024
+// rows is the dense FFN, 8 x 128 the experts of a Switch layer with even routing. Their ratio is
+// the floor of the Switch/dense ratio that OpenBLAS allows at this shape.
+void BM_FfnProducts(benchmark::State& state) {
+  const int64_t groups = state.range(0), rows = B * S / groups;
+  std::vector<torch::Tensor> wi, wo, gwi, gwo;
+  for (int64_t e = 0; e < groups; ++e) {
+    wi.push_back(torch::randn({F, D}));
+    wo.push_back(torch::randn({D, F}));
+    gwi.push_back(torch::empty({F, D}));
+    gwo.push_back(torch::empty({D, F}));
+  }
+  auto x = torch::randn({B * S, D}), gy = torch::randn({B * S, D});
+  auto h = torch::empty({B * S, F}), y = torch::empty({B * S, D}), gh = torch::empty({B * S, F}), gx = torch::empty({B * S, D});
+  for (auto _ : state) {
+    for (int64_t e = 0; e < groups; ++e) {
+      auto sl = [&](torch::Tensor& t) { return t.narrow(0, e * rows, rows); };
+      auto xs = sl(x), hs = sl(h), ys = sl(y), gys = sl(gy), ghs = sl(gh), gxs = sl(gx);
+      at::mm_out(hs, xs, wi[e].t());
+      at::mm_out(ys, hs, wo[e].t());
+      at::mm_out(gwo[e], gys.t(), hs);
+      at::mm_out(ghs, gys, wo[e]);
+      at::mm_out(gwi[e], ghs.t(), xs);
+      at::mm_out(gxs, ghs, wi[e]);
+    }
+  }
+}
+BENCHMARK(BM_FfnProducts)->Arg(1)->Arg(E)->Unit(benchmark::kMicrosecond);
+
 }  // namespace
 
 int main(int argc, char** argv) {
