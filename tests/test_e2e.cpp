@@ -99,6 +99,15 @@ TEST(E2eJobs, TrainThenDistillSeparatelyAndConfigCheck) {
   EXPECT_NE(err.find("built from experts (mean)"), std::string::npos) << err;
   auto config = read_text_file(dir.file("run/config.yaml"));
   EXPECT_NE(config.find("init: mean"), std::string::npos) << config;
+  // The teacher cache and bf16 products from the command line; without static examples the
+  // cache is refused before anything runs.
+  const std::string cached = common + " --set distillation.teacher_cache=true --set training.bf16=true";
+  EXPECT_EQ(run_distill("distill configs/tiny.yaml" + cached, &out, &err), 1);
+  EXPECT_NE(err.find("distillation.teacher_cache needs data.static_examples: true"), std::string::npos) << err;
+  ASSERT_EQ(run_distill("distill configs/tiny.yaml" + cached + " --set data.static_examples=true", &out, &err), 0) << err;
+  config = read_text_file(dir.file("run/config.yaml"));
+  EXPECT_NE(config.find("teacher_cache: true"), std::string::npos) << config;
+  EXPECT_NE(config.find("static_examples: true"), std::string::npos) << config;
 
   ASSERT_EQ(run_distill("config check configs/tiny.yaml --set distillation.temperature=2", &out, &err), 0) << err;
   EXPECT_NE(out.find("temperature: 2"), std::string::npos) << out;
