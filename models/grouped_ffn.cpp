@@ -9,6 +9,15 @@
 namespace distill {
 namespace {
 
+// Calls fn(e, begin, n) for every expert with n > 0 assignments, which occupy rows [begin, begin + n).
+template <typename Fn>
+void for_each_group(const std::vector<int64_t>& counts, Fn&& fn) {
+  int64_t begin = 0;
+  for (size_t e = 0; e < counts.size(); begin += counts[e++]) {
+    if (counts[e] > 0) fn(static_cast<int64_t>(e), begin, counts[e]);
+  }
+}
+
 struct Forward {
   at::Tensor out;  // [N, D]
   at::Tensor xs;   // [M, D] gathered inputs
@@ -23,19 +32,16 @@ Forward run_forward(const at::Tensor& x, const at::Tensor& gate, const at::Tenso
   f.xs = x.index_select(0, token);  // [M, D]
   f.h = at::empty({M, F}, x.options());
   f.y = at::empty({M, D}, x.options());
-  int64_t begin = 0;
-  for (size_t e = 0; e < counts.size(); begin += counts[e++]) {
-    if (counts[e] == 0) continue;
-    auto h = f.h.narrow(0, begin, counts[e]);
-    at::mm_out(h, f.xs.narrow(0, begin, counts[e]), wi[e].t());  // [n, F]
-  }
+  for_each_group(counts, [&](int64_t e, int64_t begin, int64_t n) {
+    auto h = f.h.narrow(0, begin, n);
+    at::mm_out(h, f.xs.narrow(0, begin, n), wi[static_cast<size_t>(e)].t());  // [n, F]
+  });
   f.h.relu_();
   if (dropout > 0) f.h.mul_(dropout_mask(f.h, dropout));
-  for (size_t e = 0, b = 0; e < counts.size(); b += static_cast<size_t>(counts[e++])) {
-    if (counts[e] == 0) continue;
-    auto y = f.y.narrow(0, static_cast<int64_t>(b), counts[e]);
-    at::mm_out(y, f.h.narrow(0, static_cast<int64_t>(b), counts[e]), wo[e].t());  // [n, D]
-  }
+  for_each_group(counts, [&](int64_t e, int64_t begin, int64_t n) {
+    auto y = f.y.narrow(0, begin, n);
+    at::mm_out(y, f.h.narrow(0, begin, n), wo[static_cast<size_t>(e)].t());  // [n, D]
+  });
   f.out = at::zeros_like(x).index_add_(0, token, f.y * gate.to(x.scalar_type()).unsqueeze(1));
   return f;
 }
@@ -75,28 +81,22 @@ struct GroupedFfnFunction : public torch::autograd::Function<GroupedFfnFunction>
     gy.mul_(gate.to(gy.scalar_type()).unsqueeze(1));
     auto gh = at::empty_like(h);                                       // [M, F]
     std::vector<at::Tensor> gwi(static_cast<size_t>(E)), gwo(static_cast<size_t>(E));
-    int64_t begin = 0;
-    for (int64_t e = 0; e < E; begin += counts[static_cast<size_t>(e++)]) {
-      const int64_t n = counts[static_cast<size_t>(e)];
-      if (n == 0) continue;
+    for_each_group(counts, [&](int64_t e, int64_t begin, int64_t n) {
       auto gy_e = gy.narrow(0, begin, n);
       gwo[static_cast<size_t>(e)] = at::mm(gy_e.t(), h.narrow(0, begin, n));  // [D, F]
       auto gh_e = gh.narrow(0, begin, n);
       at::mm_out(gh_e, gy_e, wo(e));                                           // [n, F]
-    }
+    });
     // Through dropout and ReLU at once: a kept, positive unit has h > 0, every other unit h == 0.
     gh = at::threshold_backward(gh, h, 0);
     if (dropout > 0) gh.mul_(1.0 / (1.0 - dropout));
     auto gxs = at::empty_like(xs);                                     // [M, D]
-    begin = 0;
-    for (int64_t e = 0; e < E; begin += counts[static_cast<size_t>(e++)]) {
-      const int64_t n = counts[static_cast<size_t>(e)];
-      if (n == 0) continue;
+    for_each_group(counts, [&](int64_t e, int64_t begin, int64_t n) {
       auto gh_e = gh.narrow(0, begin, n);
       gwi[static_cast<size_t>(e)] = at::mm(gh_e.t(), xs.narrow(0, begin, n));  // [F, D]
       auto gxs_e = gxs.narrow(0, begin, n);
       at::mm_out(gxs_e, gh_e, wi(e));                                           // [n, D]
-    }
+    });
     auto gx = at::zeros({N, xs.size(1)}, xs.options()).index_add_(0, token, gxs);
 
     torch::autograd::tensor_list out{gx, ggate, at::Tensor(), at::Tensor()};

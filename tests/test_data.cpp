@@ -298,13 +298,14 @@ TEST(Objectives, PairsAndPrefixLm) {
 
 // ---- batching ----
 
-std::shared_ptr<Dataset> small_dataset(uint64_t seed, bool pack = true) {
+std::shared_ptr<Dataset> small_dataset(uint64_t seed, bool pack = true, bool static_examples = false) {
   std::vector<TokenizedDoc> docs;
   for (int d = 0; d < 20; ++d) docs.push_back({token_range(50 + 13 * d), {}});
   BatchingOptions b;
   b.batch_size = 4;
   b.seed = seed;
   b.pack = pack;
+  b.static_examples = static_examples;
   auto o = span_options();
   o.input_length = 32;
   o.target_length = 12;
@@ -337,15 +338,8 @@ TEST(Batching, SameSeedSameBatchesOtherSeedOthers) {
 }
 
 TEST(Batching, StaticExamplesRepeatEveryEpochInANewOrder) {
-  auto data = small_dataset(1);
-  BatchingOptions b = data->options();
-  b.static_examples = true;
-  std::vector<TokenizedDoc> docs;
-  for (int d = 0; d < 20; ++d) docs.push_back({token_range(50 + 13 * d), {}});
-  auto o = span_options();
-  o.input_length = 32;
-  o.target_length = 12;
-  Dataset ds(docs, std::make_shared<SpanCorruption>(o), b);
+  auto data = small_dataset(1, /*pack=*/true, /*static_examples=*/true);
+  const Dataset& ds = *data;
   auto e0 = ds.make_epoch(0), e1 = ds.make_epoch(1), e2 = ds.make_epoch(2);
   ASSERT_EQ(e0.examples.size(), e1.examples.size());
   for (size_t i = 0; i < e0.examples.size(); ++i) {

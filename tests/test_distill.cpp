@@ -277,6 +277,16 @@ ModelConfig tiny_switch() {
   return c;
 }
 
+// Span corruption into 32 input and 12 target tokens over a 300-id vocabulary.
+std::shared_ptr<const Objective> tiny_span_corruption() {
+  ObjectiveOptions o;
+  o.input_length = 32;
+  o.target_length = 12;
+  o.vocab_size = 300;
+  o.num_sentinels = 50;
+  return std::make_shared<SpanCorruption>(o);
+}
+
 std::shared_ptr<Dataset> tiny_dataset() {
   std::vector<TokenizedDoc> docs;
   std::mt19937 rng(5);
@@ -285,15 +295,10 @@ std::shared_ptr<Dataset> tiny_dataset() {
     for (int i = 0; i < 120; ++i) doc.text.push_back(3 + static_cast<int32_t>(rng() % 200));
     docs.push_back(doc);
   }
-  ObjectiveOptions o;
-  o.input_length = 32;
-  o.target_length = 12;
-  o.vocab_size = 300;
-  o.num_sentinels = 50;
   BatchingOptions b;
   b.batch_size = 4;
   b.seed = 9;
-  return std::make_shared<Dataset>(docs, std::make_shared<SpanCorruption>(o), b);
+  return std::make_shared<Dataset>(docs, tiny_span_corruption(), b);
 }
 
 std::vector<double> losses_in(const std::string& metrics) {
@@ -412,17 +417,12 @@ std::vector<TokenizedDoc> markov_docs(int n, uint32_t seed) {
 }
 
 std::shared_ptr<Dataset> markov_dataset(uint32_t seed, bool static_examples, bool shuffle = true) {
-  ObjectiveOptions o;
-  o.input_length = 32;
-  o.target_length = 12;
-  o.vocab_size = 300;
-  o.num_sentinels = 50;
   BatchingOptions b;
   b.batch_size = 4;
   b.seed = seed;
   b.shuffle = shuffle;
   b.static_examples = static_examples;
-  return std::make_shared<Dataset>(markov_docs(30, seed), std::make_shared<SpanCorruption>(o), b);
+  return std::make_shared<Dataset>(markov_docs(30, seed), tiny_span_corruption(), b);
 }
 
 ModelConfig cache_teacher_config() {

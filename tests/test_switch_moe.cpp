@@ -4,6 +4,8 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <functional>
+#include <string>
 
 #include <ATen/autocast_mode.h>
 
@@ -183,6 +185,28 @@ TEST(RouterLosses, UniformRoutingGivesOneAndLogEsquared) {
   EXPECT_NEAR(load_balancing_loss(logits, collapsed).item<double>(), 4.0 * 0.25, 1e-6);
 }
 
+// Autograd against central differences on the first `count` entries of each tensor in `params`
+// (double precision); `loss_of` must be a fixed function of them.
+void expect_gradients_match_finite_differences(const std::vector<torch::Tensor>& params,
+                                               const std::function<torch::Tensor()>& loss_of, int64_t count,
+                                               const std::string& label) {
+  for (const auto& p : params) {
+    ASSERT_TRUE(p.grad().defined());
+    auto grad = p.grad().clone();
+    torch::NoGradGuard ng;
+    for (int64_t i = 0; i < std::min<int64_t>(p.numel(), count); ++i) {
+      auto flat = p.view({-1});
+      const double h = 1e-6, orig = flat[i].item<double>();
+      flat[i] = orig + h;
+      double up = loss_of().item<double>();
+      flat[i] = orig - h;
+      double down = loss_of().item<double>();
+      flat[i] = orig;
+      EXPECT_NEAR(grad.view({-1})[i].item<double>(), (up - down) / (2 * h), 1e-6) << label << i;
+    }
+  }
+}
+
 TEST(SwitchGradients, MatchFiniteDifferences) {
   // Double precision, routing fixed by the tiny step: autograd against central differences.
   torch::manual_seed(5);
@@ -203,20 +227,7 @@ TEST(SwitchGradients, MatchFiniteDifferences) {
   loss_of().backward();
   std::vector<torch::Tensor> params = {layer->router->classifier->weight, layer->experts->experts[0]->wi->weight,
                                        layer->experts->experts[1]->wo->weight};
-  for (auto& p : params) {
-    auto grad = p.grad().clone();
-    torch::NoGradGuard ng;
-    for (int64_t i = 0; i < std::min<int64_t>(p.numel(), 6); ++i) {
-      auto flat = p.view({-1});
-      const double h = 1e-6, orig = flat[i].item<double>();
-      flat[i] = orig + h;
-      double up = loss_of().item<double>();
-      flat[i] = orig - h;
-      double down = loss_of().item<double>();
-      flat[i] = orig;
-      EXPECT_NEAR(grad.view({-1})[i].item<double>(), (up - down) / (2 * h), 1e-6);
-    }
-  }
+  expect_gradients_match_finite_differences(params, loss_of, 6, "");
 }
 
 // With dropout in the experts, for the fused ReLU experts and the generic (gated) path. The same
@@ -253,21 +264,7 @@ void check_gradients_with_dropout(bool gated) {
   auto& expert = layer->experts->experts[0];
   std::vector<torch::Tensor> params = {x, layer->router->classifier->weight, gated ? expert->wi_0->weight : expert->wi->weight,
                                        layer->experts->experts[2]->wo->weight};
-  for (auto& p : params) {
-    ASSERT_TRUE(p.grad().defined());
-    auto grad = p.grad().clone();
-    torch::NoGradGuard ng;
-    for (int64_t i = 0; i < std::min<int64_t>(p.numel(), 8); ++i) {
-      auto flat = p.view({-1});
-      const double h = 1e-6, orig = flat[i].item<double>();
-      flat[i] = orig + h;
-      double up = loss_of().item<double>();
-      flat[i] = orig - h;
-      double down = loss_of().item<double>();
-      flat[i] = orig;
-      EXPECT_NEAR(grad.view({-1})[i].item<double>(), (up - down) / (2 * h), 1e-6) << (gated ? "gated " : "relu ") << i;
-    }
-  }
+  expect_gradients_match_finite_differences(params, loss_of, 8, gated ? "gated " : "relu ");
 }
 
 TEST(SwitchGradients, WithExpertDropoutMatchFiniteDifferences) {
