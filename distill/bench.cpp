@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <fstream>
 #include <fmt/format.h>
 
 #include "data/batching.h"
@@ -80,11 +81,26 @@ ModelConfig teacher_config(const BenchShape& s) {
 
 }  // namespace
 
+static std::string cpu_model_name() {
+  std::ifstream info("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(info, line)) {
+    if (line.rfind("model name", 0) == 0) {
+      const auto colon = line.find(':');
+      if (colon != std::string::npos) return line.substr(line.find_first_not_of(" \t", colon + 1));
+    }
+  }
+  return "unknown";
+}
+
 BenchResult run_bench(const BenchShape& s, const BenchOptions& o) {
   BenchResult r;
   r.shape = s;
   r.threads = at::get_num_threads();
-  r.blas = init_runtime(r.threads).blas;
+  const auto runtime = init_runtime(r.threads);
+  r.blas = runtime.blas;
+  r.blas_kernels = runtime.blas_kernels;
+  r.cpu = cpu_model_name();
   torch::manual_seed(0);
   const ModelConfig tc = teacher_config(s);
   const ModelConfig sc = student_config(tc, std::nullopt, s.student_dropout);
@@ -207,7 +223,9 @@ json BenchResult::to_json() const {
                      {"student_bf16", shape.student_bf16},
                      {"cache_top_k", shape.cache_top_k}}},
           {"threads", threads},
-          {"blas", blas}};
+          {"blas", blas},
+          {"blas_kernels", blas_kernels},
+          {"cpu", cpu}};
 }
 
 std::string BenchResult::markdown() const {
@@ -216,11 +234,12 @@ std::string BenchResult::markdown() const {
   };
   std::string md = fmt::format(
       "shape: d_model {} d_ff {} heads {}x{} layers {}+{} experts {} ({} sparse, capacity {}) vocab {}, batch {} x "
-      "({} + {}) tokens; teacher {}, student {}; {} threads, BLAS {}\n\n",
+      "({} + {}) tokens; teacher {}, student {}; {} threads of {}, BLAS {}{}\n\n",
       shape.d_model, shape.d_ff, shape.num_heads, shape.d_kv, shape.num_layers, shape.num_decoder_layers, shape.num_experts,
       shape.sparse_step == 1 ? std::string("every layer") : fmt::format("every {}th layer", shape.sparse_step), shape.expert_capacity,
       shape.vocab_size, shape.batch, shape.src_len, shape.tgt_len, shape.teacher_bf16 ? "bf16" : "fp32",
-      shape.student_bf16 ? "bf16 matmuls" : "fp32", threads, blas);
+      shape.student_bf16 ? "bf16 matmuls" : "fp32", threads, cpu, blas,
+      blas_kernels.empty() ? std::string() : " (" + blas_kernels + " kernels)");
   md += "| measurement | median ms | spread ms | throughput |\n| --- | ---: | ---: | --- |\n";
   md += row("teacher forward", teacher_forward, fmt::format("{:.0f} tokens/s", teacher_tokens_per_s));
   // MFU is against the fp32 peak; with bf16 products the bf16 peak is the honest denominator too.

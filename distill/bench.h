@@ -45,7 +45,9 @@ struct BenchResult {
   double distill_step_gflops = 0, student_step_gflops = 0;  // achieved
   double mfu = 0, student_step_mfu = 0;    // achieved / fp32 peak
   double peak_rss_mb = 0;
-  std::string blas;
+  std::string blas;          // "openblas", "reference" or "unknown"
+  std::string blas_kernels;  // OpenBLAS's kernel set, e.g. "SkylakeX"
+  std::string cpu;           // the CPU's model name, from /proc/cpuinfo
   int threads = 0;
   nlohmann::json to_json() const;
   std::string markdown() const;

@@ -11,37 +11,27 @@
 namespace distill {
 namespace {
 
-uint64_t next_seed() {
-  auto gen = at::detail::getDefaultCPUGenerator();
-  std::lock_guard<std::mutex> lock(gen.mutex());
-  return gen.get<at::CPUGeneratorImpl>()->random64();
-}
-
-// murmur3's 32-bit finaliser of (seed, index): a simple loop the compiler vectorises.
 template <typename T>
 void fill_mask(T* out, int64_t n, uint64_t seed, double p) {
-  const auto threshold = static_cast<uint32_t>(p * 16777216.0 + 0.5);  // on 24-bit uniforms
+  const uint32_t threshold = dropout_threshold(p);
   const T scale = static_cast<T>(1.0 / (1.0 - p));
   const T zero = static_cast<T>(0.0);
-  const auto lo = static_cast<uint32_t>(seed), hi = static_cast<uint32_t>(seed >> 32);
   at::parallel_for(0, n, 16384, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      uint32_t h = (static_cast<uint32_t>(i) * 0x9E3779B1u + lo) ^ hi;
-      h ^= h >> 16;
-      h *= 0x85EBCA6Bu;
-      h ^= h >> 13;
-      h *= 0xC2B2AE35u;
-      h ^= h >> 16;
-      out[i] = (h >> 8) >= threshold ? scale : zero;
-    }
+    for (int64_t i = begin; i < end; ++i) out[i] = dropout_keep(seed, i, threshold) ? scale : zero;
   });
 }
 
 }  // namespace
 
+uint64_t dropout_seed() {
+  auto gen = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  return gen.get<at::CPUGeneratorImpl>()->random64();
+}
+
 torch::Tensor dropout_mask(const torch::Tensor& x, double p) {
   auto mask = torch::empty(x.sizes(), x.options().device(torch::kCPU));
-  const uint64_t seed = next_seed();
+  const uint64_t seed = dropout_seed();
   switch (mask.scalar_type()) {
     case torch::kFloat32: fill_mask(mask.data_ptr<float>(), mask.numel(), seed, p); break;
     case torch::kFloat64: fill_mask(mask.data_ptr<double>(), mask.numel(), seed, p); break;

@@ -12,6 +12,22 @@ namespace distill {
 // Keep mask scaled by 1 / (1 - p), in x's dtype and shape: x * mask is inverted dropout.
 torch::Tensor dropout_mask(const torch::Tensor& x, double p);
 
+// The generator behind dropout_mask, for kernels that apply dropout inside their own loops:
+// element i of a tensor is kept iff dropout_keep(seed, i, dropout_threshold(p)), where seed is one
+// dropout_seed() per tensor. Same seed, same mask as dropout_mask.
+uint64_t dropout_seed();
+inline uint32_t dropout_threshold(double p) { return static_cast<uint32_t>(p * 16777216.0 + 0.5); }  // 24-bit uniforms
+// murmur3's 32-bit finaliser of (seed, index): a simple loop the compiler vectorises.
+inline bool dropout_keep(uint64_t seed, int64_t i, uint32_t threshold) {
+  uint32_t h = (static_cast<uint32_t>(i) * 0x9E3779B1u + static_cast<uint32_t>(seed)) ^ static_cast<uint32_t>(seed >> 32);
+  h ^= h >> 16;
+  h *= 0x85EBCA6Bu;
+  h ^= h >> 13;
+  h *= 0xC2B2AE35u;
+  h ^= h >> 16;
+  return (h >> 8) >= threshold;
+}
+
 class FastDropoutImpl : public torch::nn::Module {
  public:
   explicit FastDropoutImpl(double p = 0.5);

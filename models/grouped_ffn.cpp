@@ -1,10 +1,17 @@
 #include "models/grouped_ffn.h"
 
+#include <ATen/Parallel.h>
+#include <cblas.h>
 #include <torch/torch.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
 
 #include "models/errors.h"
 #include "models/fast_dropout.h"
 #include "models/mixed_precision.h"
+#include "models/row_kernels.h"
 
 namespace distill {
 namespace {
@@ -17,6 +24,33 @@ void for_each_group(const std::vector<int64_t>& counts, Fn&& fn) {
     if (counts[e] > 0) fn(static_cast<int64_t>(e), begin, counts[e]);
   }
 }
+
+// Like for_each_group, but the groups run on the intra-op threads, largest first, each thread
+// taking the next group when it is free. Inside the parallel region OpenBLAS runs single-threaded:
+// at these sizes (a hundred rows per expert) one thread per expert beats two threads per product.
+template <typename Fn>
+void parallel_for_each_group(const std::vector<int64_t>& counts, Fn&& fn) {
+  struct Group {
+    int64_t e, begin, n;
+  };
+  std::vector<Group> groups;
+  for_each_group(counts, [&](int64_t e, int64_t begin, int64_t n) { groups.push_back({e, begin, n}); });
+  std::stable_sort(groups.begin(), groups.end(), [](const Group& a, const Group& b) { return a.n > b.n; });
+  std::atomic<size_t> next{0};
+  const auto workers = std::min<int64_t>(at::get_num_threads(), static_cast<int64_t>(groups.size()));
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    for (size_t i = next++; i < groups.size(); i = next++) fn(groups[i].e, groups[i].begin, groups[i].n);
+  });
+}
+
+// The float32 kernels below call sgemm on raw rows; anything else takes the ATen path.
+bool sgemm_path(const at::Tensor& x, const at::Tensor& gate, at::TensorList weights) {
+  auto ok = [](const at::Tensor& t) { return t.scalar_type() == at::kFloat && t.device().is_cpu(); };
+  if (!ok(x) || !ok(gate)) return false;
+  return std::all_of(weights.begin(), weights.end(), [&](const at::Tensor& w) { return ok(w) && w.is_contiguous(); });
+}
+
+int cblas_int(int64_t v) { return static_cast<int>(v); }
 
 struct Forward {
   at::Tensor out;  // [N, D]
@@ -46,6 +80,94 @@ Forward run_forward(const at::Tensor& x, const at::Tensor& gate, const at::Tenso
   return f;
 }
 
+// run_forward in float32, one task per expert: gather its rows, both products, ReLU and dropout
+// while the hidden units are still in cache.
+Forward run_forward_sgemm(const at::Tensor& x_in, const at::Tensor& gate, const at::Tensor& token_in,
+                          const std::vector<int64_t>& counts, const std::vector<at::Tensor>& wi,
+                          const std::vector<at::Tensor>& wo, double dropout) {
+  Forward f;
+  const auto x = x_in.contiguous();
+  const auto token = token_in.contiguous();
+  const int64_t M = token.size(0), D = x.size(1), F = wi.empty() ? 0 : wi[0].size(0);
+  f.xs = at::empty({M, D}, x.options());  // [M, D]
+  f.h = at::empty({M, F}, x.options());   // [M, F]
+  f.y = at::empty({M, D}, x.options());   // [M, D]
+  const float* px = x.data_ptr<float>();
+  const int64_t* tok = token.data_ptr<int64_t>();
+  float *xs = f.xs.data_ptr<float>(), *h = f.h.data_ptr<float>(), *y = f.y.data_ptr<float>();
+  const uint64_t seed = dropout > 0 ? dropout_seed() : 0;
+  const uint32_t threshold = dropout_threshold(dropout);
+  const float scale = dropout > 0 ? static_cast<float>(1.0 / (1.0 - dropout)) : 1.0f;
+  parallel_for_each_group(counts, [&](int64_t e, int64_t begin, int64_t n) {
+    float* xs_e = xs + begin * D;
+    for (int64_t i = 0; i < n; ++i) std::memcpy(xs_e + i * D, px + tok[begin + i] * D, static_cast<size_t>(D) * sizeof(float));
+    float* h_e = h + begin * F;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, cblas_int(n), cblas_int(F), cblas_int(D), 1.0f, xs_e,
+                cblas_int(D), wi[static_cast<size_t>(e)].data_ptr<float>(), cblas_int(D), 0.0f, h_e, cblas_int(F));  // [n, F]
+    // ReLU, then the same mask dropout_mask would draw for [M, F].
+    rows::relu_dropout(h_e, dropout > 0, seed, begin * F, threshold, scale, n * F);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, cblas_int(n), cblas_int(D), cblas_int(F), 1.0f, h_e,
+                cblas_int(F), wo[static_cast<size_t>(e)].data_ptr<float>(), cblas_int(F), 0.0f, y + begin * D, cblas_int(D));  // [n, D]
+  });
+  f.out = at::zeros_like(x).index_add_(0, token, f.y * gate.unsqueeze(1));
+  return f;
+}
+
+struct Backward {
+  at::Tensor gx;                     // [N, D]
+  at::Tensor ggate;                  // [M]
+  std::vector<at::Tensor> gwi, gwo;  // [F, D], [D, F]; undefined for experts without tokens
+};
+
+// The backward of run_forward_sgemm, one task per expert.
+Backward run_backward_sgemm(const at::Tensor& grad_in, const at::Tensor& xs, const at::Tensor& h, const at::Tensor& y,
+                            const at::Tensor& gate_in, const at::Tensor& token_in, const std::vector<int64_t>& counts,
+                            const std::vector<at::Tensor>& wi, const std::vector<at::Tensor>& wo, double dropout, int64_t N) {
+  const auto grad = grad_in.contiguous();
+  const auto gate = gate_in.contiguous();
+  const auto token = token_in.contiguous();
+  const int64_t M = token.size(0), D = xs.size(1), F = h.size(1), E = static_cast<int64_t>(counts.size());
+  Backward b;
+  b.ggate = at::empty({M}, gate.options());
+  b.gwi.resize(static_cast<size_t>(E));
+  b.gwo.resize(static_cast<size_t>(E));
+  for_each_group(counts, [&](int64_t e, int64_t, int64_t) {
+    b.gwi[static_cast<size_t>(e)] = at::empty({F, D}, xs.options());
+    b.gwo[static_cast<size_t>(e)] = at::empty({D, F}, xs.options());
+  });
+  auto gy = at::empty({M, D}, xs.options());   // [M, D] gathered output gradient, times the gate
+  auto gh = at::empty({M, F}, xs.options());   // [M, F]
+  auto gxs = at::empty({M, D}, xs.options());  // [M, D]
+  const float *pg = grad.data_ptr<float>(), *pgate = gate.data_ptr<float>(), *pxs = xs.data_ptr<float>(),
+              *ph = h.data_ptr<float>(), *py = y.data_ptr<float>();
+  const int64_t* tok = token.data_ptr<int64_t>();
+  float *pggate = b.ggate.data_ptr<float>(), *pgy = gy.data_ptr<float>(), *pgh = gh.data_ptr<float>(), *pgxs = gxs.data_ptr<float>();
+  const float scale = dropout > 0 ? static_cast<float>(1.0 / (1.0 - dropout)) : 1.0f;
+  parallel_for_each_group(counts, [&](int64_t e, int64_t begin, int64_t n) {
+    const auto se = static_cast<size_t>(e);
+    float* gy_e = pgy + begin * D;
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t a = begin + i;
+      pggate[a] = rows::scaled_copy_dot(gy_e + i * D, pg + tok[a] * D, pgate[a], py + a * D, D);
+    }
+    const float* h_e = ph + begin * F;
+    const float* xs_e = pxs + begin * D;
+    float* gh_e = pgh + begin * F;
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, cblas_int(D), cblas_int(F), cblas_int(n), 1.0f, gy_e, cblas_int(D),
+                h_e, cblas_int(F), 0.0f, b.gwo[se].data_ptr<float>(), cblas_int(F));  // [D, F]
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, cblas_int(n), cblas_int(F), cblas_int(D), 1.0f, gy_e,
+                cblas_int(D), wo[se].data_ptr<float>(), cblas_int(F), 0.0f, gh_e, cblas_int(F));  // [n, F]
+    // Through dropout and ReLU at once: a kept, positive unit has h > 0, every other unit h == 0.
+    rows::relu_dropout_backward(gh_e, h_e, scale, n * F);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, cblas_int(F), cblas_int(D), cblas_int(n), 1.0f, gh_e, cblas_int(F),
+                xs_e, cblas_int(D), 0.0f, b.gwi[se].data_ptr<float>(), cblas_int(D));  // [F, D]
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, cblas_int(n), cblas_int(D), cblas_int(F), 1.0f, gh_e,
+                cblas_int(F), wi[se].data_ptr<float>(), cblas_int(D), 0.0f, pgxs + begin * D, cblas_int(D));  // [n, D]
+  });
+  b.gx = at::zeros({N, D}, xs.options()).index_add_(0, token, gxs);
+  return b;
+}
+
 struct GroupedFfnFunction : public torch::autograd::Function<GroupedFfnFunction> {
   // Inputs: x, gate, then E wi and E wo weights.
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& gate,
@@ -53,7 +175,8 @@ struct GroupedFfnFunction : public torch::autograd::Function<GroupedFfnFunction>
     const size_t E = counts.size();
     std::vector<at::Tensor> wi(weights.begin(), weights.begin() + static_cast<int64_t>(E));
     std::vector<at::Tensor> wo(weights.begin() + static_cast<int64_t>(E), weights.end());
-    auto f = run_forward(x, gate, token, counts, wi, wo, dropout);
+    auto f = sgemm_path(x, gate, weights) ? run_forward_sgemm(x, gate, token, counts, wi, wo, dropout)
+                                          : run_forward(x, gate, token, counts, wi, wo, dropout);
     std::vector<at::Tensor> saved{f.xs, f.h, f.y, gate, token};
     saved.insert(saved.end(), weights.begin(), weights.end());
     ctx->save_for_backward(saved);
@@ -75,6 +198,15 @@ struct GroupedFfnFunction : public torch::autograd::Function<GroupedFfnFunction>
     const int64_t N = ctx->saved_data["rows"].toInt(), E = static_cast<int64_t>(counts.size());
     auto wi = [&](int64_t e) { return saved[static_cast<size_t>(5 + e)]; };
     auto wo = [&](int64_t e) { return saved[static_cast<size_t>(5 + E + e)]; };
+    if (sgemm_path(xs, gate, at::TensorList(saved).slice(5))) {
+      const std::vector<at::Tensor> wis(saved.begin() + 5, saved.begin() + 5 + E), wos(saved.begin() + 5 + E, saved.end());
+      auto b = run_backward_sgemm(grads[0], xs, h, y, gate, token, counts, wis, wos, dropout, N);
+      torch::autograd::tensor_list out{b.gx, b.ggate, at::Tensor(), at::Tensor()};
+      out.insert(out.end(), b.gwi.begin(), b.gwi.end());
+      out.insert(out.end(), b.gwo.begin(), b.gwo.end());
+      out.push_back(at::Tensor());
+      return out;
+    }
 
     auto gy = grads[0].index_select(0, token);                        // [M, D]
     auto ggate = (gy * y).sum(1).to(gate.scalar_type());               // [M]
@@ -129,7 +261,10 @@ at::Tensor grouped_relu_ffn(const at::Tensor& x, const at::Tensor& gate, const E
     NoAutocast plain;
     return grouped_relu_ffn(xb, gate, groups, wib, wob, dropout);
   }
-  if (!needs_grad) return run_forward(x, gate, groups.token, groups.counts, wi, wo, dropout).out;
+  if (!needs_grad) {
+    return sgemm_path(x, gate, weights) ? run_forward_sgemm(x, gate, groups.token, groups.counts, wi, wo, dropout).out
+                                        : run_forward(x, gate, groups.token, groups.counts, wi, wo, dropout).out;
+  }
   return GroupedFfnFunction::apply(x, gate, groups.token, groups.counts, at::TensorList(weights), dropout);
 }
 

@@ -6,7 +6,7 @@
 #include <cmath>
 #include <limits>
 
-#include "models/batched_matmul.h"
+#include "models/attention_core.h"
 #include "models/errors.h"
 
 namespace distill {
@@ -100,12 +100,7 @@ torch::Tensor T5AttentionImpl::forward(const torch::Tensor& x, const torch::Tens
   auto qh = qp.view({B, T, H, Dk}).transpose(1, 2);  // [B, H, T, Dk]
   auto kh = kp.view({B, S, H, Dk}).transpose(1, 2);  // [B, H, S, Dk]
   auto vh = vp.view({B, S, H, Dk}).transpose(1, 2);  // [B, H, S, Dk]
-  auto scores = batched_matmul(qh, kh.transpose(2, 3));           // [B, H, T, S], no scaling
-  scores = scores + bias;
-  auto probs = torch::softmax(scores.to(torch::kFloat32), -1).to(scores.scalar_type());
-  probs = dropout_->forward(probs);
-  auto ctx = batched_matmul(probs, vh);                    // [B, H, T, Dk]
-  ctx = ctx.transpose(1, 2).reshape({B, T, H * Dk});       // [B, T, H*Dk]
+  auto ctx = attention_core(qh, kh, vh, bias, is_training() ? dropout_->p() : 0.0);  // [B, T, H*Dk]
   return o->forward(ctx);
 }
 

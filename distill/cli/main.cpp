@@ -1,4 +1,5 @@
 // distill: compress a sparse Switch Transformer into a dense T5 by distillation.
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
@@ -32,6 +33,8 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
+  // Logs go to stderr: stdout carries results (JSON, token ids, reports) that other tools parse.
+  spdlog::set_default_logger(spdlog::stderr_color_mt("distill"));
   try {
     distill::init_runtime(threads);
     for (auto& c : commands)

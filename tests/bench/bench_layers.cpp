@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include "distill/runtime.h"
+#include "models/attention_core.h"
 #include "models/batched_matmul.h"
 #include "models/fast_dropout.h"
 #include "models/switch_moe.h"
@@ -68,6 +69,24 @@ void BM_SelfAttentionFwdBwd(benchmark::State& state) {
   }
 }
 BENCHMARK(BM_SelfAttentionFwdBwd)->Unit(benchmark::kMicrosecond);
+
+// The attention core alone (scores, bias, softmax, dropout, context; forward and backward): the
+// fused kernel (arg 1) against the same in ATen ops (arg 0).
+void BM_AttentionCore(benchmark::State& state) {
+  const int64_t Dk = D / H;
+  auto qkv = torch::randn({B, S, 3 * D}, torch::requires_grad());
+  auto bias = torch::randn({1, H, S, S}, torch::requires_grad());
+  auto g = torch::randn({B, S, D});
+  auto core = state.range(0) ? attention_core : attention_core_reference;
+  for (auto _ : state) {
+    auto parts = qkv.split(D, -1);
+    auto heads = [&](const torch::Tensor& t) { return t.view({B, S, H, Dk}).transpose(1, 2); };  // [B, H, S, Dk]
+    (core(heads(parts[0]), heads(parts[1]), heads(parts[2]), bias, state.range(1) / 10.0) * g).sum().backward();
+    qkv.mutable_grad().reset();
+    bias.mutable_grad().reset();
+  }
+}
+BENCHMARK(BM_AttentionCore)->Args({0, 0})->Args({1, 0})->Args({0, 1})->Args({1, 1})->Unit(benchmark::kMicrosecond);
 
 void BM_BatchedMatmul(benchmark::State& state) {
   auto q = torch::randn({B, H, S, D / H}), k = torch::randn({B, H, D / H, S});

@@ -1,0 +1,24 @@
+// The core of T5 attention, softmax(q k^T + bias) v with dropout on the probabilities, as one
+// autograd node. In float32 on the CPU each (batch, head) is one task: both products go straight
+// to sgemm on the strided heads, and bias, softmax and dropout run on the score rows while they
+// are in cache. Backward recomputes the dropout mask from its seed instead of storing it and
+// writes the heads' gradients in place, so the [B, H, T, S] score tensors are touched once per
+// pass instead of once per op.
+#pragma once
+
+#include <ATen/Tensor.h>
+
+namespace distill {
+
+// q [B, H, T, Dk], k and v [B, H, S, Dk] (any strides), bias broadcastable to [B, H, T, S]
+// (may require grad). T5 does not scale the scores. Dropout p applies to the probabilities.
+// Returns the context [B, T, H * Dk], heads side by side. Other dtypes, other devices and bf16
+// autocast take the equivalent ATen ops.
+at::Tensor attention_core(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias,
+                          double dropout);
+
+// The same with plain ATen ops: the reference for tests and benchmarks.
+at::Tensor attention_core_reference(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias,
+                                    double dropout);
+
+}  // namespace distill

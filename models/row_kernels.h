@@ -1,0 +1,32 @@
+// Small loops over contiguous float rows for the fused kernels (attention core, grouped experts).
+// Each is built for AVX-512, AVX2 and baseline x86-64 and picked when the program loads, so the
+// default (SSE2) build still runs them at full vector width. Reductions keep 16 partial results:
+// one running sum is a dependency chain the compiler may not reorder, ~10x slower.
+#pragma once
+
+#include <cstdint>
+
+namespace distill::rows {
+
+// row += bias (skipped when bias is null); returns the row's maximum.
+float add_bias_max(float* row, const float* bias, int64_t n);
+// row += c
+void add_scalar(float* row, float c, int64_t n);
+// row *= c
+void scale(float* row, float c, int64_t n);
+float sum(const float* row, int64_t n);
+float dot(const float* a, const float* b, int64_t n);
+// out = a * b (out may alias a or b)
+void multiply(float* out, const float* a, const float* b, int64_t n);
+// out = a * c; returns dot(a, b)
+float scaled_copy_dot(float* out, const float* a, float c, const float* b, int64_t n);
+// out = p * (g - c): the softmax backward of a row whose dot(g, p) is c
+void softmax_backward(float* out, const float* p, const float* g, float c, int64_t n);
+// mask[j] = s if dropout keeps element first + j (see fast_dropout.h), else 0
+void dropout_scales(float* mask, uint64_t seed, int64_t first, uint32_t threshold, float s, int64_t n);
+// x = relu(x), then dropout of elements first..first+n-1 (kept ones scaled by s); p == 0: relu only
+void relu_dropout(float* x, bool dropout, uint64_t seed, int64_t first, uint32_t threshold, float s, int64_t n);
+// g = h > 0 ? g * s : 0, the backward of relu_dropout given its output h
+void relu_dropout_backward(float* g, const float* h, float s, int64_t n);
+
+}  // namespace distill::rows
