@@ -7,6 +7,7 @@
 #include <mutex>
 
 #include "models/errors.h"
+#include "models/row_kernels.h"
 
 namespace distill {
 namespace {
@@ -18,6 +19,17 @@ void fill_mask(T* out, int64_t n, uint64_t seed, double p) {
   const T zero = static_cast<T>(0.0);
   at::parallel_for(0, n, 16384, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) out[i] = dropout_keep(seed, i, threshold) ? scale : zero;
+  });
+}
+
+// float32, the common case: the row kernel is built for AVX2/AVX-512 (the hash needs 32-bit
+// vector multiplies, which baseline x86-64 lacks).
+template <>
+void fill_mask<float>(float* out, int64_t n, uint64_t seed, double p) {
+  const uint32_t threshold = dropout_threshold(p);
+  const auto scale = static_cast<float>(1.0 / (1.0 - p));
+  at::parallel_for(0, n, 16384, [&](int64_t begin, int64_t end) {
+    rows::dropout_scales(out + begin, seed, begin, threshold, scale, end - begin);
   });
 }
 

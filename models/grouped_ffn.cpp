@@ -1,6 +1,7 @@
 #include "models/grouped_ffn.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <cblas.h>
 #include <torch/torch.h>
 
@@ -38,7 +39,9 @@ void parallel_for_each_group(const std::vector<int64_t>& counts, Fn&& fn) {
   std::stable_sort(groups.begin(), groups.end(), [](const Group& a, const Group& b) { return a.n > b.n; });
   std::atomic<size_t> next{0};
   const auto workers = std::min<int64_t>(at::get_num_threads(), static_cast<int64_t>(groups.size()));
+  const at::ThreadLocalState caller;  // grad mode, autocast exclusions: the workers' ATen calls need the caller's
   at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    at::ThreadLocalStateGuard same_state(caller);
     for (size_t i = next++; i < groups.size(); i = next++) fn(groups[i].e, groups[i].begin, groups[i].n);
   });
 }
@@ -66,13 +69,13 @@ Forward run_forward(const at::Tensor& x, const at::Tensor& gate, const at::Tenso
   f.xs = x.index_select(0, token);  // [M, D]
   f.h = at::empty({M, F}, x.options());
   f.y = at::empty({M, D}, x.options());
-  for_each_group(counts, [&](int64_t e, int64_t begin, int64_t n) {
+  parallel_for_each_group(counts, [&](int64_t e, int64_t begin, int64_t n) {
     auto h = f.h.narrow(0, begin, n);
     at::mm_out(h, f.xs.narrow(0, begin, n), wi[static_cast<size_t>(e)].t());  // [n, F]
   });
   f.h.relu_();
   if (dropout > 0) f.h.mul_(dropout_mask(f.h, dropout));
-  for_each_group(counts, [&](int64_t e, int64_t begin, int64_t n) {
+  parallel_for_each_group(counts, [&](int64_t e, int64_t begin, int64_t n) {
     auto y = f.y.narrow(0, begin, n);
     at::mm_out(y, f.h.narrow(0, begin, n), wo[static_cast<size_t>(e)].t());  // [n, D]
   });
@@ -213,7 +216,7 @@ struct GroupedFfnFunction : public torch::autograd::Function<GroupedFfnFunction>
     gy.mul_(gate.to(gy.scalar_type()).unsqueeze(1));
     auto gh = at::empty_like(h);                                       // [M, F]
     std::vector<at::Tensor> gwi(static_cast<size_t>(E)), gwo(static_cast<size_t>(E));
-    for_each_group(counts, [&](int64_t e, int64_t begin, int64_t n) {
+    parallel_for_each_group(counts, [&](int64_t e, int64_t begin, int64_t n) {
       auto gy_e = gy.narrow(0, begin, n);
       gwo[static_cast<size_t>(e)] = at::mm(gy_e.t(), h.narrow(0, begin, n));  // [D, F]
       auto gh_e = gh.narrow(0, begin, n);
@@ -223,7 +226,7 @@ struct GroupedFfnFunction : public torch::autograd::Function<GroupedFfnFunction>
     gh = at::threshold_backward(gh, h, 0);
     if (dropout > 0) gh.mul_(1.0 / (1.0 - dropout));
     auto gxs = at::empty_like(xs);                                     // [M, D]
-    for_each_group(counts, [&](int64_t e, int64_t begin, int64_t n) {
+    parallel_for_each_group(counts, [&](int64_t e, int64_t begin, int64_t n) {
       auto gh_e = gh.narrow(0, begin, n);
       gwi[static_cast<size_t>(e)] = at::mm(gh_e.t(), xs.narrow(0, begin, n));  // [F, D]
       auto gxs_e = gxs.narrow(0, begin, n);
