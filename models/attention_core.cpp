@@ -5,9 +5,7 @@
 #include <cblas.h>
 #include <torch/torch.h>
 
-#include <algorithm>
 #include <cstring>
-#include <limits>
 #include <vector>
 
 #include "models/batched_matmul.h"
@@ -19,21 +17,6 @@ namespace distill {
 namespace {
 
 int cblas_int(int64_t v) { return static_cast<int>(v); }
-
-}  // namespace
-
-at::Tensor attention_core_reference(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias,
-                                    double dropout) {
-  const auto B = q.size(0), H = q.size(1), T = q.size(2), Dk = q.size(3);
-  auto scores = batched_matmul(q, k.transpose(2, 3));  // [B, H, T, S]
-  if (bias.defined()) scores = scores + bias;
-  auto probs = torch::softmax(scores.to(torch::kFloat32), -1).to(scores.scalar_type());
-  if (dropout > 0) probs = probs * dropout_mask(probs, dropout);
-  auto ctx = batched_matmul(probs, v);                  // [B, H, T, Dk]
-  return ctx.transpose(1, 2).reshape({B, T, H * Dk});   // [B, T, H*Dk]
-}
-
-namespace {
 
 // A [B, H, L, Dk] float32 view with unit last stride: where head (b, h) starts and its row stride.
 struct Heads {
@@ -221,6 +204,17 @@ at::Tensor attention_core(const at::Tensor& q, const at::Tensor& k, const at::Te
   const Shape s{q.size(0), q.size(1), q.size(2), k.size(2), q.size(3)};
   return forward_sgemm(heads_of(qq), heads_of(kk), heads_of(vv), bias_view(bias, s), s, dropout > 0 ? dropout_seed() : 0,
                        dropout, probs);
+}
+
+at::Tensor attention_core_reference(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias,
+                                    double dropout) {
+  const auto B = q.size(0), H = q.size(1), T = q.size(2), Dk = q.size(3);
+  auto scores = batched_matmul(q, k.transpose(2, 3));  // [B, H, T, S]
+  if (bias.defined()) scores = scores + bias;
+  auto probs = torch::softmax(scores.to(torch::kFloat32), -1).to(scores.scalar_type());
+  if (dropout > 0) probs = probs * dropout_mask(probs, dropout);
+  auto ctx = batched_matmul(probs, v);                  // [B, H, T, Dk]
+  return ctx.transpose(1, 2).reshape({B, T, H * Dk});   // [B, T, H*Dk]
 }
 
 }  // namespace distill
