@@ -20,6 +20,7 @@
 #include "models/mixed_precision.h"
 #include "models/errors.h"
 #include "models/model_stats.h"
+#include "models/sgemm.h"
 
 namespace distill {
 using nlohmann::json;
@@ -51,11 +52,20 @@ Timing time_it(const BenchOptions& o, F&& f) {
   return {ms[ms.size() / 2], ms.front(), ms.back()};
 }
 
+// The best of square products: float32 through blas::sgemm, the kernel the models' products use;
+// bf16 through ATen (oneDNN).
 double matmul_peak(c10::ScalarType dtype, const BenchOptions& o) {
   double best = 0;
   for (int64_t n : {512, 1024, 2048}) {
-    auto a = torch::randn({n, n}).to(dtype), b = torch::randn({n, n}).to(dtype);
-    auto t = time_it({2, std::max(3, o.repeats / 2)}, [&] { auto c = a.mm(b); });
+    auto a = torch::randn({n, n}).to(dtype), b = torch::randn({n, n}).to(dtype), c = torch::empty({n, n}).to(dtype);
+    auto t = time_it({2, std::max(3, o.repeats / 2)}, [&] {
+      if (dtype == torch::kFloat32) {
+        blas::sgemm(blas::Op::N, blas::Op::N, n, n, n, 1.0f, a.data_ptr<float>(), n, b.data_ptr<float>(), n, 0.0f,
+                    c.data_ptr<float>(), n);
+      } else {
+        at::mm_out(c, a, b);
+      }
+    });
     best = std::max(best, 2.0 * n * n * n / (t.median_ms * 1e-3) / 1e9);
   }
   return best;
@@ -100,6 +110,7 @@ BenchResult run_bench(const BenchShape& s, const BenchOptions& o) {
   const auto runtime = init_runtime(r.threads);
   r.blas = runtime.blas;
   r.blas_kernels = runtime.blas_kernels;
+  r.sgemm = runtime.sgemm;
   r.cpu = cpu_model_name();
   torch::manual_seed(0);
   const ModelConfig tc = teacher_config(s);
@@ -174,11 +185,11 @@ BenchResult run_bench(const BenchShape& s, const BenchOptions& o) {
     auto x = torch::randn({s.batch, s.src_len, s.d_model}).requires_grad_(true);
     auto g = torch::randn({s.batch, s.src_len, s.d_model});
     r.switch_layer = time_it(o, [&] {
-      sparse->zero_grad();
+      sparse->zero_grad(/*set_to_none=*/true);  // as the trainer does
       (sparse->forward(x).hidden * g).sum().backward();
     });
     r.dense_layer = time_it(o, [&] {
-      dense->zero_grad();
+      dense->zero_grad(/*set_to_none=*/true);
       (dense->forward(x) * g).sum().backward();
     });
     r.switch_vs_dense_ratio = r.switch_layer.median_ms / r.dense_layer.median_ms;
@@ -225,6 +236,7 @@ json BenchResult::to_json() const {
           {"threads", threads},
           {"blas", blas},
           {"blas_kernels", blas_kernels},
+          {"sgemm", sgemm},
           {"cpu", cpu}};
 }
 
@@ -234,11 +246,11 @@ std::string BenchResult::markdown() const {
   };
   std::string md = fmt::format(
       "shape: d_model {} d_ff {} heads {}x{} layers {}+{} experts {} ({} sparse, capacity {}) vocab {}, batch {} x "
-      "({} + {}) tokens; teacher {}, student {}; {} threads of {}, BLAS {}{}\n\n",
+      "({} + {}) tokens; teacher {}, student {}; {} threads of {}, fp32 products by {}, BLAS {}{}\n\n",
       shape.d_model, shape.d_ff, shape.num_heads, shape.d_kv, shape.num_layers, shape.num_decoder_layers, shape.num_experts,
       shape.sparse_step == 1 ? std::string("every layer") : fmt::format("every {}th layer", shape.sparse_step), shape.expert_capacity,
       shape.vocab_size, shape.batch, shape.src_len, shape.tgt_len, shape.teacher_bf16 ? "bf16" : "fp32",
-      shape.student_bf16 ? "bf16 matmuls" : "fp32", threads, cpu, blas,
+      shape.student_bf16 ? "bf16 matmuls" : "fp32", threads, cpu, sgemm, blas,
       blas_kernels.empty() ? std::string() : " (" + blas_kernels + " kernels)");
   md += "| measurement | median ms | spread ms | throughput |\n| --- | ---: | ---: | --- |\n";
   md += row("teacher forward", teacher_forward, fmt::format("{:.0f} tokens/s", teacher_tokens_per_s));

@@ -47,6 +47,7 @@ struct BenchResult {
   double peak_rss_mb = 0;
   std::string blas;          // "openblas", "reference" or "unknown"
   std::string blas_kernels;  // OpenBLAS's kernel set, e.g. "SkylakeX"
+  std::string sgemm;         // library behind the models' float32 products: "oneDNN" or "OpenBLAS"
   std::string cpu;           // the CPU's model name, from /proc/cpuinfo
   int threads = 0;
   nlohmann::json to_json() const;

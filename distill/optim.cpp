@@ -10,10 +10,11 @@
 
 namespace distill {
 
+// Drops the gradients, as PyTorch's zero_grad(set_to_none=True): the next backward hands its
+// gradient tensors over instead of adding them into zeros (a pass over every parameter saved), and
+// a parameter that gets no gradient is left alone by the step.
 void Optimizer::zero_grad() {
-  for (auto& [name, p] : params_) {
-    if (p.grad().defined()) p.mutable_grad().zero_();
-  }
+  for (auto& [name, p] : params_) p.mutable_grad().reset();
 }
 
 namespace {

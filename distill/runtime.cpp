@@ -11,6 +11,8 @@
 #include <mutex>
 #include <string>
 
+#include "models/sgemm.h"
+
 namespace distill {
 
 int available_cores() {
@@ -65,11 +67,12 @@ RuntimeInfo init_runtime(int threads) {
   // Denormal floats (tiny Adam moments and gradients late in training) are ~100x slower on x86:
   // training throughput decayed from 12K to 8K tokens/s over 1000 steps before this.
   at::globalContext().setFlushDenormal(true);
+  info.sgemm = blas::sgemm_library();
   info.blas = loaded_blas();
   if (info.blas == "openblas") {
     info.blas_kernels = openblas_core();
     static std::once_flag once;
-    std::call_once(once, [&] { check_blas_kernels(info.blas_kernels); });
+    if (info.sgemm == "OpenBLAS") std::call_once(once, [&] { check_blas_kernels(info.blas_kernels); });
   }
   if (info.blas == "reference") {
     spdlog::warn("LibTorch is using the reference BLAS: matrix products run ~25x slower. "

@@ -2,7 +2,6 @@
 
 #include <ATen/ExpandUtils.h>
 #include <ATen/Parallel.h>
-#include <cblas.h>
 #include <torch/torch.h>
 
 #include <cstring>
@@ -12,11 +11,10 @@
 #include "models/fast_dropout.h"
 #include "models/mixed_precision.h"
 #include "models/row_kernels.h"
+#include "models/sgemm.h"
 
 namespace distill {
 namespace {
-
-int cblas_int(int64_t v) { return static_cast<int>(v); }
 
 // A [B, H, L, Dk] float32 view with unit last stride: where head (b, h) starts and its row stride.
 struct Heads {
@@ -60,8 +58,8 @@ at::Tensor forward_sgemm(const Heads& q, const Heads& k, const Heads& v, const a
     for (int64_t n = begin; n < end; ++n) {
       const int64_t b = n / H, h = n % H;
       float* p = pp + n * T * S;  // [T, S]
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, cblas_int(T), cblas_int(S), cblas_int(Dk), 1.0f, q.at(b, h),
-                  cblas_int(q.ld), k.at(b, h), cblas_int(k.ld), 0.0f, p, cblas_int(S));  // scores [T, S]
+      blas::sgemm(blas::Op::N, blas::Op::T, T, S, Dk, 1.0f, q.at(b, h),
+                  q.ld, k.at(b, h), k.ld, 0.0f, p, S);  // scores [T, S]
       for (int64_t t = 0; t < T; ++t) {
         float* row = p + t * S;
         const float mx = rows::add_bias_max(row, pbias ? pbias + b * bb + h * bh + t * bt : nullptr, S);
@@ -77,8 +75,8 @@ at::Tensor forward_sgemm(const Heads& q, const Heads& k, const Heads& v, const a
         rows::multiply(dropped.data(), p, mask.data(), T * S);
         used = dropped.data();
       }
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, cblas_int(T), cblas_int(Dk), cblas_int(S), 1.0f, used,
-                  cblas_int(S), v.at(b, h), cblas_int(v.ld), 0.0f, pc + b * T * I + h * Dk, cblas_int(I));  // [T, Dk]
+      blas::sgemm(blas::Op::N, blas::Op::N, T, Dk, S, 1.0f, used,
+                  S, v.at(b, h), v.ld, 0.0f, pc + b * T * I + h * Dk, I);  // [T, Dk]
     }
   });
   return ctx;
@@ -117,11 +115,11 @@ Grads backward_sgemm(const at::Tensor& grad_in, const Heads& q, const Heads& k, 
         rows::multiply(w, p, mask.data(), T * S);
         used = w;
       }
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, cblas_int(S), cblas_int(Dk), cblas_int(T), 1.0f, used,
-                  cblas_int(S), gctx, cblas_int(I), 0.0f, pgv + b * S * I + h * Dk, cblas_int(I));  // [S, Dk]
+      blas::sgemm(blas::Op::T, blas::Op::N, S, Dk, T, 1.0f, used,
+                  S, gctx, I, 0.0f, pgv + b * S * I + h * Dk, I);  // [S, Dk]
       // dP = dctx V^T, back through dropout.
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, cblas_int(T), cblas_int(S), cblas_int(Dk), 1.0f, gctx,
-                  cblas_int(I), v.at(b, h), cblas_int(v.ld), 0.0f, w, cblas_int(S));  // [T, S]
+      blas::sgemm(blas::Op::N, blas::Op::T, T, S, Dk, 1.0f, gctx,
+                  I, v.at(b, h), v.ld, 0.0f, w, S);  // [T, S]
       if (dropout > 0) rows::multiply(w, w, mask.data(), T * S);
       // Softmax backward: dscores = P * (dP - rowsum(dP * P)).
       float* ds = pgs ? pgs + base : local.data();
@@ -130,10 +128,10 @@ Grads backward_sgemm(const at::Tensor& grad_in, const Heads& q, const Heads& k, 
         const float* wr = w + t * S;
         rows::softmax_backward(ds + t * S, pr, wr, rows::dot(wr, pr, S), S);
       }
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, cblas_int(T), cblas_int(Dk), cblas_int(S), 1.0f, ds,
-                  cblas_int(S), k.at(b, h), cblas_int(k.ld), 0.0f, pgq + b * T * I + h * Dk, cblas_int(I));  // dQ [T, Dk]
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, cblas_int(S), cblas_int(Dk), cblas_int(T), 1.0f, ds,
-                  cblas_int(S), q.at(b, h), cblas_int(q.ld), 0.0f, pgk + b * S * I + h * Dk, cblas_int(I));  // dK [S, Dk]
+      blas::sgemm(blas::Op::N, blas::Op::N, T, Dk, S, 1.0f, ds,
+                  S, k.at(b, h), k.ld, 0.0f, pgq + b * T * I + h * Dk, I);  // dQ [T, Dk]
+      blas::sgemm(blas::Op::T, blas::Op::N, S, Dk, T, 1.0f, ds,
+                  S, q.at(b, h), q.ld, 0.0f, pgk + b * S * I + h * Dk, I);  // dK [S, Dk]
     }
   });
   out.q = gq.transpose(1, 2);

@@ -1,17 +1,18 @@
 #include "models/batched_matmul.h"
 
 #include <ATen/Parallel.h>
-#include <cblas.h>
 #include <torch/torch.h>
 
 #include <vector>
+
+#include "models/sgemm.h"
 
 namespace distill {
 namespace {
 
 struct MatrixView {
-  CBLAS_TRANSPOSE trans = CblasNoTrans;
-  int ld = 0;
+  blas::Op trans = blas::Op::N;
+  int64_t ld = 0;
   std::vector<int64_t> offsets;  // element offset of each matrix in the batch
 };
 
@@ -30,11 +31,11 @@ MatrixView view_of(torch::Tensor& t) {
   }
   MatrixView v;
   if (sc == 1) {
-    v.trans = CblasNoTrans;
-    v.ld = static_cast<int>(std::max<int64_t>(1, sr));
+    v.trans = blas::Op::N;
+    v.ld = std::max<int64_t>(1, sr);
   } else {
-    v.trans = CblasTrans;
-    v.ld = static_cast<int>(std::max<int64_t>(1, sc));
+    v.trans = blas::Op::T;
+    v.ld = std::max<int64_t>(1, sc);
   }
   int64_t batch = 1;
   for (int64_t i = 0; i < d - 2; ++i) batch *= t.size(i);
@@ -63,12 +64,11 @@ torch::Tensor raw_batched_matmul(torch::Tensor a, torch::Tensor b) {
   const float* pb = b.data_ptr<float>();
   float* pc = out.data_ptr<float>();
   const auto batch = static_cast<int64_t>(va.offsets.size());
-  // One sgemm per matrix; inside the parallel region OpenBLAS runs single-threaded.
+  // One sgemm per matrix; inside the parallel region sgemm runs single-threaded.
   at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
-      cblas_sgemm(CblasRowMajor, va.trans, vb.trans, static_cast<int>(M), static_cast<int>(N), static_cast<int>(K), 1.0f,
-                  pa + va.offsets[static_cast<size_t>(n)], va.ld, pb + vb.offsets[static_cast<size_t>(n)], vb.ld, 0.0f,
-                  pc + n * M * N, static_cast<int>(N));
+      blas::sgemm(va.trans, vb.trans, M, N, K, 1.0f, pa + va.offsets[static_cast<size_t>(n)], va.ld,
+                  pb + vb.offsets[static_cast<size_t>(n)], vb.ld, 0.0f, pc + n * M * N, N);
     }
   });
   return out;

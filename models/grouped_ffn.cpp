@@ -2,7 +2,6 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
-#include <cblas.h>
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -13,6 +12,7 @@
 #include "models/fast_dropout.h"
 #include "models/mixed_precision.h"
 #include "models/row_kernels.h"
+#include "models/sgemm.h"
 
 namespace distill {
 namespace {
@@ -53,7 +53,23 @@ bool sgemm_path(const at::Tensor& x, const at::Tensor& gate, at::TensorList weig
   return std::all_of(weights.begin(), weights.end(), [&](const at::Tensor& w) { return ok(w) && w.is_contiguous(); });
 }
 
-int cblas_int(int64_t v) { return static_cast<int>(v); }
+// out [N, D]: row t is the sum over assignments a with token[a] == t of c_a * rows[a], where c_a is
+// gate[a] (or 1 without a gate); rows no assignment reaches are zero. Each thread owns a range of
+// output rows and adds in assignment order, so the sums do not depend on the thread count; ATen's
+// index_add_ dispatches one add per row and cost a quarter of the layer.
+at::Tensor scatter_rows(const float* rows, const float* gate, const int64_t* token, int64_t M, int64_t N, int64_t D,
+                        const at::TensorOptions& options) {
+  auto out = at::empty({N, D}, options);
+  float* po = out.data_ptr<float>();
+  at::parallel_for(0, N, 128, [&](int64_t lo, int64_t hi) {
+    std::memset(po + lo * D, 0, static_cast<size_t>((hi - lo) * D) * sizeof(float));
+    for (int64_t a = 0; a < M; ++a) {
+      const int64_t t = token[a];
+      if (t >= lo && t < hi) rows::axpy(po + t * D, rows + a * D, gate ? gate[a] : 1.0f, D);
+    }
+  });
+  return out;
+}
 
 struct Forward {
   at::Tensor out;  // [N, D]
@@ -105,14 +121,15 @@ Forward run_forward_sgemm(const at::Tensor& x_in, const at::Tensor& gate, const 
     float* xs_e = xs + begin * D;
     for (int64_t i = 0; i < n; ++i) std::memcpy(xs_e + i * D, px + tok[begin + i] * D, static_cast<size_t>(D) * sizeof(float));
     float* h_e = h + begin * F;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, cblas_int(n), cblas_int(F), cblas_int(D), 1.0f, xs_e,
-                cblas_int(D), wi[static_cast<size_t>(e)].data_ptr<float>(), cblas_int(D), 0.0f, h_e, cblas_int(F));  // [n, F]
+    blas::sgemm(blas::Op::N, blas::Op::T, n, F, D, 1.0f, xs_e,
+                D, wi[static_cast<size_t>(e)].data_ptr<float>(), D, 0.0f, h_e, F);  // [n, F]
     // ReLU, then the same mask dropout_mask would draw for [M, F].
     rows::relu_dropout(h_e, dropout > 0, seed, begin * F, threshold, scale, n * F);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, cblas_int(n), cblas_int(D), cblas_int(F), 1.0f, h_e,
-                cblas_int(F), wo[static_cast<size_t>(e)].data_ptr<float>(), cblas_int(F), 0.0f, y + begin * D, cblas_int(D));  // [n, D]
+    blas::sgemm(blas::Op::N, blas::Op::T, n, D, F, 1.0f, h_e,
+                F, wo[static_cast<size_t>(e)].data_ptr<float>(), F, 0.0f, y + begin * D, D);  // [n, D]
   });
-  f.out = at::zeros_like(x).index_add_(0, token, f.y * gate.unsqueeze(1));
+  const auto g = gate.contiguous();
+  f.out = scatter_rows(y, g.data_ptr<float>(), tok, M, x.size(0), D, x.options());  // [N, D]
   return f;
 }
 
@@ -156,18 +173,18 @@ Backward run_backward_sgemm(const at::Tensor& grad_in, const at::Tensor& xs, con
     const float* h_e = ph + begin * F;
     const float* xs_e = pxs + begin * D;
     float* gh_e = pgh + begin * F;
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, cblas_int(D), cblas_int(F), cblas_int(n), 1.0f, gy_e, cblas_int(D),
-                h_e, cblas_int(F), 0.0f, b.gwo[se].data_ptr<float>(), cblas_int(F));  // [D, F]
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, cblas_int(n), cblas_int(F), cblas_int(D), 1.0f, gy_e,
-                cblas_int(D), wo[se].data_ptr<float>(), cblas_int(F), 0.0f, gh_e, cblas_int(F));  // [n, F]
+    blas::sgemm(blas::Op::T, blas::Op::N, D, F, n, 1.0f, gy_e, D,
+                h_e, F, 0.0f, b.gwo[se].data_ptr<float>(), F);  // [D, F]
+    blas::sgemm(blas::Op::N, blas::Op::N, n, F, D, 1.0f, gy_e,
+                D, wo[se].data_ptr<float>(), F, 0.0f, gh_e, F);  // [n, F]
     // Through dropout and ReLU at once: a kept, positive unit has h > 0, every other unit h == 0.
     rows::relu_dropout_backward(gh_e, h_e, scale, n * F);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, cblas_int(F), cblas_int(D), cblas_int(n), 1.0f, gh_e, cblas_int(F),
-                xs_e, cblas_int(D), 0.0f, b.gwi[se].data_ptr<float>(), cblas_int(D));  // [F, D]
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, cblas_int(n), cblas_int(D), cblas_int(F), 1.0f, gh_e,
-                cblas_int(F), wi[se].data_ptr<float>(), cblas_int(D), 0.0f, pgxs + begin * D, cblas_int(D));  // [n, D]
+    blas::sgemm(blas::Op::T, blas::Op::N, F, D, n, 1.0f, gh_e, F,
+                xs_e, D, 0.0f, b.gwi[se].data_ptr<float>(), D);  // [F, D]
+    blas::sgemm(blas::Op::N, blas::Op::N, n, D, F, 1.0f, gh_e,
+                F, wi[se].data_ptr<float>(), D, 0.0f, pgxs + begin * D, D);  // [n, D]
   });
-  b.gx = at::zeros({N, D}, xs.options()).index_add_(0, token, gxs);
+  b.gx = scatter_rows(pgxs, nullptr, tok, M, N, D, xs.options());  // [N, D]
   return b;
 }
 

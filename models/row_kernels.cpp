@@ -69,6 +69,10 @@ ROW_KERNEL void multiply(float* out, const float* a, const float* b, int64_t n) 
   for (int64_t j = 0; j < n; ++j) out[j] = a[j] * b[j];
 }
 
+ROW_KERNEL void axpy(float* out, const float* x, float c, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) out[j] += c * x[j];
+}
+
 ROW_KERNEL float scaled_copy_dot(float* out, const float* a, float c, const float* b, int64_t n) {
   float acc[kLanes] = {};
   int64_t j = 0;

@@ -18,6 +18,8 @@ float sum(const float* row, int64_t n);
 float dot(const float* a, const float* b, int64_t n);
 // out = a * b (out may alias a or b)
 void multiply(float* out, const float* a, const float* b, int64_t n);
+// out += c * x
+void axpy(float* out, const float* x, float c, int64_t n);
 // out = a * c; returns dot(a, b)
 float scaled_copy_dot(float* out, const float* a, float c, const float* b, int64_t n);
 // out = p * (g - c): the softmax backward of a row whose dot(g, p) is c

@@ -1,5 +1,6 @@
 #include "models/seq2seq.h"
 
+#include "models/projection.h"
 #include "models/mixed_precision.h"
 
 #include <torch/nn/functional/loss.h>
@@ -184,9 +185,9 @@ StackOutput Seq2SeqModelImpl::decode(const torch::Tensor& decoder_input_ids,
 
 torch::Tensor Seq2SeqModelImpl::lm_logits(const torch::Tensor& hidden) {
   NoAutocast fp32;  // the softmax over the vocabulary wants full-precision logits
-  if (!lm_head.is_empty()) return lm_head->forward(hidden);
+  if (!lm_head.is_empty()) return project(hidden, lm_head->weight);
   // Tied head: T5 rescales the decoder output by D^-0.5 before projecting on the embedding.
-  return torch::matmul(hidden * std::pow(static_cast<double>(config_.d_model), -0.5), shared->weight.t());
+  return project(hidden * std::pow(static_cast<double>(config_.d_model), -0.5), shared->weight);
 }
 
 Seq2SeqOutput Seq2SeqModelImpl::forward(const Seq2SeqInputs& in, bool keep_hidden_states) {

@@ -2,6 +2,7 @@
 
 #include "models/grouped_ffn.h"
 #include "models/mixed_precision.h"
+#include "models/projection.h"
 
 #include <torch/nn/functional/embedding.h>
 #include <torch/nn/functional/linear.h>
@@ -106,7 +107,8 @@ torch::Tensor SwitchRouterImpl::forward(const torch::Tensor& x) {
     h = h * torch::empty_like(h).uniform_(1.0 - options_.jitter_noise, 1.0 + options_.jitter_noise);
   }
   auto bias = classifier->bias.defined() ? classifier->bias.to(dtype) : torch::Tensor();
-  return torch::nn::functional::linear(h, classifier->weight.to(dtype), bias);
+  auto logits = project(h, classifier->weight.to(dtype));  // [..., E]
+  return bias.defined() ? logits + bias : logits;
 }
 
 SwitchExpertsImpl::SwitchExpertsImpl(int64_t num_experts, const FfnOptions& expert) : options_(expert) {

@@ -1,13 +1,13 @@
 #include "models/t5_layers.h"
 
 #include <torch/nn/functional/activation.h>
-#include <torch/nn/functional/linear.h>
 
 #include <cmath>
 #include <limits>
 
 #include "models/attention_core.h"
 #include "models/errors.h"
+#include "models/projection.h"
 
 namespace distill {
 
@@ -57,13 +57,13 @@ double mask_min_value(c10::ScalarType dtype) {
 
 T5AttentionImpl::T5AttentionImpl(const AttentionOptions& options) : options_(options) {
   const int64_t inner = options.num_heads * options.d_kv;
-  auto linear = [](int64_t in, int64_t out) {
+  auto projection = [](int64_t in, int64_t out) {
     return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
   };
-  q = register_module("q", linear(options.d_model, inner));
-  k = register_module("k", linear(options.d_model, inner));
-  v = register_module("v", linear(options.d_model, inner));
-  o = register_module("o", linear(inner, options.d_model));
+  q = register_module("q", projection(options.d_model, inner));
+  k = register_module("k", projection(options.d_model, inner));
+  v = register_module("v", projection(options.d_model, inner));
+  o = register_module("o", projection(inner, options.d_model));
   if (options.has_relative_bias) {
     relative_attention_bias = register_module(
         "relative_attention_bias", torch::nn::Embedding(options.num_buckets, options.num_heads));
@@ -89,19 +89,19 @@ torch::Tensor T5AttentionImpl::forward(const torch::Tensor& x, const torch::Tens
   // One matmul for q, k and v (self) or k and v (cross): fewer, larger products run faster here.
   torch::Tensor qp, kp, vp;  // [B, T or S, I]
   if (!kv.defined()) {
-    auto qkv = torch::nn::functional::linear(x, torch::cat({q->weight, k->weight, v->weight}, 0));  // [B, T, 3I]
+    auto qkv = project(x, torch::cat({q->weight, k->weight, v->weight}, 0));  // [B, T, 3I]
     auto parts = qkv.split(I, -1);
     qp = parts[0], kp = parts[1], vp = parts[2];
   } else {
-    qp = q->forward(x);
-    auto parts = torch::nn::functional::linear(src, torch::cat({k->weight, v->weight}, 0)).split(I, -1);  // [B, S, 2I]
+    qp = project(x, q->weight);
+    auto parts = project(src, torch::cat({k->weight, v->weight}, 0)).split(I, -1);  // [B, S, 2I]
     kp = parts[0], vp = parts[1];
   }
   auto qh = qp.view({B, T, H, Dk}).transpose(1, 2);  // [B, H, T, Dk]
   auto kh = kp.view({B, S, H, Dk}).transpose(1, 2);  // [B, H, S, Dk]
   auto vh = vp.view({B, S, H, Dk}).transpose(1, 2);  // [B, H, S, Dk]
   auto ctx = attention_core(qh, kh, vh, bias, is_training() ? dropout_->p() : 0.0);  // [B, T, H*Dk]
-  return o->forward(ctx);
+  return project(ctx, o->weight);
 }
 
 torch::Tensor apply_activation(const torch::Tensor& x, const std::string& act) {
@@ -113,24 +113,24 @@ torch::Tensor apply_activation(const torch::Tensor& x, const std::string& act) {
 }
 
 DenseActDenseImpl::DenseActDenseImpl(const FfnOptions& options) : options_(options) {
-  auto linear = [](int64_t in, int64_t out) {
+  auto projection = [](int64_t in, int64_t out) {
     return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
   };
   if (options.gated) {
-    wi_0 = register_module("wi_0", linear(options.d_model, options.d_ff));
-    wi_1 = register_module("wi_1", linear(options.d_model, options.d_ff));
+    wi_0 = register_module("wi_0", projection(options.d_model, options.d_ff));
+    wi_1 = register_module("wi_1", projection(options.d_model, options.d_ff));
   } else {
-    wi = register_module("wi", linear(options.d_model, options.d_ff));
+    wi = register_module("wi", projection(options.d_model, options.d_ff));
   }
-  wo = register_module("wo", linear(options.d_ff, options.d_model));
+  wo = register_module("wo", projection(options.d_ff, options.d_model));
   dropout_ = register_module("dropout", FastDropout(options.dropout));
 }
 
 torch::Tensor DenseActDenseImpl::forward(const torch::Tensor& x) {
   torch::Tensor h = options_.gated
-                        ? apply_activation(wi_0->forward(x), options_.act) * wi_1->forward(x)
-                        : apply_activation(wi->forward(x), options_.act);  // [..., F]
-  return wo->forward(dropout_->forward(h));
+                        ? apply_activation(project(x, wi_0->weight), options_.act) * project(x, wi_1->weight)
+                        : apply_activation(project(x, wi->weight), options_.act);  // [..., F]
+  return project(dropout_->forward(h), wo->weight);
 }
 
 T5LayerSelfAttentionImpl::T5LayerSelfAttentionImpl(const AttentionOptions& options, double eps, double dropout) {

@@ -130,6 +130,13 @@ TEST(CliUsage, UnknownCommandsAndMissingArguments) {
 namespace distill {
 namespace {
 
+TEST(CliUsage, BadSgemmChoiceIsAClearError) {
+  std::string err;
+  EXPECT_EQ(run_distill("inspect " + test::fixture("switch-tiny-4"), nullptr, &err, "DISTILL_SGEMM=mkl"), 1);
+  EXPECT_NE(err.find("DISTILL_SGEMM=\"mkl\": expected \"onednn\" or \"openblas\""), std::string::npos) << err;
+  EXPECT_EQ(run_distill("inspect " + test::fixture("switch-tiny-4"), nullptr, &err, "DISTILL_SGEMM=openblas"), 0) << err;
+}
+
 TEST(CliTokenizer, EncodeMatchesTheGoldenIds) {
   std::string out, err;
   ASSERT_EQ(run_distill("tokenizer encode --model " + test::fixture("switch-tiny-4") +

@@ -1,16 +1,65 @@
-// The hand-written kernels against LibTorch's own: batched matmul and dropout.
+// The hand-written kernels against LibTorch's own: sgemm, projections, batched matmul, attention
+// and dropout.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include "models/attention_core.h"
 #include "models/batched_matmul.h"
 #include "models/fast_dropout.h"
+#include "models/projection.h"
+#include "models/sgemm.h"
 #include "tests/test_util.h"
 
 namespace distill {
 namespace {
 
 using test::tensors_close;
+
+// Row-major C = alpha op(A) op(B) + beta C for every transpose pair, with padded leading dimensions,
+// against a double-precision product; an empty inner dimension leaves beta C.
+TEST(Sgemm, EveryTransposeWithPaddedRowsAndBeta) {
+  torch::manual_seed(0);
+  const int64_t m = 5, n = 7, k = 3, pad = 2;
+  for (auto op_a : {blas::Op::N, blas::Op::T}) {
+    for (auto op_b : {blas::Op::N, blas::Op::T}) {
+      const bool ta = op_a == blas::Op::T, tb = op_b == blas::Op::T;
+      auto a_store = torch::randn({ta ? k : m, (ta ? m : k) + pad}), b_store = torch::randn({tb ? n : k, (tb ? k : n) + pad});
+      auto a = a_store.narrow(1, 0, ta ? m : k), b = b_store.narrow(1, 0, tb ? k : n);
+      auto c = torch::randn({m, n + pad});
+      auto want = 0.5 * c.narrow(1, 0, n).to(torch::kDouble) +
+                  2.0 * torch::mm((ta ? a.t() : a).to(torch::kDouble), (tb ? b.t() : b).to(torch::kDouble));
+      blas::sgemm(op_a, op_b, m, n, k, 2.0f, a_store.data_ptr<float>(), a_store.size(1), b_store.data_ptr<float>(),
+                  b_store.size(1), 0.5f, c.data_ptr<float>(), c.size(1));
+      EXPECT_TRUE(tensors_close(c.narrow(1, 0, n), want.to(torch::kFloat), 1e-6)) << ta << tb;
+    }
+  }
+  auto c = torch::ones({2, 3});
+  blas::sgemm(blas::Op::N, blas::Op::N, 2, 3, 0, 1.0f, nullptr, 1, nullptr, 3, 0.5f, c.data_ptr<float>(), 3);
+  EXPECT_TRUE(torch::equal(c, torch::full({2, 3}, 0.5f)));
+  EXPECT_TRUE(blas::sgemm_library() == "oneDNN" || blas::sgemm_library() == "OpenBLAS");
+}
+
+TEST(Projection, MatchesLinearWithGradients) {
+  torch::manual_seed(0);
+  auto x_in = torch::randn({2, 6, 3}), w_in = torch::randn({4, 6});
+  auto run = [&](bool ours) {
+    auto x = x_in.clone().requires_grad_(true), w = w_in.clone().requires_grad_(true);
+    auto xt = x.transpose(1, 2);  // [2, 3, 6], not contiguous
+    auto y = ours ? project(xt, w) : torch::nn::functional::linear(xt, w);  // [2, 3, 4]
+    auto g = torch::arange(24, torch::kFloat).view({2, 3, 4}).sin();
+    (y * g).sum().backward();
+    return std::vector<torch::Tensor>{y.detach(), x.grad(), w.grad()};
+  };
+  const auto got = run(true), want = run(false);
+  EXPECT_EQ(got[0].sizes(), want[0].sizes());
+  for (size_t i = 0; i < got.size(); ++i) EXPECT_TRUE(tensors_close(got[i], want[i], 1e-6)) << i;
+  {
+    torch::NoGradGuard ng;
+    EXPECT_TRUE(tensors_close(project(x_in[0].t(), w_in), torch::mm(x_in[0].t(), w_in.t()), 1e-6));  // [3, 4]
+  }
+  auto d = torch::randn({3, 6}, torch::kDouble), wd = torch::randn({2, 6}, torch::kDouble);
+  EXPECT_TRUE(torch::equal(project(d, wd), torch::nn::functional::linear(d, wd)));  // double: ATen's own
+}
 
 TEST(BatchedMatmul, MatchesTorchOnStridedViewsWithGradients) {
   torch::manual_seed(0);

@@ -7,6 +7,7 @@
 #include "models/attention_core.h"
 #include "models/batched_matmul.h"
 #include "models/fast_dropout.h"
+#include "models/sgemm.h"
 #include "models/switch_moe.h"
 #include "models/t5_layers.h"
 
@@ -28,7 +29,7 @@ void BM_DenseFfnFwdBwd(benchmark::State& state) {
   DenseActDense layer(ffn());
   auto x = torch::randn({B, S, D}, torch::requires_grad());
   for (auto _ : state) {
-    layer->zero_grad();
+    layer->zero_grad(/*set_to_none=*/true);
     layer->forward(x).sum().backward();
   }
 }
@@ -41,7 +42,7 @@ void BM_SwitchLayerFwdBwd(benchmark::State& state) {
   SwitchSparseMlp layer(D, r, ffn());
   auto x = torch::randn({B, S, D}, torch::requires_grad());
   for (auto _ : state) {
-    layer->zero_grad();
+    layer->zero_grad(/*set_to_none=*/true);
     layer->forward(x).hidden.sum().backward();
   }
 }
@@ -113,30 +114,35 @@ void BM_TorchDropout(benchmark::State& state) {
 BENCHMARK(BM_TorchDropout)->Unit(benchmark::kMicrosecond);
 
 // The six matrix products of an FFN's forward and backward (h = x wi^T, y = h wo^T, and the
-// weight and input gradients of both), for `groups` weight sets of `rows` tokens each: 1 x 1024
-// rows is the dense FFN, 8 x 128 the experts of a Switch layer with even routing. Their ratio is
-// the floor of the Switch/dense ratio that OpenBLAS allows at this shape.
+// weight and input gradients of both) through blas::sgemm, for `groups` weight sets of `rows`
+// tokens each: 1 x 1024 rows is the dense FFN (products on all threads), 8 x 128 the experts of a
+// Switch layer with even routing (one expert per thread, as the grouped FFN runs them). Their
+// ratio is the floor of the Switch/dense ratio at this shape.
 void BM_FfnProducts(benchmark::State& state) {
   const int64_t groups = state.range(0), rows = B * S / groups;
-  std::vector<torch::Tensor> wi, wo, gwi, gwo;
-  for (int64_t e = 0; e < groups; ++e) {
-    wi.push_back(torch::randn({F, D}));
-    wo.push_back(torch::randn({D, F}));
-    gwi.push_back(torch::empty({F, D}));
-    gwo.push_back(torch::empty({D, F}));
-  }
+  auto wi = torch::randn({groups, F, D}), wo = torch::randn({groups, D, F});
+  auto gwi = torch::empty_like(wi), gwo = torch::empty_like(wo);
   auto x = torch::randn({B * S, D}), gy = torch::randn({B * S, D});
   auto h = torch::empty({B * S, F}), y = torch::empty({B * S, D}), gh = torch::empty({B * S, F}), gx = torch::empty({B * S, D});
+  auto chain = [&](int64_t e) {
+    using blas::Op;
+    const int64_t r0 = e * rows;
+    float *pwi = wi[e].data_ptr<float>(), *pwo = wo[e].data_ptr<float>(), *px = x[r0].data_ptr<float>(),
+          *ph = h[r0].data_ptr<float>(), *pgy = gy[r0].data_ptr<float>(), *pgh = gh[r0].data_ptr<float>();
+    blas::sgemm(Op::N, Op::T, rows, F, D, 1, px, D, pwi, D, 0, ph, F);                         // h [rows, F]
+    blas::sgemm(Op::N, Op::T, rows, D, F, 1, ph, F, pwo, F, 0, y[r0].data_ptr<float>(), D);    // y [rows, D]
+    blas::sgemm(Op::T, Op::N, D, F, rows, 1, pgy, D, ph, F, 0, gwo[e].data_ptr<float>(), F);   // gwo [D, F]
+    blas::sgemm(Op::N, Op::N, rows, F, D, 1, pgy, D, pwo, F, 0, pgh, F);                       // gh [rows, F]
+    blas::sgemm(Op::T, Op::N, F, D, rows, 1, pgh, F, px, D, 0, gwi[e].data_ptr<float>(), D);   // gwi [F, D]
+    blas::sgemm(Op::N, Op::N, rows, D, F, 1, pgh, F, pwi, D, 0, gx[r0].data_ptr<float>(), D);  // gx [rows, D]
+  };
   for (auto _ : state) {
-    for (int64_t e = 0; e < groups; ++e) {
-      auto sl = [&](torch::Tensor& t) { return t.narrow(0, e * rows, rows); };
-      auto xs = sl(x), hs = sl(h), ys = sl(y), gys = sl(gy), ghs = sl(gh), gxs = sl(gx);
-      at::mm_out(hs, xs, wi[e].t());
-      at::mm_out(ys, hs, wo[e].t());
-      at::mm_out(gwo[e], gys.t(), hs);
-      at::mm_out(ghs, gys, wo[e]);
-      at::mm_out(gwi[e], ghs.t(), xs);
-      at::mm_out(gxs, ghs, wi[e]);
+    if (groups == 1) {
+      chain(0);
+    } else {
+      at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t e = begin; e < end; ++e) chain(e);
+      });
     }
   }
 }

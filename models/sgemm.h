@@ -1,0 +1,25 @@
+// One float32 matrix product for every hand-written kernel: oneDNN's sgemm when
+// LibTorch's oneDNN is loaded (its AVX-512 kernels are chosen at run time,
+// about 2x OpenBLAS's here), else OpenBLAS.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace distill::blas {
+
+enum class Op : char { N = 'N', T = 'T' };
+
+// Row-major C[m, n] = alpha * op(A)[m, k] op(B)[k, n] + beta * C, as
+// cblas_sgemm with CblasRowMajor. Inside a parallel region it runs on the
+// calling thread only.
+void sgemm(Op op_a, Op op_b, int64_t m, int64_t n, int64_t k, float alpha,
+           const float *a, int64_t lda, const float *b, int64_t ldb, float beta,
+           float *c, int64_t ldc);
+
+// "oneDNN" or "OpenBLAS". DISTILL_SGEMM=openblas or =onednn chooses; any other
+// value is a ConfigError (thrown here, so call this at start-up to report it
+// before any work).
+const std::string &sgemm_library();
+
+} // namespace distill::blas
