@@ -16,6 +16,8 @@
 namespace distill {
 namespace {
 
+using blas::Op;
+
 // A [B, H, L, Dk] float32 view with unit last stride: where head (b, h) starts and its row stride.
 struct Heads {
   float* data;
@@ -58,8 +60,7 @@ at::Tensor forward_sgemm(const Heads& q, const Heads& k, const Heads& v, const a
     for (int64_t n = begin; n < end; ++n) {
       const int64_t b = n / H, h = n % H;
       float* p = pp + n * T * S;  // [T, S]
-      blas::sgemm(blas::Op::N, blas::Op::T, T, S, Dk, 1.0f, q.at(b, h),
-                  q.ld, k.at(b, h), k.ld, 0.0f, p, S);  // scores [T, S]
+      blas::sgemm(Op::N, Op::T, T, S, Dk, 1.0f, q.at(b, h), q.ld, k.at(b, h), k.ld, 0.0f, p, S);  // scores [T, S]
       for (int64_t t = 0; t < T; ++t) {
         float* row = p + t * S;
         const float mx = rows::add_bias_max(row, pbias ? pbias + b * bb + h * bh + t * bt : nullptr, S);
@@ -75,8 +76,8 @@ at::Tensor forward_sgemm(const Heads& q, const Heads& k, const Heads& v, const a
         rows::multiply(dropped.data(), p, mask.data(), T * S);
         used = dropped.data();
       }
-      blas::sgemm(blas::Op::N, blas::Op::N, T, Dk, S, 1.0f, used,
-                  S, v.at(b, h), v.ld, 0.0f, pc + b * T * I + h * Dk, I);  // [T, Dk]
+      blas::sgemm(Op::N, Op::N, T, Dk, S, 1.0f, used, S, v.at(b, h), v.ld, 0.0f, pc + b * T * I + h * Dk,
+                  I);  // [T, Dk]
     }
   });
   return ctx;
@@ -115,11 +116,9 @@ Grads backward_sgemm(const at::Tensor& grad_in, const Heads& q, const Heads& k, 
         rows::multiply(w, p, mask.data(), T * S);
         used = w;
       }
-      blas::sgemm(blas::Op::T, blas::Op::N, S, Dk, T, 1.0f, used,
-                  S, gctx, I, 0.0f, pgv + b * S * I + h * Dk, I);  // [S, Dk]
+      blas::sgemm(Op::T, Op::N, S, Dk, T, 1.0f, used, S, gctx, I, 0.0f, pgv + b * S * I + h * Dk, I);  // [S, Dk]
       // dP = dctx V^T, back through dropout.
-      blas::sgemm(blas::Op::N, blas::Op::T, T, S, Dk, 1.0f, gctx,
-                  I, v.at(b, h), v.ld, 0.0f, w, S);  // [T, S]
+      blas::sgemm(Op::N, Op::T, T, S, Dk, 1.0f, gctx, I, v.at(b, h), v.ld, 0.0f, w, S);  // [T, S]
       if (dropout > 0) rows::multiply(w, w, mask.data(), T * S);
       // Softmax backward: dscores = P * (dP - rowsum(dP * P)).
       float* ds = pgs ? pgs + base : local.data();
@@ -128,10 +127,10 @@ Grads backward_sgemm(const at::Tensor& grad_in, const Heads& q, const Heads& k, 
         const float* wr = w + t * S;
         rows::softmax_backward(ds + t * S, pr, wr, rows::dot(wr, pr, S), S);
       }
-      blas::sgemm(blas::Op::N, blas::Op::N, T, Dk, S, 1.0f, ds,
-                  S, k.at(b, h), k.ld, 0.0f, pgq + b * T * I + h * Dk, I);  // dQ [T, Dk]
-      blas::sgemm(blas::Op::T, blas::Op::N, S, Dk, T, 1.0f, ds,
-                  S, q.at(b, h), q.ld, 0.0f, pgk + b * S * I + h * Dk, I);  // dK [S, Dk]
+      blas::sgemm(Op::N, Op::N, T, Dk, S, 1.0f, ds, S, k.at(b, h), k.ld, 0.0f, pgq + b * T * I + h * Dk,
+                  I);  // dQ [T, Dk]
+      blas::sgemm(Op::T, Op::N, S, Dk, T, 1.0f, ds, S, q.at(b, h), q.ld, 0.0f, pgk + b * S * I + h * Dk,
+                  I);  // dK [S, Dk]
     }
   });
   out.q = gq.transpose(1, 2);

@@ -17,6 +17,8 @@
 namespace distill {
 namespace {
 
+using blas::Op;
+
 // Calls fn(e, begin, n) for every expert with n > 0 assignments, which occupy rows [begin, begin + n).
 template <typename Fn>
 void for_each_group(const std::vector<int64_t>& counts, Fn&& fn) {
@@ -121,12 +123,12 @@ Forward run_forward_sgemm(const at::Tensor& x_in, const at::Tensor& gate, const 
     float* xs_e = xs + begin * D;
     for (int64_t i = 0; i < n; ++i) std::memcpy(xs_e + i * D, px + tok[begin + i] * D, static_cast<size_t>(D) * sizeof(float));
     float* h_e = h + begin * F;
-    blas::sgemm(blas::Op::N, blas::Op::T, n, F, D, 1.0f, xs_e,
-                D, wi[static_cast<size_t>(e)].data_ptr<float>(), D, 0.0f, h_e, F);  // [n, F]
+    blas::sgemm(Op::N, Op::T, n, F, D, 1.0f, xs_e, D, wi[static_cast<size_t>(e)].data_ptr<float>(), D, 0.0f, h_e,
+                F);  // [n, F]
     // ReLU, then the same mask dropout_mask would draw for [M, F].
     rows::relu_dropout(h_e, dropout > 0, seed, begin * F, threshold, scale, n * F);
-    blas::sgemm(blas::Op::N, blas::Op::T, n, D, F, 1.0f, h_e,
-                F, wo[static_cast<size_t>(e)].data_ptr<float>(), F, 0.0f, y + begin * D, D);  // [n, D]
+    blas::sgemm(Op::N, Op::T, n, D, F, 1.0f, h_e, F, wo[static_cast<size_t>(e)].data_ptr<float>(), F, 0.0f,
+                y + begin * D, D);  // [n, D]
   });
   const auto g = gate.contiguous();
   f.out = scatter_rows(y, g.data_ptr<float>(), tok, M, x.size(0), D, x.options());  // [N, D]
@@ -173,16 +175,13 @@ Backward run_backward_sgemm(const at::Tensor& grad_in, const at::Tensor& xs, con
     const float* h_e = ph + begin * F;
     const float* xs_e = pxs + begin * D;
     float* gh_e = pgh + begin * F;
-    blas::sgemm(blas::Op::T, blas::Op::N, D, F, n, 1.0f, gy_e, D,
-                h_e, F, 0.0f, b.gwo[se].data_ptr<float>(), F);  // [D, F]
-    blas::sgemm(blas::Op::N, blas::Op::N, n, F, D, 1.0f, gy_e,
-                D, wo[se].data_ptr<float>(), F, 0.0f, gh_e, F);  // [n, F]
+    blas::sgemm(Op::T, Op::N, D, F, n, 1.0f, gy_e, D, h_e, F, 0.0f, b.gwo[se].data_ptr<float>(), F);  // [D, F]
+    blas::sgemm(Op::N, Op::N, n, F, D, 1.0f, gy_e, D, wo[se].data_ptr<float>(), F, 0.0f, gh_e, F);    // [n, F]
     // Through dropout and ReLU at once: a kept, positive unit has h > 0, every other unit h == 0.
     rows::relu_dropout_backward(gh_e, h_e, scale, n * F);
-    blas::sgemm(blas::Op::T, blas::Op::N, F, D, n, 1.0f, gh_e, F,
-                xs_e, D, 0.0f, b.gwi[se].data_ptr<float>(), D);  // [F, D]
-    blas::sgemm(blas::Op::N, blas::Op::N, n, D, F, 1.0f, gh_e,
-                F, wi[se].data_ptr<float>(), D, 0.0f, pgxs + begin * D, D);  // [n, D]
+    blas::sgemm(Op::T, Op::N, F, D, n, 1.0f, gh_e, F, xs_e, D, 0.0f, b.gwi[se].data_ptr<float>(), D);  // [F, D]
+    blas::sgemm(Op::N, Op::N, n, D, F, 1.0f, gh_e, F, wi[se].data_ptr<float>(), D, 0.0f, pgxs + begin * D,
+                D);  // [n, D]
   });
   b.gx = scatter_rows(pgxs, nullptr, tok, M, N, D, xs.options());  // [N, D]
   return b;
