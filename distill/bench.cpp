@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <fstream>
+#include <tuple>
 #include <fmt/format.h>
 
 #include "data/batching.h"
@@ -50,6 +51,32 @@ Timing time_it(const BenchOptions& o, F&& f) {
   }
   std::sort(ms.begin(), ms.end());
   return {ms[ms.size() / 2], ms.front(), ms.back()};
+}
+
+// Times a and b in alternation, each sample `inner` calls (enough for ~20 ms), so that the
+// machine's drifts in speed hit both alike: for ratios of fast layers.
+template <class A, class B>
+std::pair<Timing, Timing> time_alternating(const BenchOptions& o, A&& a, B&& b) {
+  for (int i = 0; i < o.warmup; ++i) a(), b();
+  const auto t0 = std::chrono::steady_clock::now();
+  a();
+  const double one_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  const int inner = std::max(1, static_cast<int>(20.0 / std::max(one_ms, 1e-3)));
+  auto sample = [&](auto& f) {
+    const auto start = std::chrono::steady_clock::now();
+    for (int i = 0; i < inner; ++i) f();
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count() / inner;
+  };
+  std::vector<double> ta, tb;
+  for (int i = 0; i < o.repeats; ++i) {
+    ta.push_back(sample(a));
+    tb.push_back(sample(b));
+  }
+  auto summary = [](std::vector<double>& ms) {
+    std::sort(ms.begin(), ms.end());
+    return Timing{ms[ms.size() / 2], ms.front(), ms.back()};
+  };
+  return {summary(ta), summary(tb)};
 }
 
 // The best of square products: float32 through blas::sgemm, the kernel the models' products use;
@@ -184,14 +211,16 @@ BenchResult run_bench(const BenchShape& s, const BenchOptions& o) {
     Bf16Autocast amp(s.student_bf16);  // both layers in the student's precision
     auto x = torch::randn({s.batch, s.src_len, s.d_model}).requires_grad_(true);
     auto g = torch::randn({s.batch, s.src_len, s.d_model});
-    r.switch_layer = time_it(o, [&] {
-      sparse->zero_grad(/*set_to_none=*/true);  // as the trainer does
-      (sparse->forward(x).hidden * g).sum().backward();
-    });
-    r.dense_layer = time_it(o, [&] {
-      dense->zero_grad(/*set_to_none=*/true);
-      (dense->forward(x) * g).sum().backward();
-    });
+    std::tie(r.switch_layer, r.dense_layer) = time_alternating(
+        o,
+        [&] {
+          sparse->zero_grad(/*set_to_none=*/true);  // as the trainer does
+          (sparse->forward(x).hidden * g).sum().backward();
+        },
+        [&] {
+          dense->zero_grad(/*set_to_none=*/true);
+          (dense->forward(x) * g).sum().backward();
+        });
     r.switch_vs_dense_ratio = r.switch_layer.median_ms / r.dense_layer.median_ms;
   }
 

@@ -65,6 +65,53 @@ void route_pass(const T* p, int64_t B, int64_t S, int64_t E, int64_t k, Capacity
   }
 }
 
+// Top-1 gates as one autograd node: gate[a] = probs[token[a], expert[token[a]]] with probs =
+// softmax(logits). Softmax, gather and index_select with their three backward nodes cost about as
+// much as two experts' products at small8; this is one pass each way over [N, E].
+struct Top1GateFunction : public torch::autograd::Function<Top1GateFunction> {
+  // logits [N, E] (for the graph only), probs [N, E] (their softmax, detached), expert [N], token [M]
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& /*logits*/,
+                               const torch::Tensor& probs, const torch::Tensor& expert, const torch::Tensor& token) {
+    ctx->save_for_backward({probs, expert, token});
+    const int64_t M = token.size(0), E = probs.size(1);
+    auto gate = torch::empty({M}, probs.options());
+    const int64_t* tok = token.data_ptr<int64_t>();
+    const int64_t* ex = expert.data_ptr<int64_t>();
+    AT_DISPATCH_FLOATING_TYPES(probs.scalar_type(), "top1_gate", [&] {
+      const scalar_t* p = probs.data_ptr<scalar_t>();
+      scalar_t* g = gate.data_ptr<scalar_t>();
+      for (int64_t a = 0; a < M; ++a) g[a] = p[tok[a] * E + ex[tok[a]]];
+    });
+    return gate;
+  }
+
+  // d logits[t, j] = d gate * p[t, e] * (1{j == e} - p[t, j]) for the token's assignment; zero for
+  // tokens without one (dropped).
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::tensor_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto& probs = saved[0];
+    const auto& expert = saved[1];
+    const auto& token = saved[2];
+    const auto dgate = grads[0].contiguous();
+    const int64_t M = token.size(0), E = probs.size(1);
+    auto dlogits = torch::zeros_like(probs);  // [N, E]
+    const int64_t* tok = token.data_ptr<int64_t>();
+    const int64_t* ex = expert.data_ptr<int64_t>();
+    AT_DISPATCH_FLOATING_TYPES(probs.scalar_type(), "top1_gate_backward", [&] {
+      const scalar_t* p = probs.data_ptr<scalar_t>();
+      const scalar_t* dg = dgate.data_ptr<scalar_t>();
+      scalar_t* dl = dlogits.data_ptr<scalar_t>();
+      for (int64_t a = 0; a < M; ++a) {
+        const int64_t t = tok[a], e = ex[t];
+        const scalar_t c = dg[a] * p[t * E + e];
+        for (int64_t j = 0; j < E; ++j) dl[t * E + j] -= c * p[t * E + j];
+        dl[t * E + e] += c;
+      }
+    });
+    return {dlogits, torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
 }  // namespace
 
 Routing route_tokens(const torch::Tensor& probs, int64_t top_k, CapacityMode mode, int64_t capacity) {
@@ -125,16 +172,30 @@ SwitchSparseMlpImpl::SwitchSparseMlpImpl(int64_t d_model, const RoutingOptions& 
 
 SparseMlpOutput SwitchSparseMlpImpl::forward(const torch::Tensor& x) {
   const int64_t B = x.size(0), S = x.size(1), D = x.size(2), E = options_.num_experts, k = options_.top_k;
-  auto logits = router->forward(x);                           // [B, S, E] float32
-  auto probs = torch::softmax(logits, -1);                    // [B, S, E]
+  auto logits = router->forward(x);  // [B, S, E] float32
+  const bool top1_gate = k == 1 && x.device().is_cpu();
+  torch::Tensor probs;  // [B, S, E]
+  {
+    // With top-1 the gates' gradient is Top1GateFunction's; top-k differentiates through these.
+    c10::optional<torch::NoGradGuard> top1;
+    if (top1_gate) top1.emplace();
+    probs = torch::softmax(logits, -1);
+  }
   const int64_t capacity = expert_capacity_for(options_, B, S, is_training());
   Routing r = route_tokens(probs, k, options_.capacity_mode, capacity);
 
   // Grouped dispatch: kept assignments sorted by expert, one matmul chain per expert on a
-  // contiguous slice, results scattered back with index_add_. Dropped tokens receive nothing.
-  auto flat = x.reshape({B * S, D});                                 // [N, D]
-  auto src = r.assignment.div(k, "floor");                           // [M] token of each assignment
-  auto gate = r.gates.reshape(-1).index_select(0, r.assignment);     // [M]
+  // contiguous slice, results added back into their tokens' rows. Dropped tokens receive nothing.
+  auto flat = x.reshape({B * S, D});  // [N, D]
+  torch::Tensor src, gate;            // [M] token and gate of each assignment
+  if (top1_gate) {
+    src = r.assignment;
+    gate = Top1GateFunction::apply(logits.reshape({B * S, E}), probs.reshape({B * S, E}).contiguous(),
+                                   r.experts.reshape(-1).contiguous(), src.contiguous());
+  } else {
+    src = r.assignment.div(k, "floor");
+    gate = r.gates.reshape(-1).index_select(0, r.assignment);
+  }
 
   torch::Tensor out;  // [N, D]
   const auto& ffn = experts->options();
