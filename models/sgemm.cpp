@@ -3,6 +3,8 @@
 #include <cblas.h>
 #include <dlfcn.h>
 
+#include <omp.h>
+
 #include <cstdlib>
 
 #include "models/errors.h"
@@ -56,8 +58,12 @@ void sgemm(Op op_a, Op op_b, int64_t m, int64_t n, int64_t k, float alpha, const
   }
   const auto& be = backend();
   if (be.dnnl != nullptr) {
+    const bool small = is_small_product(m, n, k);
+    const int threads = omp_get_max_threads();  // oneDNN's thread count for this call
+    if (small && threads > 1) omp_set_num_threads(1);
     const int status =
         be.dnnl(static_cast<char>(op_a), static_cast<char>(op_b), m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    if (small && threads > 1) omp_set_num_threads(threads);
     if (status != 0) {
       throw Error("dnnl_sgemm failed with status " + std::to_string(status) + " (m=" + std::to_string(m) +
                   ", n=" + std::to_string(n) + ", k=" + std::to_string(k) + ")");
