@@ -10,8 +10,9 @@ namespace distill::blas {
 
 enum class Op : char { N = 'N', T = 'T' };
 
-// Below this many FLOPs (2mnk) a product runs on the calling thread: waking the other threads
-// costs more than they save (the router's [1024, 128] x [128, 8]: 88 us on two threads, 28 on one).
+// Below this many FLOPs (2mnk) oneDNN runs a product on the calling thread: waking the other
+// threads costs more than they save (the router's [1024, 128] x [128, 8]: 88 us on two threads, 28
+// on one).
 constexpr double kSmallProductFlops = 8e6;
 inline bool is_small_product(int64_t m, int64_t n, int64_t k) {
   return 2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k) < kSmallProductFlops;
