@@ -40,6 +40,11 @@ BenchShape bench_preset(const std::string& name) {
 
 namespace {
 
+Timing summarise(std::vector<double>& ms) {
+  std::sort(ms.begin(), ms.end());
+  return {ms[ms.size() / 2], ms.front(), ms.back()};
+}
+
 template <class F>
 Timing time_it(const BenchOptions& o, F&& f) {
   for (int i = 0; i < o.warmup; ++i) f();
@@ -49,8 +54,7 @@ Timing time_it(const BenchOptions& o, F&& f) {
     f();
     ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
   }
-  std::sort(ms.begin(), ms.end());
-  return {ms[ms.size() / 2], ms.front(), ms.back()};
+  return summarise(ms);
 }
 
 // Times a and b in alternation, each sample `inner` calls (enough for ~20 ms), so that the
@@ -72,11 +76,7 @@ std::pair<Timing, Timing> time_alternating(const BenchOptions& o, A&& a, B&& b) 
     ta.push_back(sample(a));
     tb.push_back(sample(b));
   }
-  auto summary = [](std::vector<double>& ms) {
-    std::sort(ms.begin(), ms.end());
-    return Timing{ms[ms.size() / 2], ms.front(), ms.back()};
-  };
-  return {summary(ta), summary(tb)};
+  return {summarise(ta), summarise(tb)};
 }
 
 // The best of square products: float32 through blas::sgemm, the kernel the models' products use;
@@ -116,9 +116,7 @@ ModelConfig teacher_config(const BenchShape& s) {
   return c;
 }
 
-}  // namespace
-
-static std::string cpu_model_name() {
+std::string cpu_model_name() {
   std::ifstream info("/proc/cpuinfo");
   std::string line;
   while (std::getline(info, line)) {
@@ -129,6 +127,8 @@ static std::string cpu_model_name() {
   }
   return "unknown";
 }
+
+}  // namespace
 
 BenchResult run_bench(const BenchShape& s, const BenchOptions& o) {
   BenchResult r;

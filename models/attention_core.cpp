@@ -54,7 +54,7 @@ at::Tensor forward_sgemm(const Heads& q, const Heads& k, const Heads& v, const a
   const float* pbias = bias.defined() ? bias.data_ptr<float>() : nullptr;
   const int64_t bb = pbias ? bias.stride(0) : 0, bh = pbias ? bias.stride(1) : 0, bt = pbias ? bias.stride(2) : 0;
   const uint32_t threshold = dropout_threshold(dropout);
-  const float scale_kept = dropout > 0 ? static_cast<float>(1.0 / (1.0 - dropout)) : 1.0f;
+  const float scale_kept = dropout_scale(dropout);
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> dropped(dropout > 0 ? static_cast<size_t>(T * S) : 0), mask(dropped.size());
     for (int64_t n = begin; n < end; ++n) {
@@ -100,7 +100,7 @@ Grads backward_sgemm(const at::Tensor& grad_in, const Heads& q, const Heads& k, 
   float *pgq = gq.data_ptr<float>(), *pgk = gk.data_ptr<float>(), *pgv = gv.data_ptr<float>();
   float* pgs = want_scores ? out.scores.data_ptr<float>() : nullptr;
   const uint32_t threshold = dropout_threshold(dropout);
-  const float scale_kept = dropout > 0 ? static_cast<float>(1.0 / (1.0 - dropout)) : 1.0f;
+  const float scale_kept = dropout_scale(dropout);
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> work(static_cast<size_t>(T * S)), local(pgs ? 0 : static_cast<size_t>(T * S));
     std::vector<float> mask(dropout > 0 ? static_cast<size_t>(T * S) : 0);

@@ -27,7 +27,7 @@ void fill_mask(T* out, int64_t n, uint64_t seed, double p) {
 template <>
 void fill_mask<float>(float* out, int64_t n, uint64_t seed, double p) {
   const uint32_t threshold = dropout_threshold(p);
-  const auto scale = static_cast<float>(1.0 / (1.0 - p));
+  const float scale = dropout_scale(p);
   at::parallel_for(0, n, 16384, [&](int64_t begin, int64_t end) {
     rows::dropout_scales(out + begin, seed, begin, threshold, scale, end - begin);
   });

@@ -17,6 +17,8 @@ torch::Tensor dropout_mask(const torch::Tensor& x, double p);
 // dropout_seed() per tensor. Same seed, same mask as dropout_mask.
 uint64_t dropout_seed();
 inline uint32_t dropout_threshold(double p) { return static_cast<uint32_t>(p * 16777216.0 + 0.5); }  // 24-bit uniforms
+// What a kept element is multiplied by (1 without dropout).
+inline float dropout_scale(double p) { return p > 0 ? static_cast<float>(1.0 / (1.0 - p)) : 1.0f; }
 // murmur3's 32-bit finaliser of (seed, index): a simple loop the compiler vectorises.
 inline bool dropout_keep(uint64_t seed, int64_t i, uint32_t threshold) {
   uint32_t h = (static_cast<uint32_t>(i) * 0x9E3779B1u + static_cast<uint32_t>(seed)) ^ static_cast<uint32_t>(seed >> 32);

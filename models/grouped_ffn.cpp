@@ -29,8 +29,8 @@ void for_each_group(const std::vector<int64_t>& counts, Fn&& fn) {
 }
 
 // Like for_each_group, but the groups run on the intra-op threads, largest first, each thread
-// taking the next group when it is free. Inside the parallel region OpenBLAS runs single-threaded:
-// at these sizes (a hundred rows per expert) one thread per expert beats two threads per product.
+// taking the next group when it is free. Inside the parallel region sgemm runs single-threaded: at
+// these sizes (a hundred rows per expert) one thread per expert beats two threads per product.
 template <typename Fn>
 void parallel_for_each_group(const std::vector<int64_t>& counts, Fn&& fn) {
   struct Group {
@@ -57,8 +57,8 @@ bool sgemm_path(const at::Tensor& x, const at::Tensor& gate, at::TensorList weig
 
 // out [N, D]: row t is the sum over assignments a with token[a] == t of c_a * rows[a], where c_a is
 // gate[a] (or 1 without a gate); rows no assignment reaches are zero. Each thread owns a range of
-// output rows and adds in assignment order, so the sums do not depend on the thread count; ATen's
-// index_add_ dispatches one add per row and cost a quarter of the layer.
+// output rows and adds in assignment order, so the sums do not depend on the thread count. ATen's
+// index_add_ dispatches one add per row: 0.27 of the layer's 1.8 ms at small8.
 at::Tensor scatter_rows(const float* rows, const float* gate, const int64_t* token, int64_t M, int64_t N, int64_t D,
                         const at::TensorOptions& options) {
   auto out = at::empty({N, D}, options);
@@ -118,7 +118,7 @@ Forward run_forward_sgemm(const at::Tensor& x_in, const at::Tensor& gate, const 
   float *xs = f.xs.data_ptr<float>(), *h = f.h.data_ptr<float>(), *y = f.y.data_ptr<float>();
   const uint64_t seed = dropout > 0 ? dropout_seed() : 0;
   const uint32_t threshold = dropout_threshold(dropout);
-  const float scale = dropout > 0 ? static_cast<float>(1.0 / (1.0 - dropout)) : 1.0f;
+  const float scale = dropout_scale(dropout);
   parallel_for_each_group(counts, [&](int64_t e, int64_t begin, int64_t n) {
     float* xs_e = xs + begin * D;
     for (int64_t i = 0; i < n; ++i) std::memcpy(xs_e + i * D, px + tok[begin + i] * D, static_cast<size_t>(D) * sizeof(float));
@@ -133,6 +133,13 @@ Forward run_forward_sgemm(const at::Tensor& x_in, const at::Tensor& gate, const 
   const auto g = gate.contiguous();
   f.out = scatter_rows(y, g.data_ptr<float>(), tok, M, x.size(0), D, x.options());  // [N, D]
   return f;
+}
+
+// The forward on whichever path the operands allow.
+Forward forward_of(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& token, const std::vector<int64_t>& counts,
+                   const std::vector<at::Tensor>& wi, const std::vector<at::Tensor>& wo, double dropout) {
+  return sgemm_path(x, gate, wi) && sgemm_path(x, gate, wo) ? run_forward_sgemm(x, gate, token, counts, wi, wo, dropout)
+                                                            : run_forward(x, gate, token, counts, wi, wo, dropout);
 }
 
 struct Backward {
@@ -164,7 +171,7 @@ Backward run_backward_sgemm(const at::Tensor& grad_in, const at::Tensor& xs, con
               *ph = h.data_ptr<float>(), *py = y.data_ptr<float>();
   const int64_t* tok = token.data_ptr<int64_t>();
   float *pggate = b.ggate.data_ptr<float>(), *pgy = gy.data_ptr<float>(), *pgh = gh.data_ptr<float>(), *pgxs = gxs.data_ptr<float>();
-  const float scale = dropout > 0 ? static_cast<float>(1.0 / (1.0 - dropout)) : 1.0f;
+  const float scale = dropout_scale(dropout);
   parallel_for_each_group(counts, [&](int64_t e, int64_t begin, int64_t n) {
     const auto se = static_cast<size_t>(e);
     float* gy_e = pgy + begin * D;
@@ -194,8 +201,7 @@ struct GroupedFfnFunction : public torch::autograd::Function<GroupedFfnFunction>
     const size_t E = counts.size();
     std::vector<at::Tensor> wi(weights.begin(), weights.begin() + static_cast<int64_t>(E));
     std::vector<at::Tensor> wo(weights.begin() + static_cast<int64_t>(E), weights.end());
-    auto f = sgemm_path(x, gate, weights) ? run_forward_sgemm(x, gate, token, counts, wi, wo, dropout)
-                                          : run_forward(x, gate, token, counts, wi, wo, dropout);
+    auto f = forward_of(x, gate, token, counts, wi, wo, dropout);
     std::vector<at::Tensor> saved{f.xs, f.h, f.y, gate, token};
     saved.insert(saved.end(), weights.begin(), weights.end());
     ctx->save_for_backward(saved);
@@ -280,10 +286,7 @@ at::Tensor grouped_relu_ffn(const at::Tensor& x, const at::Tensor& gate, const E
     NoAutocast plain;
     return grouped_relu_ffn(xb, gate, groups, wib, wob, dropout);
   }
-  if (!needs_grad) {
-    return sgemm_path(x, gate, weights) ? run_forward_sgemm(x, gate, groups.token, groups.counts, wi, wo, dropout).out
-                                        : run_forward(x, gate, groups.token, groups.counts, wi, wo, dropout).out;
-  }
+  if (!needs_grad) return forward_of(x, gate, groups.token, groups.counts, wi, wo, dropout).out;
   return GroupedFfnFunction::apply(x, gate, groups.token, groups.counts, at::TensorList(weights), dropout);
 }
 
