@@ -48,23 +48,27 @@ void parallel_for_each_group(const std::vector<int64_t>& counts, Fn&& fn) {
   });
 }
 
-// The float32 kernels below call sgemm on raw rows; anything else takes the ATen path.
+// The float32 kernels call sgemm on raw rows; anything else takes the ATen path.
 bool sgemm_path(const at::Tensor& x, const at::Tensor& gate, at::TensorList weights) {
   auto ok = [](const at::Tensor& t) { return t.scalar_type() == at::kFloat && t.device().is_cpu(); };
   if (!ok(x) || !ok(gate)) return false;
   return std::all_of(weights.begin(), weights.end(), [&](const at::Tensor& w) { return ok(w) && w.is_contiguous(); });
 }
 
-// out [N, D]: row t is the sum over assignments a with token[a] == t of c_a * rows[a], where c_a is
-// gate[a] (or 1 without a gate); rows no assignment reaches are zero. Each thread owns a range of
-// output rows and adds in assignment order, so the sums do not depend on the thread count. ATen's
-// index_add_ dispatches one add per row: 0.27 of the layer's 1.8 ms at small8.
+// out [N, D]: row t is fill's (or zero) plus the sum over assignments a with token[a] == t of c_a *
+// rows[a], where c_a is gate[a] (or 1 without a gate). Each thread owns a range of output rows and
+// adds in assignment order, so the sums do not depend on the thread count. ATen's index_add_
+// dispatches one add per row: 0.27 of the layer's 1.8 ms at small8.
 at::Tensor scatter_rows(const float* rows, const float* gate, const int64_t* token, int64_t M, int64_t N, int64_t D,
-                        const at::TensorOptions& options) {
+                        const at::TensorOptions& options, const grouped_f32::RowFill& fill = {}) {
   auto out = at::empty({N, D}, options);
   float* po = out.data_ptr<float>();
   at::parallel_for(0, N, 128, [&](int64_t lo, int64_t hi) {
-    std::memset(po + lo * D, 0, static_cast<size_t>((hi - lo) * D) * sizeof(float));
+    if (fill) {
+      fill(lo, hi, po + lo * D);
+    } else {
+      std::memset(po + lo * D, 0, static_cast<size_t>((hi - lo) * D) * sizeof(float));
+    }
     for (int64_t a = 0; a < M; ++a) {
       const int64_t t = token[a];
       if (t >= lo && t < hi) rows::axpy(po + t * D, rows + a * D, gate ? gate[a] : 1.0f, D);
@@ -73,12 +77,7 @@ at::Tensor scatter_rows(const float* rows, const float* gate, const int64_t* tok
   return out;
 }
 
-struct Forward {
-  at::Tensor out;  // [N, D]
-  at::Tensor xs;   // [M, D] gathered inputs
-  at::Tensor h;    // [M, F] hidden units after ReLU and dropout
-  at::Tensor y;    // [M, D] expert outputs before the gate
-};
+using grouped_f32::Forward;
 
 Forward run_forward(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& token, const std::vector<int64_t>& counts,
                     const std::vector<at::Tensor>& wi, const std::vector<at::Tensor>& wo, double dropout) {
@@ -142,16 +141,13 @@ Forward forward_of(const at::Tensor& x, const at::Tensor& gate, const at::Tensor
                                                             : run_forward(x, gate, token, counts, wi, wo, dropout);
 }
 
-struct Backward {
-  at::Tensor gx;                     // [N, D]
-  at::Tensor ggate;                  // [M]
-  std::vector<at::Tensor> gwi, gwo;  // [F, D], [D, F]; undefined for experts without tokens
-};
+using grouped_f32::Backward;
 
-// The backward of run_forward_sgemm, one task per expert.
+// The backward of run_forward_sgemm, one task per expert, up to the input gradient of each
+// assignment (gxs).
 Backward run_backward_sgemm(const at::Tensor& grad_in, const at::Tensor& xs, const at::Tensor& h, const at::Tensor& y,
                             const at::Tensor& gate_in, const at::Tensor& token_in, const std::vector<int64_t>& counts,
-                            const std::vector<at::Tensor>& wi, const std::vector<at::Tensor>& wo, double dropout, int64_t N) {
+                            const std::vector<at::Tensor>& wi, const std::vector<at::Tensor>& wo, double dropout) {
   const auto grad = grad_in.contiguous();
   const auto gate = gate_in.contiguous();
   const auto token = token_in.contiguous();
@@ -164,13 +160,14 @@ Backward run_backward_sgemm(const at::Tensor& grad_in, const at::Tensor& xs, con
     b.gwi[static_cast<size_t>(e)] = at::empty({F, D}, xs.options());
     b.gwo[static_cast<size_t>(e)] = at::empty({D, F}, xs.options());
   });
-  auto gy = at::empty({M, D}, xs.options());   // [M, D] gathered output gradient, times the gate
-  auto gh = at::empty({M, F}, xs.options());   // [M, F]
-  auto gxs = at::empty({M, D}, xs.options());  // [M, D]
+  auto gy = at::empty({M, D}, xs.options());  // [M, D] gathered output gradient, times the gate
+  auto gh = at::empty({M, F}, xs.options());  // [M, F]
+  b.gxs = at::empty({M, D}, xs.options());    // [M, D]
   const float *pg = grad.data_ptr<float>(), *pgate = gate.data_ptr<float>(), *pxs = xs.data_ptr<float>(),
               *ph = h.data_ptr<float>(), *py = y.data_ptr<float>();
   const int64_t* tok = token.data_ptr<int64_t>();
-  float *pggate = b.ggate.data_ptr<float>(), *pgy = gy.data_ptr<float>(), *pgh = gh.data_ptr<float>(), *pgxs = gxs.data_ptr<float>();
+  float *pggate = b.ggate.data_ptr<float>(), *pgy = gy.data_ptr<float>(), *pgh = gh.data_ptr<float>(),
+        *pgxs = b.gxs.data_ptr<float>();
   const float scale = dropout_scale(dropout);
   parallel_for_each_group(counts, [&](int64_t e, int64_t begin, int64_t n) {
     const auto se = static_cast<size_t>(e);
@@ -190,7 +187,6 @@ Backward run_backward_sgemm(const at::Tensor& grad_in, const at::Tensor& xs, con
     blas::sgemm(Op::N, Op::N, n, D, F, 1.0f, gh_e, F, wi[se].data_ptr<float>(), D, 0.0f, pgxs + begin * D,
                 D);  // [n, D]
   });
-  b.gx = scatter_rows(pgxs, nullptr, tok, M, N, D, xs.options());  // [N, D]
   return b;
 }
 
@@ -225,8 +221,8 @@ struct GroupedFfnFunction : public torch::autograd::Function<GroupedFfnFunction>
     auto wo = [&](int64_t e) { return saved[static_cast<size_t>(5 + E + e)]; };
     if (sgemm_path(xs, gate, at::TensorList(saved).slice(5))) {
       const std::vector<at::Tensor> wis(saved.begin() + 5, saved.begin() + 5 + E), wos(saved.begin() + 5 + E, saved.end());
-      auto b = run_backward_sgemm(grads[0], xs, h, y, gate, token, counts, wis, wos, dropout, N);
-      torch::autograd::tensor_list out{b.gx, b.ggate, at::Tensor(), at::Tensor()};
+      auto b = run_backward_sgemm(grads[0], xs, h, y, gate, token, counts, wis, wos, dropout);
+      torch::autograd::tensor_list out{grouped_f32::add_to_tokens(b.gxs, token, N), b.ggate, at::Tensor(), at::Tensor()};
       out.insert(out.end(), b.gwi.begin(), b.gwi.end());
       out.insert(out.end(), b.gwo.begin(), b.gwo.end());
       out.push_back(at::Tensor());
@@ -265,6 +261,31 @@ struct GroupedFfnFunction : public torch::autograd::Function<GroupedFfnFunction>
 };
 
 }  // namespace
+
+namespace grouped_f32 {
+
+bool applies(const at::Tensor& x, const std::vector<at::Tensor>& wi, const std::vector<at::Tensor>& wo) {
+  return sgemm_path(x, x, wi) && sgemm_path(x, x, wo);
+}
+
+Forward forward(const at::Tensor& x, const at::Tensor& gate, const ExpertGroups& groups, const std::vector<at::Tensor>& wi,
+                const std::vector<at::Tensor>& wo, double dropout) {
+  return run_forward_sgemm(x, gate, groups.token, groups.counts, wi, wo, dropout);
+}
+
+Backward backward(const at::Tensor& grad, const Forward& saved, const at::Tensor& gate, const ExpertGroups& groups,
+                  const std::vector<at::Tensor>& wi, const std::vector<at::Tensor>& wo, double dropout) {
+  return run_backward_sgemm(grad, saved.xs, saved.h, saved.y, gate, groups.token, groups.counts, wi, wo, dropout);
+}
+
+at::Tensor add_to_tokens(const at::Tensor& per_assignment, const at::Tensor& token_in, int64_t N, const RowFill& fill) {
+  const auto rows = per_assignment.contiguous();
+  const auto token = token_in.contiguous();
+  return scatter_rows(rows.data_ptr<float>(), nullptr, token.data_ptr<int64_t>(), token.size(0), N, rows.size(1),
+                      rows.options(), fill);  // [N, D]
+}
+
+}  // namespace grouped_f32
 
 at::Tensor grouped_relu_ffn(const at::Tensor& x, const at::Tensor& gate, const ExpertGroups& groups,
                             const std::vector<at::Tensor>& wi, const std::vector<at::Tensor>& wo, double dropout) {

@@ -6,6 +6,7 @@
 
 #include <ATen/Tensor.h>
 
+#include <functional>
 #include <vector>
 
 namespace distill {
@@ -20,5 +21,40 @@ struct ExpertGroups {
 // without any. `dropout` is applied to the hidden units when > 0.
 at::Tensor grouped_relu_ffn(const at::Tensor& x, const at::Tensor& gate, const ExpertGroups& groups,
                             const std::vector<at::Tensor>& wi, const std::vector<at::Tensor>& wo, double dropout);
+
+// The float32 kernels behind grouped_relu_ffn, for a caller that fuses more into one autograd
+// node (the top-1 Switch layer). Operands are float32 on the CPU, weights contiguous.
+namespace grouped_f32 {
+
+// Whether x [N, D] and the weights suit these kernels (the gate is float32 like x).
+bool applies(const at::Tensor& x, const std::vector<at::Tensor>& wi, const std::vector<at::Tensor>& wo);
+
+struct Forward {
+  at::Tensor out;  // [N, D]
+  at::Tensor xs;   // [M, D] gathered inputs
+  at::Tensor h;    // [M, F] hidden units after ReLU and dropout
+  at::Tensor y;    // [M, D] expert outputs before the gate
+};
+Forward forward(const at::Tensor& x, const at::Tensor& gate, const ExpertGroups& groups, const std::vector<at::Tensor>& wi,
+                const std::vector<at::Tensor>& wo, double dropout);
+
+struct Backward {
+  at::Tensor gxs;                    // [M, D] input gradient of each assignment (see add_to_tokens)
+  at::Tensor ggate;                  // [M]
+  std::vector<at::Tensor> gwi, gwo;  // [F, D], [D, F]; undefined for experts without tokens
+};
+// grad [N, D] is the gradient of forward's out.
+Backward backward(const at::Tensor& grad, const Forward& saved, const at::Tensor& gate, const ExpertGroups& groups,
+                  const std::vector<at::Tensor>& wi, const std::vector<at::Tensor>& wo, double dropout);
+
+// Fills rows [begin, end) of an [N, D] float32 tensor; called once per block of rows, on the
+// intra-op threads.
+using RowFill = std::function<void(int64_t begin, int64_t end, float* rows)>;
+
+// [N, D]: each row as `fill` leaves it (zero without one), plus the rows of `per_assignment` [M, D]
+// whose token it is, in assignment order.
+at::Tensor add_to_tokens(const at::Tensor& per_assignment, const at::Tensor& token, int64_t N, const RowFill& fill = {});
+
+}  // namespace grouped_f32
 
 }  // namespace distill

@@ -3,6 +3,7 @@
 #include "models/grouped_ffn.h"
 #include "models/mixed_precision.h"
 #include "models/projection.h"
+#include "models/switch_top1.h"
 
 #include <torch/nn/functional/embedding.h>
 #include <torch/nn/functional/linear.h>
@@ -12,58 +13,7 @@
 
 namespace distill {
 
-int64_t expert_capacity_for(const RoutingOptions& o, int64_t batch, int64_t seq_len, bool training) {
-  if (o.capacity_mode == CapacityMode::kFixed) return o.expert_capacity;
-  const double factor = training ? o.capacity_factor_train : o.capacity_factor_eval;
-  const double assignments = static_cast<double>(batch * seq_len * o.top_k);
-  return std::max<int64_t>(1, static_cast<int64_t>(std::ceil(assignments / o.num_experts * factor)));
-}
-
 namespace {
-
-// One pass over [N, E] probabilities: top-k choices, queue positions and the dispatch order. At
-// this size (a few thousand tokens, a handful of experts) a plain loop beats a dozen tensor ops.
-template <typename T>
-void route_pass(const T* p, int64_t B, int64_t S, int64_t E, int64_t k, CapacityMode mode, int64_t capacity,
-                int64_t* experts, bool* kept, std::vector<std::vector<int64_t>>& by_expert) {
-  const int64_t N = B * S;
-  for (int64_t n = 0; n < N; ++n) {
-    const T* row = p + n * E;
-    int64_t* choice = experts + n * k;
-    for (int64_t r = 0; r < k; ++r) {
-      // Strictly greater: ties go to the lowest index, as Hugging Face's argmax.
-      int64_t best = -1;
-      for (int64_t e = 0; e < E; ++e) {
-        bool taken = false;
-        for (int64_t j = 0; j < r; ++j) taken = taken || choice[j] == e;
-        if (!taken && (best < 0 || row[e] > row[best])) best = e;
-      }
-      choice[r] = best;
-    }
-  }
-  // Every first choice queues before any second choice: per sequence (fixed) or over the whole
-  // batch, rows in order (factor).
-  std::vector<int64_t> load(static_cast<size_t>(E), 0);
-  auto queue = [&](int64_t b, int64_t r) {
-    for (int64_t s = 0; s < S; ++s) {
-      const int64_t a = (b * S + s) * k + r;
-      kept[a] = ++load[static_cast<size_t>(experts[a])] <= capacity;
-    }
-  };
-  if (mode == CapacityMode::kFixed) {
-    for (int64_t b = 0; b < B; ++b) {
-      std::fill(load.begin(), load.end(), 0);
-      for (int64_t r = 0; r < k; ++r) queue(b, r);
-    }
-  } else {
-    for (int64_t r = 0; r < k; ++r)
-      for (int64_t b = 0; b < B; ++b) queue(b, r);
-  }
-  by_expert.assign(static_cast<size_t>(E), {});
-  for (int64_t a = 0; a < N * k; ++a) {
-    if (kept[a]) by_expert[static_cast<size_t>(experts[a])].push_back(a);
-  }
-}
 
 // Top-1 gates as one autograd node: gate[a] = probs[token[a], expert[token[a]]] with probs =
 // softmax(logits). Softmax, gather and index_select with their three backward nodes took ~80 us
@@ -114,31 +64,6 @@ struct Top1GateFunction : public torch::autograd::Function<Top1GateFunction> {
 
 }  // namespace
 
-Routing route_tokens(const torch::Tensor& probs, int64_t top_k, CapacityMode mode, int64_t capacity) {
-  const int64_t B = probs.size(0), S = probs.size(1), E = probs.size(2), k = top_k, N = B * S;
-  auto p = probs.detach().to(torch::kCPU).contiguous();
-  auto experts = torch::empty({N, k}, torch::kLong);
-  auto kept = torch::empty({N, k}, torch::kBool);
-  std::vector<std::vector<int64_t>> by_expert;
-  AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "route_tokens", [&] {
-    route_pass(p.data_ptr<scalar_t>(), B, S, E, k, mode, capacity, experts.data_ptr<int64_t>(), kept.data_ptr<bool>(), by_expert);
-  });
-  Routing r;
-  r.capacity = capacity;
-  r.experts = experts.to(probs.device());
-  r.kept = kept.to(probs.device());
-  auto values = probs.reshape({N, E}).gather(1, r.experts);  // [N, k], differentiable
-  r.gates = k == 1 ? values : values / values.sum(-1, /*keepdim=*/true);
-  std::vector<int64_t> order;
-  order.reserve(static_cast<size_t>(N * k));
-  for (const auto& list : by_expert) {
-    r.counts.push_back(static_cast<int64_t>(list.size()));
-    order.insert(order.end(), list.begin(), list.end());
-  }
-  r.assignment = torch::tensor(order, torch::kLong).to(probs.device());
-  return r;
-}
-
 SwitchRouterImpl::SwitchRouterImpl(int64_t d_model, const RoutingOptions& options) : options_(options) {
   classifier = register_module(
       "classifier", torch::nn::Linear(torch::nn::LinearOptions(d_model, options.num_experts).bias(options.router_bias)));
@@ -172,6 +97,35 @@ SwitchSparseMlpImpl::SwitchSparseMlpImpl(int64_t d_model, const RoutingOptions& 
 
 SparseMlpOutput SwitchSparseMlpImpl::forward(const torch::Tensor& x) {
   const int64_t B = x.size(0), S = x.size(1), D = x.size(2), E = options_.num_experts, k = options_.top_k;
+  const int64_t capacity = expert_capacity_for(options_, B, S, is_training());
+  const auto& ffn = experts->options();
+  const bool relu_experts = !ffn.gated && ffn.act == "relu";
+  auto flat = x.reshape({B * S, D});  // [N, D]
+  std::vector<torch::Tensor> wi, wo;  // the ReLU experts' weights
+  for (const auto& ex : experts->experts) {
+    if (!relu_experts) break;
+    wi.push_back(ex->wi->weight);
+    wo.push_back(ex->wo->weight);
+  }
+  if (k == 1 && relu_experts && fused_top1_ && !router->classifier->bias.defined()) {
+    const auto& w = router->classifier->weight;
+    if (top1_switch_applies(flat, w, wi, wo)) {
+      const double jitter = is_training() ? options_.jitter_noise : 0.0;
+      // Drawn as SwitchRouter draws it, so both paths see the same noise.
+      auto noise = jitter > 0 ? torch::empty_like(flat).uniform_(1.0 - jitter, 1.0 + jitter) : torch::Tensor();
+      auto f = top1_switch(flat, noise, w, wi, wo, {B, S, options_.capacity_mode, capacity},
+                           is_training() ? ffn.dropout : 0.0);
+      RouterOutput ro;
+      ro.logits = f.logits.view({B, S, E});
+      ro.top_experts = f.expert.view({B, S, 1});
+      ro.top_kept = f.kept.view({B, S, 1});
+      ro.expert_choice = f.expert.view({B, S});
+      ro.kept = f.kept.view({B, S});
+      ro.capacity = capacity;
+      return {f.out.view({B, S, D}), ro};
+    }
+  }
+
   auto logits = router->forward(x);  // [B, S, E] float32
   const bool top1_gate = k == 1 && x.device().is_cpu();
   torch::Tensor probs;  // [B, S, E]
@@ -181,12 +135,10 @@ SparseMlpOutput SwitchSparseMlpImpl::forward(const torch::Tensor& x) {
     if (top1_gate) top1.emplace();
     probs = torch::softmax(logits, -1);
   }
-  const int64_t capacity = expert_capacity_for(options_, B, S, is_training());
   Routing r = route_tokens(probs, k, options_.capacity_mode, capacity);
 
   // Grouped dispatch: kept assignments sorted by expert, one matmul chain per expert on a
   // contiguous slice, results added back into their tokens' rows. Dropped tokens receive nothing.
-  auto flat = x.reshape({B * S, D});  // [N, D]
   torch::Tensor src, gate;            // [M] token and gate of each assignment
   if (top1_gate) {
     src = r.assignment;
@@ -198,13 +150,7 @@ SparseMlpOutput SwitchSparseMlpImpl::forward(const torch::Tensor& x) {
   }
 
   torch::Tensor out;  // [N, D]
-  const auto& ffn = experts->options();
-  if (!ffn.gated && ffn.act == "relu") {
-    std::vector<torch::Tensor> wi, wo;
-    for (const auto& ex : experts->experts) {
-      wi.push_back(ex->wi->weight);
-      wo.push_back(ex->wo->weight);
-    }
+  if (relu_experts) {
     out = grouped_relu_ffn(flat, gate, {src, r.counts}, wi, wo, is_training() ? ffn.dropout : 0.0);
   } else {
     auto xs = flat.index_select(0, src);  // [M, D]

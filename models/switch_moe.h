@@ -9,20 +9,10 @@
 #include <vector>
 
 #include "models/model_config.h"
+#include "models/routing.h"
 #include "models/t5_layers.h"
 
 namespace distill {
-
-struct RoutingOptions {
-  int64_t num_experts = 8;                           // E
-  int64_t top_k = 1;                                 // experts per token
-  CapacityMode capacity_mode = CapacityMode::kFixed; // per sequence (HF) or per batch (paper)
-  int64_t expert_capacity = 64;                      // kFixed: tokens per expert and sequence
-  double capacity_factor_train = 1.25;               // kFactor, training
-  double capacity_factor_eval = 2.0;                 // kFactor, evaluation
-  double jitter_noise = 0.0;                         // multiplicative router-input noise, training only
-  bool router_bias = false;                          // classifier bias
-};
 
 // What one sparse layer decided, for losses, statistics and parity checks.
 struct RouterOutput {
@@ -33,24 +23,6 @@ struct RouterOutput {
   torch::Tensor kept;           // [B, S] bool, the top-1 assignment was processed
   int64_t capacity = 0;         // tokens per expert: per sequence (kFixed) or per batch (kFactor)
 };
-
-// Pure routing decision on router probabilities, exposed for tests.
-struct Routing {
-  torch::Tensor experts;  // [N, k] int64 chosen experts, best first
-  torch::Tensor gates;    // [N, k] float32: the probability for k == 1, renormalised over k otherwise
-  torch::Tensor kept;     // [N, k] bool
-  int64_t capacity = 0;
-  // The kept assignments grouped by expert (stable within an expert), ready for dispatch.
-  torch::Tensor assignment;     // [M] int64 flat index n * k + rank into experts / gates
-  std::vector<int64_t> counts;  // [E] kept assignments per expert
-};
-
-// probs [B, S, E]. Assignments queue for their expert in order of rank, then batch row, then
-// position; in kFixed mode each sequence has its own queues of length `capacity`.
-Routing route_tokens(const torch::Tensor& probs, int64_t top_k, CapacityMode mode, int64_t capacity);
-
-// Capacity for a [B, S] batch under `options`, in training or evaluation.
-int64_t expert_capacity_for(const RoutingOptions& options, int64_t batch, int64_t seq_len, bool training);
 
 class SwitchRouterImpl : public torch::nn::Module {
  public:
@@ -86,12 +58,16 @@ class SwitchSparseMlpImpl : public torch::nn::Module {
  public:
   SwitchSparseMlpImpl(int64_t d_model, const RoutingOptions& routing, const FfnOptions& expert);
   SparseMlpOutput forward(const torch::Tensor& x);  // x [B, S, D] (already layer-normed)
+  // Top-1 layers with ReLU experts run as one fused node in float32 on the CPU (switch_top1.h);
+  // false takes the general path, as PyTorch's fast-path switches do (tests compare the two).
+  void set_fused_top1(bool on) { fused_top1_ = on; }
 
   SwitchRouter router{nullptr};
   SwitchExperts experts{nullptr};
 
  private:
   RoutingOptions options_;
+  bool fused_top1_ = true;
 };
 TORCH_MODULE(SwitchSparseMlp);
 

@@ -14,6 +14,7 @@
 #include "models/mixed_precision.h"
 #include "models/seq2seq.h"
 #include "models/switch_moe.h"
+#include "models/switch_top1.h"
 #include "tests/test_util.h"
 
 namespace distill {
@@ -322,6 +323,79 @@ TEST(GroupedFfn, Float32KernelsMatchTheDoublePath) {
     EXPECT_TRUE(close(f.gwi[e], d.gwi[e])) << e;
     EXPECT_TRUE(close(f.gwo[e], d.gwo[e])) << e;
   }
+}
+
+// The fused float32 top-1 node against the general path (router projection, gate node, grouped
+// experts) on the same numbers: jitter, expert dropout and dropped tokens on, and the router
+// losses in the loss so the logits' own gradient flows back through the node too.
+TEST(SwitchGradients, FusedTop1NodeMatchesTheGeneralPath) {
+  torch::manual_seed(9);
+  RoutingOptions r;
+  r.num_experts = 4;
+  r.capacity_mode = CapacityMode::kFactor;
+  r.capacity_factor_train = 0.75;  // drops tokens
+  r.jitter_noise = 0.1;
+  FfnOptions f;
+  f.d_model = 16;
+  f.d_ff = 24;
+  f.dropout = 0.3;
+  SwitchSparseMlp layer(16, r, f);
+  layer->train();
+  const auto x0 = torch::randn({3, 10, 16});
+  const auto w = torch::randn({3, 10, 16});
+  struct Result {
+    SparseMlpOutput out;
+    std::vector<torch::Tensor> grads;  // x, then every parameter
+  };
+  auto run = [&](bool fused, bool direct) {
+    layer->set_fused_top1(fused);
+    layer->zero_grad();
+    auto x = x0.clone().requires_grad_(true);
+    torch::manual_seed(42);  // the same jitter and dropout draws on every run
+    SparseMlpOutput out;
+    if (direct) {
+      std::vector<torch::Tensor> wi, wo;
+      for (const auto& ex : layer->experts->experts) {
+        wi.push_back(ex->wi->weight);
+        wo.push_back(ex->wo->weight);
+      }
+      auto flat = x.reshape({30, 16});
+      const auto& rw = layer->router->classifier->weight;
+      EXPECT_TRUE(top1_switch_applies(flat, rw, wi, wo));
+      auto noise = torch::empty_like(flat).uniform_(0.9, 1.1);
+      const int64_t cap = expert_capacity_for(r, 3, 10, true);
+      auto t = top1_switch(flat, noise, rw, wi, wo, {3, 10, CapacityMode::kFactor, cap}, 0.3);
+      out.hidden = t.out.view({3, 10, 16});
+      out.router.logits = t.logits.view({3, 10, 4});
+      out.router.expert_choice = t.expert.view({3, 10});
+      out.router.kept = t.kept.view({3, 10});
+    } else {
+      out = layer->forward(x);
+    }
+    auto loss = (out.hidden * w).sum() + router_z_loss(out.router.logits) +
+                load_balancing_loss(out.router.logits, out.router.expert_choice);
+    loss.backward();
+    Result res{out, {x.grad()}};
+    for (const auto& p : layer->parameters()) res.grads.push_back(p.grad());
+    return res;
+  };
+  const auto general = run(false, false), fused = run(true, false), direct = run(true, true);
+  const auto& g = general.out.router;
+  ASSERT_GT((~g.kept).sum().item<int64_t>(), 0) << "capacity factor 0.75 must drop tokens";
+  for (const auto* other : {&fused, &direct}) {
+    EXPECT_TRUE(torch::equal(other->out.router.expert_choice, g.expert_choice));
+    EXPECT_TRUE(torch::equal(other->out.router.kept, g.kept));
+    EXPECT_TRUE(tensors_close(other->out.router.logits, g.logits, 1e-5));
+    EXPECT_TRUE(tensors_close(other->out.hidden, general.out.hidden, 1e-5));
+    ASSERT_EQ(other->grads.size(), general.grads.size());
+    for (size_t i = 0; i < general.grads.size(); ++i) {
+      ASSERT_EQ(other->grads[i].defined(), general.grads[i].defined()) << i;
+      if (!general.grads[i].defined()) continue;
+      EXPECT_TRUE(tensors_close(other->grads[i], general.grads[i], 1e-4)) << i;
+    }
+  }
+  // Exactly zero output for the dropped tokens on the fused path as well.
+  EXPECT_EQ(fused.out.hidden.index({~g.kept}).abs().max().item<float>(), 0.0f);
 }
 
 TEST(MixedPrecision, Bf16AutocastKeepsRouterLogitsAndGradientsFloat32) {

@@ -1,0 +1,50 @@
+// Which expert each token goes to: routing options, expert capacity and the top-k decision with
+// its capacity queues.
+#pragma once
+
+#include <torch/types.h>
+
+#include <vector>
+
+#include "models/model_config.h"
+
+namespace distill {
+
+struct RoutingOptions {
+  int64_t num_experts = 8;                           // E
+  int64_t top_k = 1;                                 // experts per token
+  CapacityMode capacity_mode = CapacityMode::kFixed; // per sequence (HF) or per batch (paper)
+  int64_t expert_capacity = 64;                      // kFixed: tokens per expert and sequence
+  double capacity_factor_train = 1.25;               // kFactor, training
+  double capacity_factor_eval = 2.0;                 // kFactor, evaluation
+  double jitter_noise = 0.0;                         // multiplicative router-input noise, training only
+  bool router_bias = false;                          // classifier bias
+};
+
+// Pure routing decision on router probabilities, exposed for tests.
+struct Routing {
+  torch::Tensor experts;  // [N, k] int64 chosen experts, best first
+  torch::Tensor gates;    // [N, k] float32: the probability for k == 1, renormalised over k otherwise
+  torch::Tensor kept;     // [N, k] bool
+  int64_t capacity = 0;
+  // The kept assignments grouped by expert (stable within an expert), ready for dispatch.
+  torch::Tensor assignment;     // [M] int64 flat index n * k + rank into experts / gates
+  std::vector<int64_t> counts;  // [E] kept assignments per expert
+};
+
+// probs [B, S, E]. Assignments queue for their expert in order of rank, then batch row, then
+// position; in kFixed mode each sequence has its own queues of length `capacity`.
+Routing route_tokens(const torch::Tensor& probs, int64_t top_k, CapacityMode mode, int64_t capacity);
+
+// The loop behind route_tokens, on raw [B * S, E] probabilities (float or double): writes each
+// token's k choices to experts [N * k] and whether each was kept to kept [N * k], and returns the
+// kept assignments (n * k + rank) grouped by expert.
+template <typename T>
+std::vector<std::vector<int64_t>> route_pass(const T* probs, int64_t B, int64_t S, int64_t E, int64_t k, CapacityMode mode,
+                                            int64_t capacity, int64_t* experts, bool* kept);
+
+// Capacity for a [B, S] batch under `options`, in training or evaluation.
+int64_t expert_capacity_for(const RoutingOptions& options, int64_t batch, int64_t seq_len, bool training);
+
+
+}  // namespace distill
