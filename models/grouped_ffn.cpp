@@ -55,20 +55,16 @@ bool sgemm_path(const at::Tensor& x, const at::Tensor& gate, at::TensorList weig
   return std::all_of(weights.begin(), weights.end(), [&](const at::Tensor& w) { return ok(w) && w.is_contiguous(); });
 }
 
-// out [N, D]: row t is fill's (or zero) plus the sum over assignments a with token[a] == t of c_a *
-// rows[a], where c_a is gate[a] (or 1 without a gate). Each thread owns a range of output rows and
-// adds in assignment order, so the sums do not depend on the thread count. ATen's index_add_
-// dispatches one add per row: 0.27 of the layer's 1.8 ms at small8.
+// out [N, D]: row t is the sum over assignments a with token[a] == t of c_a * rows[a], where c_a is
+// gate[a] (or 1 without a gate); rows no assignment reaches are zero. Each thread owns a range of
+// output rows and adds in assignment order, so the sums do not depend on the thread count. ATen's
+// index_add_ dispatches one add per row: 0.27 of the layer's 1.8 ms at small8.
 at::Tensor scatter_rows(const float* rows, const float* gate, const int64_t* token, int64_t M, int64_t N, int64_t D,
-                        const at::TensorOptions& options, const grouped_f32::RowFill& fill = {}) {
+                        const at::TensorOptions& options) {
   auto out = at::empty({N, D}, options);
   float* po = out.data_ptr<float>();
   at::parallel_for(0, N, 128, [&](int64_t lo, int64_t hi) {
-    if (fill) {
-      fill(lo, hi, po + lo * D);
-    } else {
-      std::memset(po + lo * D, 0, static_cast<size_t>((hi - lo) * D) * sizeof(float));
-    }
+    std::memset(po + lo * D, 0, static_cast<size_t>((hi - lo) * D) * sizeof(float));
     for (int64_t a = 0; a < M; ++a) {
       const int64_t t = token[a];
       if (t >= lo && t < hi) rows::axpy(po + t * D, rows + a * D, gate ? gate[a] : 1.0f, D);
@@ -101,10 +97,10 @@ Forward run_forward(const at::Tensor& x, const at::Tensor& gate, const at::Tenso
 }
 
 // run_forward in float32, one task per expert: gather its rows, both products, ReLU and dropout
-// while the hidden units are still in cache.
+// while the hidden units are still in cache. Without `scatter`, out is left to the caller.
 Forward run_forward_sgemm(const at::Tensor& x_in, const at::Tensor& gate, const at::Tensor& token_in,
                           const std::vector<int64_t>& counts, const std::vector<at::Tensor>& wi,
-                          const std::vector<at::Tensor>& wo, double dropout) {
+                          const std::vector<at::Tensor>& wo, double dropout, bool scatter = true) {
   Forward f;
   const auto x = x_in.contiguous();
   const auto token = token_in.contiguous();
@@ -129,6 +125,7 @@ Forward run_forward_sgemm(const at::Tensor& x_in, const at::Tensor& gate, const 
     blas::sgemm(Op::N, Op::T, n, D, F, 1.0f, h_e, F, wo[static_cast<size_t>(e)].data_ptr<float>(), F, 0.0f,
                 y + begin * D, D);  // [n, D]
   });
+  if (!scatter) return f;
   const auto g = gate.contiguous();
   f.out = scatter_rows(y, g.data_ptr<float>(), tok, M, x.size(0), D, x.options());  // [N, D]
   return f;
@@ -222,7 +219,9 @@ struct GroupedFfnFunction : public torch::autograd::Function<GroupedFfnFunction>
     if (sgemm_path(xs, gate, at::TensorList(saved).slice(5))) {
       const std::vector<at::Tensor> wis(saved.begin() + 5, saved.begin() + 5 + E), wos(saved.begin() + 5 + E, saved.end());
       auto b = run_backward_sgemm(grads[0], xs, h, y, gate, token, counts, wis, wos, dropout);
-      torch::autograd::tensor_list out{grouped_f32::add_to_tokens(b.gxs, token, N), b.ggate, at::Tensor(), at::Tensor()};
+      auto gx = scatter_rows(b.gxs.data_ptr<float>(), nullptr, token.data_ptr<int64_t>(), token.size(0), N, xs.size(1),
+                             xs.options());  // [N, D]
+      torch::autograd::tensor_list out{gx, b.ggate, at::Tensor(), at::Tensor()};
       out.insert(out.end(), b.gwi.begin(), b.gwi.end());
       out.insert(out.end(), b.gwo.begin(), b.gwo.end());
       out.push_back(at::Tensor());
@@ -270,19 +269,12 @@ bool applies(const at::Tensor& x, const std::vector<at::Tensor>& wi, const std::
 
 Forward forward(const at::Tensor& x, const at::Tensor& gate, const ExpertGroups& groups, const std::vector<at::Tensor>& wi,
                 const std::vector<at::Tensor>& wo, double dropout) {
-  return run_forward_sgemm(x, gate, groups.token, groups.counts, wi, wo, dropout);
+  return run_forward_sgemm(x, gate, groups.token, groups.counts, wi, wo, dropout, /*scatter=*/false);
 }
 
 Backward backward(const at::Tensor& grad, const Forward& saved, const at::Tensor& gate, const ExpertGroups& groups,
                   const std::vector<at::Tensor>& wi, const std::vector<at::Tensor>& wo, double dropout) {
   return run_backward_sgemm(grad, saved.xs, saved.h, saved.y, gate, groups.token, groups.counts, wi, wo, dropout);
-}
-
-at::Tensor add_to_tokens(const at::Tensor& per_assignment, const at::Tensor& token_in, int64_t N, const RowFill& fill) {
-  const auto rows = per_assignment.contiguous();
-  const auto token = token_in.contiguous();
-  return scatter_rows(rows.data_ptr<float>(), nullptr, token.data_ptr<int64_t>(), token.size(0), N, rows.size(1),
-                      rows.options(), fill);  // [N, D]
 }
 
 }  // namespace grouped_f32

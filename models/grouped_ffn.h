@@ -6,7 +6,6 @@
 
 #include <ATen/Tensor.h>
 
-#include <functional>
 #include <vector>
 
 namespace distill {
@@ -30,30 +29,23 @@ namespace grouped_f32 {
 bool applies(const at::Tensor& x, const std::vector<at::Tensor>& wi, const std::vector<at::Tensor>& wo);
 
 struct Forward {
-  at::Tensor out;  // [N, D]
+  at::Tensor out;  // [N, D]; undefined from grouped_f32::forward, whose caller places y
   at::Tensor xs;   // [M, D] gathered inputs
   at::Tensor h;    // [M, F] hidden units after ReLU and dropout
   at::Tensor y;    // [M, D] expert outputs before the gate
 };
+// The experts' products on their gathered rows; the caller places y (times the gate) in its rows.
 Forward forward(const at::Tensor& x, const at::Tensor& gate, const ExpertGroups& groups, const std::vector<at::Tensor>& wi,
                 const std::vector<at::Tensor>& wo, double dropout);
 
 struct Backward {
-  at::Tensor gxs;                    // [M, D] input gradient of each assignment (see add_to_tokens)
+  at::Tensor gxs;                    // [M, D] input gradient of each assignment, for the caller to place
   at::Tensor ggate;                  // [M]
   std::vector<at::Tensor> gwi, gwo;  // [F, D], [D, F]; undefined for experts without tokens
 };
 // grad [N, D] is the gradient of forward's out.
 Backward backward(const at::Tensor& grad, const Forward& saved, const at::Tensor& gate, const ExpertGroups& groups,
                   const std::vector<at::Tensor>& wi, const std::vector<at::Tensor>& wo, double dropout);
-
-// Fills rows [begin, end) of an [N, D] float32 tensor; called once per block of rows, on the
-// intra-op threads.
-using RowFill = std::function<void(int64_t begin, int64_t end, float* rows)>;
-
-// [N, D]: each row as `fill` leaves it (zero without one), plus the rows of `per_assignment` [M, D]
-// whose token it is, in assignment order.
-at::Tensor add_to_tokens(const at::Tensor& per_assignment, const at::Tensor& token, int64_t N, const RowFill& fill = {});
 
 }  // namespace grouped_f32
 

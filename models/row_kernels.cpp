@@ -73,6 +73,10 @@ ROW_KERNEL void axpy(float* out, const float* x, float c, int64_t n) {
   for (int64_t j = 0; j < n; ++j) out[j] += c * x[j];
 }
 
+ROW_KERNEL void scaled_copy(float* out, const float* a, float c, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) out[j] = a[j] * c;
+}
+
 ROW_KERNEL float scaled_copy_dot(float* out, const float* a, float c, const float* b, int64_t n) {
   float acc[kLanes] = {};
   int64_t j = 0;

@@ -20,6 +20,8 @@ float dot(const float* a, const float* b, int64_t n);
 void multiply(float* out, const float* a, const float* b, int64_t n);
 // out += c * x
 void axpy(float* out, const float* x, float c, int64_t n);
+// out = c * a
+void scaled_copy(float* out, const float* a, float c, int64_t n);
 // out = a * c; returns dot(a, b)
 float scaled_copy_dot(float* out, const float* a, float c, const float* b, int64_t n);
 // out = p * (g - c): the softmax backward of a row whose dot(g, p) is c

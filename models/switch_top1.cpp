@@ -24,6 +24,7 @@ struct Routed {
   at::Tensor kept;      // [N] bool
   at::Tensor gate;      // [M] probability of the chosen expert, per kept token
   ExpertGroups groups;  // kept tokens grouped by expert
+  at::Tensor slot;      // [N] int64: the token's assignment in groups, -1 if dropped
 };
 
 Routed route(const at::Tensor& x, const at::Tensor& noise, const at::Tensor& w, const Top1Routing& routing) {
@@ -59,15 +60,48 @@ Routed route(const at::Tensor& x, const at::Tensor& noise, const at::Tensor& w, 
   }
   r.groups.token = at::empty({M}, r.expert.options());
   r.gate = at::empty({M}, x.options());
-  int64_t* tok = r.groups.token.data_ptr<int64_t>();
+  r.slot = at::full({N}, -1, r.expert.options());
+  int64_t *tok = r.groups.token.data_ptr<int64_t>(), *slot = r.slot.data_ptr<int64_t>();
   float* g = r.gate.data_ptr<float>();
+  int64_t a = 0;
   for (const auto& list : by_expert) {
     for (int64_t t : list) {
-      *tok++ = t;
-      *g++ = p[t * E + ex[t]];
+      tok[a] = t;
+      g[a] = p[t * E + ex[t]];
+      slot[t] = a++;
     }
   }
   return r;
+}
+
+// Route, run the experts, and write each token's row once: its expert's output times the gate,
+// or zero if it was dropped (a token has at most one assignment).
+struct Ran {
+  Routed r;
+  grouped_f32::Forward f;  // f.out [N, D]
+};
+
+Ran run_forward(const at::Tensor& x, const at::Tensor& noise, const at::Tensor& w, const std::vector<at::Tensor>& wi,
+                const std::vector<at::Tensor>& wo, const Top1Routing& routing, double dropout) {
+  Ran s;
+  s.r = route(x, noise, w, routing);
+  s.f = grouped_f32::forward(x, s.r.gate, s.r.groups, wi, wo, dropout);
+  const int64_t N = x.size(0), D = x.size(1);
+  s.f.out = at::empty({N, D}, x.options());
+  float* out = s.f.out.data_ptr<float>();
+  const float *y = s.f.y.data_ptr<float>(), *gate = s.r.gate.data_ptr<float>();
+  const int64_t* slot = s.r.slot.data_ptr<int64_t>();
+  at::parallel_for(0, N, 128, [&](int64_t lo, int64_t hi) {
+    for (int64_t t = lo; t < hi; ++t) {
+      const int64_t a = slot[t];
+      if (a >= 0) {
+        rows::scaled_copy(out + t * D, y + a * D, gate[a], D);
+      } else {
+        std::fill(out + t * D, out + (t + 1) * D, 0.0f);
+      }
+    }
+  });
+  return s;
 }
 
 // The weights as the function's TensorList: E wi, then E wo.
@@ -81,66 +115,80 @@ struct Top1SwitchFunction : public torch::autograd::Function<Top1SwitchFunction>
                                                 at::TensorList weights, Top1Routing routing, double dropout) {
     const at::Tensor noise = noise_or.value_or(at::Tensor());
     const size_t E = weights.size() / 2;
-    const auto wi = first(weights, E), wo = last(weights, E);
-    Routed r = route(x, noise, router_weight, routing);
-    auto f = grouped_f32::forward(x, r.gate, r.groups, wi, wo, dropout);
-    std::vector<at::Tensor> saved{r.xr, r.probs, r.expert, r.gate, r.groups.token, f.xs, f.h, f.y, router_weight,
-                                  noise.defined() ? noise : at::Tensor()};
+    auto s = run_forward(x, noise, router_weight, first(weights, E), last(weights, E), routing, dropout);
+    const Routed& r = s.r;
+    std::vector<at::Tensor> saved{r.xr,  r.probs, r.expert, r.slot,        r.gate, r.groups.token,
+                                  s.f.xs, s.f.h,  s.f.y,    router_weight, noise};
     saved.insert(saved.end(), weights.begin(), weights.end());
     ctx->save_for_backward(saved);
     ctx->saved_data["counts"] = c10::List<int64_t>(r.groups.counts);
     ctx->saved_data["dropout"] = dropout;
     ctx->mark_non_differentiable({r.expert, r.kept});
-    return {f.out, r.logits, r.expert, r.kept};
+    return {s.f.out, r.logits, r.expert, r.kept};
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const auto &xr = saved[0], &probs = saved[1], &expert = saved[2], &gate = saved[3], &w = saved[8], &noise = saved[9];
-    const ExpertGroups groups{saved[4], ctx->saved_data["counts"].toIntVector()};
+    const auto &xr = saved[0], &probs = saved[1], &expert = saved[2], &slot = saved[3], &gate = saved[4];
+    const auto &w = saved[9], &noise = saved[10];
+    const ExpertGroups groups{saved[5], ctx->saved_data["counts"].toIntVector()};
     grouped_f32::Forward f;
-    f.xs = saved[5];
-    f.h = saved[6];
-    f.y = saved[7];
+    f.xs = saved[6];
+    f.h = saved[7];
+    f.y = saved[8];
     const size_t E = groups.counts.size();
-    const at::TensorList weights = at::TensorList(saved).slice(10);
-    const auto wi = first(weights, E), wo = last(weights, E);
+    const at::TensorList weights = at::TensorList(saved).slice(11);
     const double dropout = ctx->saved_data["dropout"].toDouble();
-    const int64_t N = xr.size(0), D = xr.size(1), M = groups.token.size(0), Ei = static_cast<int64_t>(E);
+    const int64_t N = xr.size(0), D = xr.size(1), Ei = static_cast<int64_t>(E);
 
-    auto b = grouped_f32::backward(grads[0], f, gate, groups, wi, wo, dropout);
-    // The logits' gradient: what the router losses sent, plus the gates' through the softmax,
-    // d logits[t, j] = d gate * p[t, e] * (1{j == e} - p[t, j]) for kept token t on expert e.
-    auto dlogits = grads[1].defined() ? grads[1].contiguous().clone() : at::zeros_like(probs);  // [N, E]
-    {
-      float* dl = dlogits.data_ptr<float>();
-      const float *p = probs.data_ptr<float>(), *dg = b.ggate.data_ptr<float>();
-      const int64_t *tok = groups.token.data_ptr<int64_t>(), *ex = expert.data_ptr<int64_t>();
-      for (int64_t a = 0; a < M; ++a) {
-        const int64_t t = tok[a], e = ex[t];
-        const float c = dg[a] * p[t * Ei + e];
-        for (int64_t j = 0; j < Ei; ++j) dl[t * Ei + j] -= c * p[t * Ei + j];
-        dl[t * Ei + e] += c;
+    auto b = grouped_f32::backward(grads[0], f, gate, groups, first(weights, E), last(weights, E), dropout);
+
+    // Per block of token rows, on the intra-op threads: the logits' gradient (the router losses',
+    // plus the gate's through the softmax for a kept token), then the input gradient, the router's
+    // (d logits W) * noise plus the expert's, then the block's share of the router weight's.
+    const bool want_gx = ctx->needs_input_grad(0), want_gw = ctx->needs_input_grad(1);
+    const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), N / 128));
+    auto dlogits = at::empty({N, Ei}, probs.options());                                // [N, E]
+    auto gx = want_gx ? at::empty({N, D}, xr.options()) : at::Tensor();                // [N, D]
+    auto gw_parts = want_gw ? at::empty({blocks, Ei, D}, xr.options()) : at::Tensor();  // [blocks, E, D]
+    const auto glogits = grads[1].defined() ? grads[1].contiguous() : at::Tensor();
+    const float* pgl = glogits.defined() ? glogits.data_ptr<float>() : nullptr;
+    const float *p = probs.data_ptr<float>(), *dg = b.ggate.data_ptr<float>(), *gxs = b.gxs.data_ptr<float>(),
+                *pw = w.data_ptr<float>(), *pxr = xr.data_ptr<float>();
+    const float* pn = noise.defined() ? noise.data_ptr<float>() : nullptr;
+    const int64_t *ps = slot.data_ptr<int64_t>(), *ex = expert.data_ptr<int64_t>();
+    float* dl = dlogits.data_ptr<float>();
+    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t blk = b0; blk < b1; ++blk) {
+        const int64_t lo = N * blk / blocks, hi = N * (blk + 1) / blocks, n = hi - lo;
+        for (int64_t t = lo; t < hi; ++t) {
+          float* dlt = dl + t * Ei;
+          const float* pt = p + t * Ei;
+          for (int64_t j = 0; j < Ei; ++j) dlt[j] = pgl ? pgl[t * Ei + j] : 0.0f;
+          const int64_t a = ps[t];
+          if (a < 0) continue;
+          // d logits[t, j] += d gate * p[t, e] * (1{j == e} - p[t, j]) for the token's expert e.
+          const int64_t e = ex[t];
+          const float c = dg[a] * pt[e];
+          for (int64_t j = 0; j < Ei; ++j) dlt[j] -= c * pt[j];
+          dlt[e] += c;
+        }
+        if (want_gx) {
+          float* rows = gx.data_ptr<float>() + lo * D;
+          blas::sgemm(Op::N, Op::N, n, D, Ei, 1.0f, dl + lo * Ei, Ei, pw, D, 0.0f, rows, D);  // [n, D]
+          if (pn) rows::multiply(rows, rows, pn + lo * D, n * D);
+          for (int64_t t = lo; t < hi; ++t) {
+            if (ps[t] >= 0) rows::axpy(rows + (t - lo) * D, gxs + ps[t] * D, 1.0f, D);
+          }
+        }
+        if (want_gw) {
+          blas::sgemm(Op::T, Op::N, Ei, D, n, 1.0f, dl + lo * Ei, Ei, pxr + lo * D, D, 0.0f,
+                      gw_parts.data_ptr<float>() + blk * Ei * D, D);  // [E, D]
+        }
       }
-    }
-    const float* dl = dlogits.data_ptr<float>();
-    at::Tensor gw;
-    if (ctx->needs_input_grad(1)) {
-      gw = at::empty({Ei, D}, xr.options());
-      blas::sgemm(Op::T, Op::N, Ei, D, N, 1.0f, dl, Ei, xr.data_ptr<float>(), D, 0.0f, gw.data_ptr<float>(),
-                  D);  // [E, D]
-    }
-    at::Tensor gx;
-    if (ctx->needs_input_grad(0)) {
-      // Each block of rows starts as the router's input gradient, (d logits W) * noise.
-      const float* pw = w.data_ptr<float>();
-      const float* pn = noise.defined() ? noise.data_ptr<float>() : nullptr;
-      gx = grouped_f32::add_to_tokens(b.gxs, groups.token, N, [&](int64_t lo, int64_t hi, float* rows) {
-        blas::sgemm(Op::N, Op::N, hi - lo, D, Ei, 1.0f, dl + lo * Ei, Ei, pw, D, 0.0f, rows, D);  // [hi - lo, D]
-        if (pn) rows::multiply(rows, rows, pn + lo * D, (hi - lo) * D);
-      });
-    }
+    });
+    const auto gw = want_gw ? gw_parts.sum(0) : at::Tensor();  // [E, D], blocks in a fixed order
     torch::autograd::variable_list out{gx, gw, at::Tensor()};  // noise: none
     out.insert(out.end(), b.gwi.begin(), b.gwi.end());
     out.insert(out.end(), b.gwo.begin(), b.gwo.end());
@@ -167,8 +215,8 @@ Top1SwitchOutput top1_switch(const at::Tensor& x_in, const at::Tensor& noise_in,
   bool needs_grad = x.requires_grad() || router_weight.requires_grad();
   for (size_t e = 0; e < wi.size(); ++e) needs_grad = needs_grad || wi[e].requires_grad() || wo[e].requires_grad();
   if (!torch::GradMode::is_enabled() || !needs_grad) {
-    Routed r = route(x, noise, router_weight, routing);
-    return {grouped_f32::forward(x, r.gate, r.groups, wi, wo, dropout).out, r.logits, r.expert, r.kept};
+    auto s = run_forward(x, noise, router_weight, wi, wo, routing, dropout);
+    return {s.f.out, s.r.logits, s.r.expert, s.r.kept};
   }
   std::vector<at::Tensor> weights(wi);
   weights.insert(weights.end(), wo.begin(), wo.end());
