@@ -77,6 +77,32 @@ ROW_KERNEL void scaled_copy(float* out, const float* a, float c, int64_t n) {
   for (int64_t j = 0; j < n; ++j) out[j] = a[j] * c;
 }
 
+ROW_KERNEL void combine(float* out, const float* base, const float* s, const float* c, const float* w, int64_t k,
+                        int64_t n) {
+  // Blocks of 64 columns summed over k in a local array, which stays in registers: summed in `out`,
+  // the compiler must assume out and w overlap and reload it k times.
+  constexpr int kBlock = 64;
+  int64_t j0 = 0;
+  for (; j0 + kBlock <= n; j0 += kBlock) {
+    float acc[kBlock] = {};
+    for (int64_t i = 0; i < k; ++i) {
+      const float ci = c[i];
+      const float* wi = w + i * n + j0;
+      for (int u = 0; u < kBlock; ++u) acc[u] += ci * wi[u];
+    }
+    for (int u = 0; u < kBlock; ++u) {
+      const float v = s ? acc[u] * s[j0 + u] : acc[u];
+      out[j0 + u] = base ? base[j0 + u] + v : v;
+    }
+  }
+  for (int64_t j = j0; j < n; ++j) {
+    float acc = 0.0f;
+    for (int64_t i = 0; i < k; ++i) acc += c[i] * w[i * n + j];
+    const float v = s ? acc * s[j] : acc;
+    out[j] = base ? base[j] + v : v;
+  }
+}
+
 ROW_KERNEL float scaled_copy_dot(float* out, const float* a, float c, const float* b, int64_t n) {
   float acc[kLanes] = {};
   int64_t j = 0;

@@ -22,6 +22,9 @@ void multiply(float* out, const float* a, const float* b, int64_t n);
 void axpy(float* out, const float* x, float c, int64_t n);
 // out = c * a
 void scaled_copy(float* out, const float* a, float c, int64_t n);
+// out = base + s * (c W) for c [k] and W [k, n] row-major: a product with a short inner dimension
+// (k = experts, for the router's input gradient). base and s may be null (zero and one).
+void combine(float* out, const float* base, const float* s, const float* c, const float* w, int64_t k, int64_t n);
 // out = a * c; returns dot(a, b)
 float scaled_copy_dot(float* out, const float* a, float c, const float* b, int64_t n);
 // out = p * (g - c): the softmax backward of a row whose dot(g, p) is c
