@@ -1,5 +1,5 @@
-// The hand-written kernels against LibTorch's own: sgemm, projections, batched matmul, attention
-// and dropout.
+// The hand-written kernels against LibTorch's own: sgemm, row kernels, projections, batched
+// matmul, attention and dropout.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -7,6 +7,7 @@
 #include "models/batched_matmul.h"
 #include "models/fast_dropout.h"
 #include "models/projection.h"
+#include "models/row_kernels.h"
 #include "models/sgemm.h"
 #include "tests/test_util.h"
 
@@ -37,6 +38,24 @@ TEST(Sgemm, EveryTransposeWithPaddedRowsAndBeta) {
   blas::sgemm(blas::Op::N, blas::Op::N, 2, 3, 0, 1.0f, nullptr, 1, nullptr, 3, 0.5f, c.data_ptr<float>(), 3);
   EXPECT_TRUE(torch::equal(c, torch::full({2, 3}, 0.5f)));
   EXPECT_TRUE(blas::sgemm_library() == "oneDNN" || blas::sgemm_library() == "OpenBLAS");
+}
+
+// base + s * (c W) over blocks of 64 columns and a tail, with and without base and s.
+TEST(RowKernels, CombineMatchesAProduct) {
+  torch::manual_seed(1);
+  const int64_t k = 5, n = 130;
+  auto c = torch::randn({k}), w = torch::randn({k, n}), base = torch::randn({n}), s = torch::rand({n});
+  for (bool with_base : {false, true}) {
+    for (bool with_s : {false, true}) {
+      auto want = torch::mv(w.t().to(torch::kDouble), c.to(torch::kDouble));
+      if (with_s) want = want * s.to(torch::kDouble);
+      if (with_base) want = want + base.to(torch::kDouble);
+      auto got = torch::empty({n});
+      rows::combine(got.data_ptr<float>(), with_base ? base.data_ptr<float>() : nullptr,
+                    with_s ? s.data_ptr<float>() : nullptr, c.data_ptr<float>(), w.data_ptr<float>(), k, n);
+      EXPECT_TRUE(tensors_close(got, want.to(torch::kFloat), 1e-6)) << with_base << with_s;
+    }
+  }
 }
 
 TEST(Projection, MatchesLinearWithGradients) {

@@ -336,13 +336,13 @@ TEST(SwitchGradients, FusedTop1NodeMatchesTheGeneralPath) {
   r.capacity_factor_train = 0.75;  // drops tokens
   r.jitter_noise = 0.1;
   FfnOptions f;
-  f.d_model = 16;
+  f.d_model = 72;  // row kernels: a block of 64 columns and a tail
   f.d_ff = 24;
   f.dropout = 0.3;
-  SwitchSparseMlp layer(16, r, f);
+  SwitchSparseMlp layer(72, r, f);
   layer->train();
-  const auto x0 = torch::randn({3, 10, 16});
-  const auto w = torch::randn({3, 10, 16});
+  const auto x0 = torch::randn({3, 10, 72});
+  const auto w = torch::randn({3, 10, 72});
   struct Result {
     SparseMlpOutput out;
     std::vector<torch::Tensor> grads;  // x, then every parameter
@@ -359,13 +359,13 @@ TEST(SwitchGradients, FusedTop1NodeMatchesTheGeneralPath) {
         wi.push_back(ex->wi->weight);
         wo.push_back(ex->wo->weight);
       }
-      auto flat = x.reshape({30, 16});
+      auto flat = x.reshape({30, 72});
       const auto& rw = layer->router->classifier->weight;
       EXPECT_TRUE(top1_switch_applies(flat, rw, wi, wo));
       auto noise = torch::empty_like(flat).uniform_(0.9, 1.1);
       const int64_t cap = expert_capacity_for(r, 3, 10, true);
       auto t = top1_switch(flat, noise, rw, wi, wo, {3, 10, CapacityMode::kFactor, cap}, 0.3);
-      out.hidden = t.out.view({3, 10, 16});
+      out.hidden = t.out.view({3, 10, 72});
       out.router.logits = t.logits.view({3, 10, 4});
       out.router.expert_choice = t.expert.view({3, 10});
       out.router.kept = t.kept.view({3, 10});
