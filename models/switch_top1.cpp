@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string>
 
+#include "models/errors.h"
 #include "models/grouped_ffn.h"
 #include "models/mixed_precision.h"
 #include "models/row_kernels.h"
@@ -102,6 +104,36 @@ Ran run_forward(const at::Tensor& x, const at::Tensor& noise, const at::Tensor& 
     }
   });
   return s;
+}
+
+// Raw pointers follow: shapes are checked once, here.
+void check_shapes(const at::Tensor& x, const at::Tensor& noise, const at::Tensor& w, const std::vector<at::Tensor>& wi,
+                  const std::vector<at::Tensor>& wo, const Top1Routing& routing) {
+  auto shape = [](const at::Tensor& t) {
+    std::string s = "[";
+    for (int64_t i = 0; i < t.dim(); ++i) s += (i ? ", " : "") + std::to_string(t.size(i));
+    return s + "]";
+  };
+  if (x.dim() != 2 || w.dim() != 2) {
+    throw Error("top-1 Switch layer: expected x [N, D] and router weight [E, D], got " + shape(x) + " and " + shape(w));
+  }
+  const int64_t N = x.size(0), D = x.size(1), E = w.size(0);
+  const int64_t F = wi.empty() ? 0 : wi[0].size(0);
+  std::string bad;
+  if (N != routing.batch * routing.seq_len) {
+    bad = "x " + shape(x) + " for a batch of " + std::to_string(routing.batch) + " x " + std::to_string(routing.seq_len);
+  }
+  if (w.size(1) != D) bad = "router weight " + shape(w) + " for x " + shape(x);
+  if (noise.defined() && !noise.sizes().equals(x.sizes())) bad = "noise " + shape(noise) + " for x " + shape(x);
+  if (static_cast<int64_t>(wi.size()) != E || static_cast<int64_t>(wo.size()) != E) {
+    bad = "expert weights for " + std::to_string(E) + " experts";
+  }
+  for (size_t e = 0; e < wi.size() && e < wo.size() && bad.empty(); ++e) {
+    const bool ok = wi[e].dim() == 2 && wo[e].dim() == 2 && wi[e].size(0) == F && wi[e].size(1) == D &&
+                    wo[e].size(0) == D && wo[e].size(1) == F;
+    if (!ok) bad = "expert " + std::to_string(e) + " weights " + shape(wi[e]) + ", " + shape(wo[e]);
+  }
+  if (!bad.empty()) throw Error("top-1 Switch layer: mismatched shapes: " + bad);
 }
 
 // The weights as the function's TensorList: E wi, then E wo.
@@ -215,6 +247,7 @@ Top1SwitchOutput top1_switch(const at::Tensor& x_in, const at::Tensor& noise_in,
                              const Top1Routing& routing, double dropout) {
   const auto x = x_in.contiguous();
   const auto noise = noise_in.defined() ? noise_in.contiguous() : noise_in;
+  check_shapes(x, noise, router_weight, wi, wo, routing);
   bool needs_grad = x.requires_grad() || router_weight.requires_grad();
   for (size_t e = 0; e < wi.size(); ++e) needs_grad = needs_grad || wi[e].requires_grad() || wo[e].requires_grad();
   if (!torch::GradMode::is_enabled() || !needs_grad) {

@@ -10,6 +10,7 @@
 #include <ATen/autocast_mode.h>
 
 #include "models/checkpoint.h"
+#include "models/errors.h"
 #include "models/grouped_ffn.h"
 #include "models/mixed_precision.h"
 #include "models/seq2seq.h"
@@ -396,6 +397,26 @@ TEST(SwitchGradients, FusedTop1NodeMatchesTheGeneralPath) {
   }
   // Exactly zero output for the dropped tokens on the fused path as well.
   EXPECT_EQ(fused.out.hidden.index({~g.kept}).abs().max().item<float>(), 0.0f);
+}
+
+TEST(SwitchGradients, FusedTop1NodeRejectsMismatchedShapes) {
+  auto x = torch::randn({6, 8}), w = torch::randn({2, 8});
+  std::vector<torch::Tensor> wi{torch::randn({4, 8}), torch::randn({4, 8})};
+  std::vector<torch::Tensor> wo{torch::randn({8, 4}), torch::randn({8, 4})};
+  const Top1Routing routing{2, 3, CapacityMode::kFixed, 3};
+  EXPECT_NO_THROW(top1_switch(x, {}, w, wi, wo, routing, 0.0));
+  auto throws = [&](const torch::Tensor& rw, const std::vector<torch::Tensor>& i, const Top1Routing& r,
+                    const char* what) {
+    try {
+      top1_switch(x, {}, rw, i, wo, r, 0.0);
+      ADD_FAILURE() << "no error for " << what;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
+    }
+  };
+  throws(torch::randn({2, 7}), wi, routing, "router weight [2, 7]");
+  throws(w, {wi[0], torch::randn({4, 7})}, routing, "expert 1 weights [4, 7]");
+  throws(w, wi, {2, 4, CapacityMode::kFixed, 3}, "x [6, 8] for a batch of 2 x 4");
 }
 
 TEST(MixedPrecision, Bf16AutocastKeepsRouterLogitsAndGradientsFloat32) {
