@@ -102,10 +102,11 @@ SparseMlpOutput SwitchSparseMlpImpl::forward(const torch::Tensor& x) {
   const bool relu_experts = !ffn.gated && ffn.act == "relu";
   auto flat = x.reshape({B * S, D});  // [N, D]
   std::vector<torch::Tensor> wi, wo;  // the ReLU experts' weights
-  for (const auto& ex : experts->experts) {
-    if (!relu_experts) break;
-    wi.push_back(ex->wi->weight);
-    wo.push_back(ex->wo->weight);
+  if (relu_experts) {
+    for (const auto& ex : experts->experts) {
+      wi.push_back(ex->wi->weight);
+      wo.push_back(ex->wo->weight);
+    }
   }
   if (k == 1 && relu_experts && fused_top1_ && !router->classifier->bias.defined()) {
     const auto& w = router->classifier->weight;
