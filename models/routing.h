@@ -43,6 +43,15 @@ template <typename T>
 std::vector<std::vector<int64_t>> route_pass(const T* probs, int64_t B, int64_t S, int64_t E, int64_t k, CapacityMode mode,
                                             int64_t capacity, int64_t* experts, bool* kept);
 
+// One token's row of d logits += d gate * p[e] * (1{j == e} - p[j]): the gradient of a top-1 gate,
+// p[e] of p = softmax(logits), through the softmax.
+template <typename T>
+inline void add_top1_gate_gradient(T* dlogits, const T* p, T dgate, int64_t e, int64_t E) {
+  const T c = dgate * p[e];
+  for (int64_t j = 0; j < E; ++j) dlogits[j] -= c * p[j];
+  dlogits[e] += c;
+}
+
 // Capacity for a [B, S] batch under `options`, in training or evaluation.
 int64_t expert_capacity_for(const RoutingOptions& options, int64_t batch, int64_t seq_len, bool training);
 

@@ -52,10 +52,8 @@ struct Top1GateFunction : public torch::autograd::Function<Top1GateFunction> {
       const scalar_t* dg = dgate.data_ptr<scalar_t>();
       scalar_t* dl = dlogits.data_ptr<scalar_t>();
       for (int64_t a = 0; a < M; ++a) {
-        const int64_t t = tok[a], e = ex[t];
-        const scalar_t c = dg[a] * p[t * E + e];
-        for (int64_t j = 0; j < E; ++j) dl[t * E + j] -= c * p[t * E + j];
-        dl[t * E + e] += c;
+        const int64_t t = tok[a];
+        add_top1_gate_gradient(dl + t * E, p + t * E, dg[a], ex[t], E);
       }
     });
     return {dlogits, torch::Tensor(), torch::Tensor(), torch::Tensor()};

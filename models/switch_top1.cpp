@@ -198,13 +198,7 @@ struct Top1SwitchFunction : public torch::autograd::Function<Top1SwitchFunction>
           float* dlt = dl + t * Ei;
           const float* pt = p + t * Ei;
           for (int64_t j = 0; j < Ei; ++j) dlt[j] = pgl ? pgl[t * Ei + j] : 0.0f;
-          const int64_t a = ps[t];
-          if (a < 0) continue;
-          // d logits[t, j] += d gate * p[t, e] * (1{j == e} - p[t, j]) for the token's expert e.
-          const int64_t e = ex[t];
-          const float c = dg[a] * pt[e];
-          for (int64_t j = 0; j < Ei; ++j) dlt[j] -= c * pt[j];
-          dlt[e] += c;
+          if (ps[t] >= 0) add_top1_gate_gradient(dlt, pt, dg[ps[t]], ex[t], Ei);
         }
         if (want_gx) {
           float* pgx = gx.data_ptr<float>();
