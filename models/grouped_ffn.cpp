@@ -97,10 +97,10 @@ Forward run_forward(const at::Tensor& x, const at::Tensor& gate, const at::Tenso
 }
 
 // run_forward in float32, one task per expert: gather its rows, both products, ReLU and dropout
-// while the hidden units are still in cache. Without `scatter`, out is left to the caller.
+// while the hidden units are still in cache. out is left to the caller.
 Forward run_forward_sgemm(const at::Tensor& x_in, const at::Tensor& gate, const at::Tensor& token_in,
                           const std::vector<int64_t>& counts, const std::vector<at::Tensor>& wi,
-                          const std::vector<at::Tensor>& wo, double dropout, bool scatter = true) {
+                          const std::vector<at::Tensor>& wo, double dropout) {
   Forward f;
   const auto x = x_in.contiguous();
   const auto token = token_in.contiguous();
@@ -125,17 +125,20 @@ Forward run_forward_sgemm(const at::Tensor& x_in, const at::Tensor& gate, const 
     blas::sgemm(Op::N, Op::T, n, D, F, 1.0f, h_e, F, wo[static_cast<size_t>(e)].data_ptr<float>(), F, 0.0f,
                 y + begin * D, D);  // [n, D]
   });
-  if (!scatter) return f;
-  const auto g = gate.contiguous();
-  f.out = scatter_rows(y, g.data_ptr<float>(), tok, M, x.size(0), D, x.options());  // [N, D]
   return f;
 }
 
-// The forward on whichever path the operands allow.
-Forward forward_of(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& token, const std::vector<int64_t>& counts,
-                   const std::vector<at::Tensor>& wi, const std::vector<at::Tensor>& wo, double dropout) {
-  return sgemm_path(x, gate, wi) && sgemm_path(x, gate, wo) ? run_forward_sgemm(x, gate, token, counts, wi, wo, dropout)
-                                                            : run_forward(x, gate, token, counts, wi, wo, dropout);
+// The forward on whichever path the operands allow, outputs added into their tokens' rows.
+Forward forward_of(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& token_in,
+                   const std::vector<int64_t>& counts, const std::vector<at::Tensor>& wi,
+                   const std::vector<at::Tensor>& wo, double dropout) {
+  if (!sgemm_path(x, gate, wi) || !sgemm_path(x, gate, wo)) return run_forward(x, gate, token_in, counts, wi, wo, dropout);
+  Forward f = run_forward_sgemm(x, gate, token_in, counts, wi, wo, dropout);
+  const auto g = gate.contiguous();
+  const auto token = token_in.contiguous();
+  f.out = scatter_rows(f.y.data_ptr<float>(), g.data_ptr<float>(), token.data_ptr<int64_t>(), token.size(0), x.size(0),
+                       x.size(1), x.options());  // [N, D]
+  return f;
 }
 
 using grouped_f32::Backward;
@@ -269,7 +272,7 @@ bool applies(const at::Tensor& x, const std::vector<at::Tensor>& wi, const std::
 
 Forward forward(const at::Tensor& x, const at::Tensor& gate, const ExpertGroups& groups, const std::vector<at::Tensor>& wi,
                 const std::vector<at::Tensor>& wo, double dropout) {
-  return run_forward_sgemm(x, gate, groups.token, groups.counts, wi, wo, dropout, /*scatter=*/false);
+  return run_forward_sgemm(x, gate, groups.token, groups.counts, wi, wo, dropout);
 }
 
 Backward backward(const at::Tensor& grad, const Forward& saved, const at::Tensor& gate, const ExpertGroups& groups,
