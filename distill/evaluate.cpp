@@ -3,19 +3,48 @@
 #include <torch/torch.h>
 
 #include <cmath>
-#include <map>
 
 namespace distill {
 
-nlohmann::json EvalResult::to_json() const {
-  nlohmann::json j = {{"nll", nll},           {"nll_stderr", nll_stderr}, {"neg_log_perplexity", neg_log_perplexity},
-                      {"perplexity", perplexity}, {"accuracy", accuracy}, {"tokens", tokens}};
+nlohmann::json EvalResult::to_json(bool batches) const {
+  nlohmann::json j = {{"nll", nll},
+                      {"nll_stderr", nll_stderr},
+                      {"neg_log_perplexity", neg_log_perplexity},
+                      {"perplexity", perplexity},
+                      {"accuracy", accuracy},
+                      {"accuracy_stderr", accuracy_stderr},
+                      {"tokens", tokens}};
   if (!routing.empty()) {
     nlohmann::json layers = nlohmann::json::array();
-    for (const auto& l : routing) layers.push_back({{"layer", l.layer}, {"dropped_rate", l.dropped_rate}, {"load", l.load}});
+    for (const auto& l : routing) layers.push_back(l.to_json());
     j["routing"] = layers;
   }
+  if (batches) {
+    j["batches"] = {{"nll", batch_nll.value}, {"correct", batch_correct.value}, {"tokens", batch_nll.count}};
+  }
   return j;
+}
+
+EvalResult EvalResult::from_json(const nlohmann::json& j) {
+  EvalResult r;
+  r.nll = j.at("nll").get<double>();
+  r.nll_stderr = j.value("nll_stderr", 0.0);
+  r.neg_log_perplexity = j.at("neg_log_perplexity").get<double>();
+  r.perplexity = j.value("perplexity", std::exp(r.nll));
+  r.accuracy = j.value("accuracy", 0.0);
+  r.accuracy_stderr = j.value("accuracy_stderr", 0.0);
+  r.tokens = j.value("tokens", int64_t{0});
+  if (j.contains("batches")) {
+    const auto& b = j.at("batches");
+    r.batch_nll = {b.at("nll").get<std::vector<double>>(), b.at("tokens").get<std::vector<double>>()};
+    r.batch_correct = {b.at("correct").get<std::vector<double>>(), r.batch_nll.count};
+  }
+  return r;
+}
+
+Seq2SeqInputs model_inputs(const Batch& b, bool labels) {
+  return {b.input_ids, b.attention_mask, b.decoder_input_ids, (b.labels != -100).to(torch::kLong),
+          labels ? b.labels : torch::Tensor()};
 }
 
 at::Tensor routed_tokens(const std::string& layer_prefix, const Batch& batch) {
@@ -30,57 +59,32 @@ EvalResult evaluate(Seq2SeqModel& model, const std::vector<Batch>& batches) {
   torch::NoGradGuard ng;
   const bool was_training = model->is_training();
   model->eval();
-  double nll_sum = 0, correct = 0;
-  int64_t tokens = 0;
-  std::vector<double> batch_nll;
-  struct Acc {
-    double dropped = 0, total = 0;
-    at::Tensor load;
-  };
-  std::map<std::string, Acc> layers;
+  EvalResult r;
+  const auto& config = model->config();
+  RoutingAccumulator routing(config.is_sparse() ? std::optional<RoutingOptions>(routing_options(config)) : std::nullopt);
   for (const auto& b : batches) {
-    auto out = model->forward({b.input_ids, b.attention_mask, b.decoder_input_ids, {}, {}});
+    auto out = model->forward(model_inputs(b));
     auto mask = b.labels != -100;
     auto logp = torch::log_softmax(out.logits.to(torch::kFloat32), -1);
     auto safe = b.labels.clamp_min(0);
     auto token_nll = -logp.gather(-1, safe.unsqueeze(-1)).squeeze(-1);  // [B, T]
-    const double s = token_nll.masked_select(mask).sum().item<double>();
-    const auto n = mask.sum().item<int64_t>();
-    nll_sum += s;
-    tokens += n;
-    if (n > 0) batch_nll.push_back(s / static_cast<double>(n));
-    correct += (out.logits.argmax(-1) == b.labels).logical_and(mask).sum().item<double>();
-    for (const auto& [prefix, r] : out.routing) {
-      auto real = routed_tokens(prefix, b);
-      auto& acc = layers[prefix];
-      acc.total += real.sum().item<double>();
-      acc.dropped += r.kept.logical_not().logical_and(real).sum().item<double>();
-      auto hist = expert_counts(r, real);
-      acc.load = acc.load.defined() ? acc.load + hist : hist;
-    }
+    const double n = static_cast<double>(mask.sum().item<int64_t>());
+    r.batch_nll.value.push_back(token_nll.masked_select(mask).sum().item<double>());
+    r.batch_nll.count.push_back(n);
+    r.batch_correct.value.push_back((out.logits.argmax(-1) == b.labels).logical_and(mask).sum().item<double>());
+    r.batch_correct.count.push_back(n);
+    for (const auto& [prefix, ro] : out.routing) routing.add(prefix, ro, routed_tokens(prefix, b));
   }
-  EvalResult r;
-  r.tokens = tokens;
-  r.nll = tokens > 0 ? nll_sum / static_cast<double>(tokens) : 0.0;
+  double total = 0;
+  for (double n : r.batch_nll.count) total += n;
+  r.tokens = static_cast<int64_t>(total);
+  r.nll = r.batch_nll.ratio();
+  r.nll_stderr = stats::ratio_se(r.batch_nll);
   r.neg_log_perplexity = -r.nll;
   r.perplexity = std::exp(r.nll);
-  r.accuracy = tokens > 0 ? correct / static_cast<double>(tokens) : 0.0;
-  if (batch_nll.size() > 1) {
-    double mean = 0, var = 0;
-    for (double x : batch_nll) mean += x;
-    mean /= static_cast<double>(batch_nll.size());
-    for (double x : batch_nll) var += (x - mean) * (x - mean);
-    var /= static_cast<double>(batch_nll.size() - 1);
-    r.nll_stderr = std::sqrt(var / static_cast<double>(batch_nll.size()));
-  }
-  for (auto& [prefix, acc] : layers) {
-    LayerRouting l;
-    l.layer = prefix.substr(0, prefix.size() - 1);
-    l.dropped_rate = acc.total > 0 ? acc.dropped / acc.total : 0.0;
-    auto load = acc.load / acc.load.sum().clamp_min(1.0);
-    l.load.assign(load.data_ptr<double>(), load.data_ptr<double>() + load.numel());
-    r.routing.push_back(std::move(l));
-  }
+  r.accuracy = r.batch_correct.ratio();
+  r.accuracy_stderr = stats::ratio_se(r.batch_correct);
+  r.routing = routing.layers();
   if (was_training) model->train();
   return r;
 }

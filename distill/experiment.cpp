@@ -5,9 +5,13 @@
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
+#include <cmath>
 #include <filesystem>
+#include <functional>
+#include <map>
 
 #include "distill/report.h"
+#include "distill/stages.h"
 #include "distill/student_init.h"
 #include "distill/trainer.h"
 #include "models/atomic_file.h"
@@ -40,18 +44,66 @@ ObjectiveOptions run_objective_options(const RunConfig& c, const Tokenizer& t) {
   return o;
 }
 
+uint64_t data_seed(const RunConfig& c) { return c.data.seed ? static_cast<uint64_t>(*c.data.seed) : c.seed; }
+
 std::string stage_dir(const RunConfig& c, const std::string& stage) { return (fs::path(c.output_dir) / stage).string(); }
 
-bool stage_done(const std::string& dir) {
-  return fs::exists(fs::path(dir) / "DONE.json") && fs::exists(fs::path(dir) / "model" / "config.json");
+int64_t teacher_steps(const RunConfig& c) { return c.teacher.steps ? *c.teacher.steps : c.training.steps; }
+
+// The training settings that determine a model (not how often it logs, evaluates or checkpoints).
+json training_fingerprint(const TrainingConfig& t, int64_t steps) {
+  RunConfig tmp;
+  tmp.training = t;
+  json j = run_config_json(tmp)["training"];
+  for (const char* k : {"log_interval", "eval_interval", "checkpoint_interval", "keep_checkpoints"}) j.erase(k);
+  j["steps"] = steps;
+  return j;
 }
 
-double stage_seconds(const std::string& dir) {
-  try {
-    return json::parse(read_text_file((fs::path(dir) / "DONE.json").string())).value("seconds", 0.0);
-  } catch (const std::exception&) {
-    return 0.0;
-  }
+// What determines the training batches: the corpus bytes, the tokenizer, the objective, batching
+// and the data seed (not the held-out files, which only the evaluation reads).
+json data_fingerprint(const RunConfig& c, const Tokenizer& t) {
+  json j = run_config_json(c)["data"];
+  for (const char* k : {"validation", "eval_batches", "tokenizer"}) j.erase(k);
+  if (!c.data.validation.files.empty()) j.erase("validation_fraction");
+  j["seed"] = data_seed(c);
+  j["tokenizer"] = file_hash(t.model_file());
+  json files = json::array();
+  for (const auto& f : c.data.train.files) files.push_back(file_hash(f));
+  j["train"]["files"] = files;
+  return j;
+}
+
+StageResult given_model(const std::string& name, const std::string& dir, const std::optional<int64_t>& trained_tokens) {
+  StageResult r;
+  r.name = name;
+  r.model_dir = dir;
+  r.reused = true;
+  r.trained_here = false;
+  r.budget_known = trained_tokens.has_value();
+  if (trained_tokens) r.budget.tokens = *trained_tokens;
+  r.identity = model_dir_hash(dir);
+  return r;
+}
+
+// Fills what a finished stage recorded into `r`.
+void read_stage(StageResult& r, const std::string& dir) {
+  const auto f = read_finished_stage(dir);
+  r.budget = f.budget;
+  r.data_end = f.data_end;
+  r.identity = f.fingerprint;
+}
+
+json teacher_fingerprint(const RunConfig& c, const PreparedData& data) {
+  return {{"stage", "teacher"}, {"data", data.fingerprint}, {"model", run_config_json(c)["teacher"]["model"]},
+          {"training", training_fingerprint(c.training, teacher_steps(c))}, {"seed", c.seed}};
+}
+
+// The shape of the dense baseline and the student: the teacher's, dense, at the student's width.
+ModelConfig dense_shape(const RunConfig& c, int64_t vocab_size) {
+  const ModelConfig teacher = !c.teacher.path.empty() ? read_hf_config((fs::path(c.teacher.path) / "config.json").string())
+                                                      : teacher_model_config(c, vocab_size, /*dense_only=*/false);
+  return student_config(teacher, c.student.d_ff, c.training.dropout);
 }
 
 }  // namespace
@@ -90,14 +142,15 @@ Tokenizer resolve_tokenizer(const RunConfig& c) {
 }
 
 PreparedData prepare_data(const RunConfig& c, Tokenizer tokenizer) {
-  PreparedData d{std::move(tokenizer), nullptr, {}, {}, 0, 0, 0, {}};
+  PreparedData d{std::move(tokenizer), nullptr, {}, {}, 0, 0, 0, {}, {}};
   const auto& t = d.tokenizer;
   for (const char* f : {"spiece.model", "tokenizer_config.json"}) {
     auto p = fs::path(t.model_file()).parent_path() / f;
     if (fs::exists(p)) d.tokenizer_files.push_back(p.string());
   }
   const bool split = c.data.validation.files.empty();
-  auto train = tokenize_corpus(corpus_options(c.data.train), t, split ? c.data.validation_fraction : 0.0, c.seed, 2);
+  const uint64_t seed = data_seed(c);
+  auto train = tokenize_corpus(corpus_options(c.data.train), t, split ? c.data.validation_fraction : 0.0, seed, 2);
   d.stats = train.stats;
   std::vector<TokenizedDoc> validation = std::move(train.validation);
   if (!split) validation = tokenize_corpus(corpus_options(c.data.validation), t).train;
@@ -112,7 +165,7 @@ PreparedData prepare_data(const RunConfig& c, Tokenizer tokenizer) {
   b.max_batch_tokens = c.data.max_batch_tokens;
   b.pack = c.data.pack;
   b.static_examples = c.data.static_examples;
-  b.seed = c.seed;
+  b.seed = seed;
   b.pad_id = t.pad_id();
   b.decoder_start_id = t.pad_id();
   d.train = std::make_shared<Dataset>(std::move(train.train), objective, b);
@@ -120,12 +173,13 @@ PreparedData prepare_data(const RunConfig& c, Tokenizer tokenizer) {
   // Evaluation: one fixed epoch of the validation documents, in order, the same for every model.
   BatchingOptions eb = b;
   eb.shuffle = false;
-  eb.seed = c.seed + 1;
+  eb.seed = seed + 1;
   Dataset eval(std::move(validation), objective, eb);
   auto epoch = eval.make_epoch(0);
   const size_t n = c.data.eval_batches > 0 ? std::min<size_t>(epoch.batches.size(), static_cast<size_t>(c.data.eval_batches))
                                            : epoch.batches.size();
   for (size_t i = 0; i < n; ++i) d.eval.push_back(eval.collate_batch(epoch, i));
+  d.fingerprint = data_fingerprint(c, t);
   spdlog::info("data: {} training documents ({} tokens, {} lines not UTF-8 skipped), {} validation documents, {} eval batches",
                d.train_documents, d.train_tokens, d.stats.skipped_invalid_utf8, d.validation_documents, d.eval.size());
   return d;
@@ -169,40 +223,123 @@ ModelConfig teacher_model_config(const RunConfig& c, int64_t vocab_size, bool de
     m.router_jitter_noise = a.router_jitter_noise;
     m.router_z_loss_coef = a.router_z_loss_coef;
     m.router_aux_loss_coef = a.router_aux_loss_coef;
+    m.router_ignore_padding_tokens = a.router_ignore_padding;
     m.expert_dropout_rate = t.expert_dropout;
   }
   m.validate("teacher.model");
   return m;
 }
 
-StageResult train_from_scratch(const RunConfig& c, const PreparedData& data, bool dense, bool resume) {
-  StageResult r{dense ? "baseline" : "teacher", "", false, 0};
-  const std::string dir = stage_dir(c, r.name);
-  r.model_dir = (fs::path(dir) / "model").string();
-  if (stage_done(dir)) {
-    spdlog::info("[{}] finished earlier: reusing {}", r.name, r.model_dir);
-    r.reused = true;
-    r.seconds = stage_seconds(dir);
-    return r;
-  }
-  // The baseline has the student's shape: the teacher's, dense, at the student's FFN width.
-  ModelConfig config = teacher_model_config(c, data.tokenizer.vocab_size(), dense);
-  TrainingConfig training = c.training;
-  if (!dense && c.teacher.steps) training.steps = *c.teacher.steps;
-  if (dense) config = student_config(config, c.student.d_ff, c.training.dropout);
-  torch::manual_seed(c.seed + (dense ? 2 : 1));
-  Seq2SeqModel model(config);
-  init_from_scratch(model, training.init_scale);
-  spdlog::info("[{}] training a {} model from scratch for {} steps", r.name, config.model_type, training.steps);
-  TrainerOptions o{r.name, dir, training, c.seed, resume, data.tokenizer_files};
-  Trainer trainer(model, data.train, &data.eval, o);
-  auto result = trainer.run();
-  r.seconds = result.seconds;
+RunConfig replica_config(const RunConfig& c, int64_t i) {
+  RunConfig r = c;
+  r.data.seed = static_cast<int64_t>(data_seed(c));
+  r.seed = c.seed + 1000 * static_cast<uint64_t>(i);
+  if (i > 0) r.output_dir = (fs::path(c.output_dir) / ("seed-" + std::to_string(i))).string();
   return r;
 }
 
-Seq2SeqModel load_teacher(const RunConfig& c, const Tokenizer& tokenizer, std::string* dir_out) {
-  const std::string dir = !c.teacher.path.empty() ? c.teacher.path : (fs::path(stage_dir(c, "teacher")) / "model").string();
+StageResult train_teacher(const RunConfig& c, const PreparedData& data, bool resume) {
+  if (!c.teacher.path.empty()) return given_model("teacher", c.teacher.path, c.teacher.trained_tokens);
+  StageResult r;
+  r.name = "teacher";
+  const std::string dir = stage_dir(c, r.name);
+  r.model_dir = (fs::path(dir) / "model").string();
+  const auto action = prepare_stage(r.name, dir, teacher_fingerprint(c, data), resume);
+  r.reused = action == StageAction::kReuse;
+  if (!r.reused) {
+    ModelConfig config = teacher_model_config(c, data.tokenizer.vocab_size(), /*dense_only=*/false);
+    TrainingConfig training = c.training;
+    training.steps = teacher_steps(c);
+    torch::manual_seed(c.seed + 1);
+    Seq2SeqModel model(config);
+    init_from_scratch(model, training.init_scale);
+    spdlog::info("[teacher] training a {} model from scratch for {} steps (seed {})", config.model_type, training.steps, c.seed);
+    TrainerOptions o{r.name, dir, training, c.seed, action == StageAction::kResume, data.tokenizer_files};
+    Trainer(model, data.train, &data.eval, o).run();
+  }
+  read_stage(r, dir);
+  return r;
+}
+
+int64_t baseline_steps(const RunConfig& c, const PreparedData& data) {
+  if (c.baseline.steps) return *c.baseline.steps;
+  if (c.teacher.path.empty()) return teacher_steps(c) + c.training.steps;
+  if (!c.teacher.trained_tokens) return c.training.steps;  // unknown: the report says so
+  // The steps the teacher's tokens take at this batch size (epoch 0's mean tokens per batch).
+  const auto epoch = data.train->make_epoch(0);
+  double tokens = 0;
+  for (const auto& e : epoch.examples) tokens += static_cast<double>(e.inputs.size() + e.targets.size());
+  const double per_step = tokens / static_cast<double>(std::max<size_t>(1, epoch.batches.size())) *
+                          static_cast<double>(c.training.grad_accumulation);
+  const auto steps = static_cast<int64_t>(std::ceil(static_cast<double>(*c.teacher.trained_tokens) / std::max(1.0, per_step)));
+  spdlog::info("[baseline] teacher.trained_tokens {} take ~{} steps of ~{:.0f} tokens: the baseline trains {} + {} steps",
+               *c.teacher.trained_tokens, steps, per_step, steps, c.training.steps);
+  return steps + c.training.steps;
+}
+
+StageResult train_baseline(const RunConfig& c, const PreparedData& data, bool resume) {
+  StageResult r;
+  r.name = "baseline";
+  const std::string dir = stage_dir(c, r.name);
+  r.model_dir = (fs::path(dir) / "model").string();
+  const bool given = !c.baseline.path.empty();
+  if (given && c.baseline.continue_steps == 0) return given_model(r.name, c.baseline.path, c.baseline.trained_tokens);
+
+  Seq2SeqModel model{nullptr};
+  TrainingConfig training = c.training;
+  json fingerprint = {{"stage", "baseline"}, {"data", data.fingerprint}, {"seed", c.seed}};
+  if (given) {
+    training.steps = c.baseline.continue_steps;
+    fingerprint["from"] = model_dir_hash(c.baseline.path);
+  } else {
+    training.steps = baseline_steps(c, data);
+    fingerprint["model"] = hf_config_json(dense_shape(c, data.tokenizer.vocab_size()));
+  }
+  fingerprint["training"] = training_fingerprint(c.training, training.steps);
+  const auto action = prepare_stage(r.name, dir, fingerprint, resume);
+  r.reused = action == StageAction::kReuse;
+  if (!r.reused) {
+    torch::manual_seed(c.seed + 2);
+    if (given) {
+      model = load_model(c.baseline.path);
+      if (model->config().is_sparse()) {
+        throw ConfigError("baseline.path " + c.baseline.path + " is a sparse model; the baseline must be dense");
+      }
+      check_vocabulary(model->config(), data.tokenizer, "baseline " + c.baseline.path);
+      spdlog::info("[baseline] training {} on for {} steps", c.baseline.path, training.steps);
+    } else {
+      model = Seq2SeqModel(dense_shape(c, data.tokenizer.vocab_size()));
+      init_from_scratch(model, training.init_scale);
+      spdlog::info("[baseline] training a dense model of the student's shape from scratch for {} steps (seed {})",
+                   training.steps, c.seed);
+    }
+    TrainerOptions o{r.name, dir, training, c.seed, action == StageAction::kResume, data.tokenizer_files};
+    Trainer(model, data.train, &data.eval, o).run();
+  }
+  read_stage(r, dir);
+  if (given) {
+    r.budget_known = c.baseline.trained_tokens.has_value();
+    if (c.baseline.trained_tokens) r.budget.tokens += *c.baseline.trained_tokens;
+  }
+  return r;
+}
+
+StageResult find_teacher(const RunConfig& c) {
+  if (!c.teacher.path.empty()) return given_model("teacher", c.teacher.path, c.teacher.trained_tokens);
+  StageResult r;
+  r.name = "teacher";
+  const std::string dir = stage_dir(c, r.name);
+  r.model_dir = (fs::path(dir) / "model").string();
+  if (!fs::exists(fs::path(dir) / "DONE.json") || !fs::exists(fs::path(r.model_dir) / "config.json")) {
+    throw ConfigError("no teacher at " + r.model_dir + ": set teacher.path, or train one first (distill train CONFIG, or distill run CONFIG)");
+  }
+  read_stage(r, dir);
+  r.reused = true;
+  return r;
+}
+
+Seq2SeqModel load_teacher(const RunConfig& c, const StageResult& stage, const Tokenizer& tokenizer) {
+  const std::string& dir = stage.model_dir;
   if (!fs::exists(fs::path(dir) / "config.json")) {
     throw ConfigError("no teacher at " + dir + ": set teacher.path, or train one first (distill train CONFIG, or distill run CONFIG)");
   }
@@ -218,71 +355,109 @@ Seq2SeqModel load_teacher(const RunConfig& c, const Tokenizer& tokenizer, std::s
   if (c.teacher.bf16) set_model_dtype(teacher, torch::kBFloat16);
   teacher->eval();
   for (auto& p : teacher->parameters()) p.set_requires_grad(false);
-  if (dir_out) *dir_out = dir;
   return teacher;
 }
 
-StageResult distill_student(const RunConfig& c, const PreparedData& data, bool resume) {
-  StageResult r{"student", "", false, 0};
+StageResult distill_student(const RunConfig& c, const PreparedData& data, const StageResult& teacher_stage, bool resume) {
+  StageResult r;
+  r.name = "student";
   const std::string dir = stage_dir(c, r.name);
   r.model_dir = (fs::path(dir) / "model").string();
-  if (stage_done(dir)) {
-    spdlog::info("[student] finished earlier: reusing {}", r.model_dir);
-    r.reused = true;
-    r.seconds = stage_seconds(dir);
-    return r;
+  const DataPosition start = teacher_stage.trained_here ? teacher_stage.data_end : DataPosition{};
+  const json settings = run_config_json(c);
+  json teacher_run = {{"bf16", c.teacher.bf16}, {"capacity_factor", settings["distillation"]["teacher_capacity_factor"]}};
+  const json fingerprint = {{"stage", "student"},
+                            {"data", data.fingerprint},
+                            {"teacher", teacher_stage.identity},
+                            {"teacher_run", teacher_run},
+                            {"student", settings["student"]},
+                            {"distillation", settings["distillation"]},
+                            {"training", training_fingerprint(c.training, c.training.steps)},
+                            {"seed", c.seed},
+                            {"start", {{"epoch", start.epoch}, {"batch", start.batch}}}};
+  const auto action = prepare_stage(r.name, dir, fingerprint, resume);
+  r.reused = action == StageAction::kReuse;
+  if (!r.reused) {
+    auto teacher = load_teacher(c, teacher_stage, data.tokenizer);
+    ModelConfig sc = student_config(teacher->config(), c.student.d_ff, c.training.dropout);
+    torch::manual_seed(c.seed + 3);
+    Seq2SeqModel student(sc);
+    init_from_scratch(student, c.training.init_scale);
+    const FfnInit mode = parse_ffn_init(c.student.init);
+    std::map<std::string, at::Tensor> frequency;
+    if (mode == FfnInit::kRouterWeighted || mode == FfnInit::kTopExpert) {
+      auto epoch = data.train->make_epoch(0);
+      std::vector<Batch> calibration;
+      for (size_t i = 0; i < epoch.batches.size() && static_cast<int64_t>(i) < c.student.calibration_batches; ++i)
+        calibration.push_back(data.train->collate_batch(epoch, i));
+      frequency = routing_frequency(teacher, calibration);
+    }
+    auto init = init_student(student, teacher, mode, c.student.copy_non_expert, frequency);
+    spdlog::info("[student] from teacher {}: {} tensors copied, {} built from experts ({}), {} fresh; data from epoch {} batch {}",
+                 teacher_stage.model_dir, init.copied.size(), init.from_experts.size(), c.student.init, init.fresh.size(),
+                 start.epoch, start.batch);
+    TeacherSignal signal{teacher, {c.distillation.hard_weight, c.distillation.soft_weight, c.distillation.temperature,
+                                   c.distillation.soft_loss == "kl"},
+                         c.distillation.teacher_cache ? c.distillation.teacher_cache_top_k : 0};
+    TrainerOptions o{"student", dir, c.training, c.seed, action == StageAction::kResume, data.tokenizer_files, start};
+    Trainer(student, data.train, &data.eval, o, signal).run();
   }
-  std::string teacher_dir;
-  auto teacher = load_teacher(c, data.tokenizer, &teacher_dir);
-  ModelConfig sc = student_config(teacher->config(), c.student.d_ff, c.training.dropout);
-  torch::manual_seed(c.seed + 3);
-  Seq2SeqModel student(sc);
-  init_from_scratch(student, c.training.init_scale);
-  const FfnInit mode = parse_ffn_init(c.student.init);
-  std::map<std::string, at::Tensor> frequency;
-  if (mode == FfnInit::kRouterWeighted || mode == FfnInit::kTopExpert) {
-    auto epoch = data.train->make_epoch(0);
-    std::vector<Batch> calibration;
-    for (size_t i = 0; i < epoch.batches.size() && static_cast<int64_t>(i) < c.student.calibration_batches; ++i)
-      calibration.push_back(data.train->collate_batch(epoch, i));
-    frequency = routing_frequency(teacher, calibration);
-  }
-  auto init = init_student(student, teacher, mode, c.student.copy_non_expert, frequency);
-  spdlog::info("[student] from teacher {}: {} tensors copied, {} built from experts ({}), {} fresh", teacher_dir,
-               init.copied.size(), init.from_experts.size(), c.student.init, init.fresh.size());
-  TeacherSignal signal{teacher, {c.distillation.hard_weight, c.distillation.soft_weight, c.distillation.temperature,
-                                 c.distillation.soft_loss == "kl"},
-                        c.distillation.teacher_cache ? c.distillation.teacher_cache_top_k : 0};
-  TrainerOptions o{"student", dir, c.training, c.seed, resume, data.tokenizer_files};
-  Trainer trainer(student, data.train, &data.eval, o, signal);
-  r.seconds = trainer.run().seconds;
+  read_stage(r, dir);
   return r;
 }
+
+namespace {
+
+// Evaluates each distinct model directory once (seeds may share a teacher or a given baseline).
+class Evaluations {
+ public:
+  explicit Evaluations(const std::vector<Batch>& batches) : batches_(batches) {}
+  const EvalResult& of(const std::string& dir, const std::function<Seq2SeqModel()>& load) {
+    auto it = done_.find(dir);
+    if (it != done_.end()) return it->second;
+    auto model = load();
+    return done_.emplace(dir, evaluate(model, batches_)).first->second;
+  }
+
+ private:
+  const std::vector<Batch>& batches_;
+  std::map<std::string, EvalResult> done_;
+};
+
+}  // namespace
 
 json run_experiment(const RunConfig& c, bool resume) {
   auto tokenizer = resolve_tokenizer(c);
   auto data = prepare_data(c, tokenizer);
-  StageResult teacher_stage{"teacher", c.teacher.path, true, 0};
-  if (c.teacher.path.empty()) teacher_stage = train_from_scratch(c, data, /*dense=*/false, resume);
-  auto baseline_stage = train_from_scratch(c, data, /*dense=*/true, resume);
-  auto student_stage = distill_student(c, data, resume);
+  std::vector<SeedRun> runs;
+  for (int64_t i = 0; i < c.seeds; ++i) {
+    const RunConfig rc = replica_config(c, i);
+    if (c.seeds > 1) spdlog::info("seed {} of {}: model seed {}, into {}", i + 1, c.seeds, rc.seed, rc.output_dir);
+    SeedRun run;
+    run.seed = rc.seed;
+    run.teacher = i > 0 && c.teacher.train_once ? runs[0].teacher : train_teacher(rc, data, resume);
+    run.baseline = train_baseline(rc, data, resume);
+    run.student = distill_student(rc, data, run.teacher, resume);
+    runs.push_back(std::move(run));
+  }
 
-  spdlog::info("evaluating teacher, baseline and student on {} held-out batches", data.eval.size());
-  auto teacher = load_teacher(c, data.tokenizer);
-  auto baseline = load_model(baseline_stage.model_dir);
-  auto student = load_model(student_stage.model_dir);
+  spdlog::info("evaluating {} model(s) on {} held-out batches", 3 * runs.size(), data.eval.size());
+  Evaluations evals(data.eval);
+  ModelConfig teacher_config, student_config;
+  for (auto& run : runs) {
+    run.teacher_eval = evals.of(run.teacher.model_dir, [&] { return load_teacher(c, run.teacher, data.tokenizer); });
+    run.baseline_eval = evals.of(run.baseline.model_dir, [&] { return load_model(run.baseline.model_dir); });
+    run.student_eval = evals.of(run.student.model_dir, [&] { return load_model(run.student.model_dir); });
+  }
   ReportInputs in;
-  in.teacher = teacher->config();
-  in.student = student->config();
-  in.teacher_eval = evaluate(teacher, data.eval);
-  in.baseline_eval = evaluate(baseline, data.eval);
-  in.student_eval = evaluate(student, data.eval);
+  in.teacher = read_hf_config((fs::path(runs[0].teacher.model_dir) / "config.json").string());
+  in.baseline = read_hf_config((fs::path(runs[0].baseline.model_dir) / "config.json").string());
+  in.student = read_hf_config((fs::path(runs[0].student.model_dir) / "config.json").string());
+  in.runs = runs;
   in.src_len = c.data.input_length;
   in.tgt_len = c.data.target_length;
   in.config = c;
-  in.teacher_seconds = teacher_stage.seconds;
-  in.baseline_seconds = baseline_stage.seconds;
-  in.student_seconds = student_stage.seconds;
+  in.baseline_steps = c.baseline.path.empty() ? baseline_steps(c, data) : c.baseline.continue_steps;
   auto report = build_report(in);
   write_text_atomic((fs::path(c.output_dir) / "report.json").string(), report.dump(2) + "\n");
   write_text_atomic((fs::path(c.output_dir) / "report.md").string(), report_markdown(report));

@@ -1,5 +1,5 @@
-// The jobs behind the CLI: data preparation, training a model from scratch, distilling a
-// student, and the whole experiment (teacher, dense baseline, student, evaluation, report).
+// The jobs behind the CLI: data preparation, the three stages (teacher, dense baseline, student)
+// for each seed, and the whole experiment with its evaluation and report.
 #pragma once
 
 #include <memory>
@@ -12,8 +12,10 @@
 #include "data/batching.h"
 #include "data/tokenized_corpus.h"
 #include "data/tokenizer.h"
+#include "distill/budget.h"
 #include "distill/evaluate.h"
 #include "distill/run_config.h"
+#include "distill/stages.h"
 #include "models/seq2seq.h"
 
 namespace distill {
@@ -25,6 +27,7 @@ struct PreparedData {
   std::vector<std::string> tokenizer_files;  // copied next to every saved model
   int64_t train_documents = 0, validation_documents = 0, train_tokens = 0;
   CorpusStats stats;
+  nlohmann::json fingerprint;              // what determines the training batches (stage fingerprints)
 };
 
 // The tokenizer named by data.tokenizer.path, else the teacher checkpoint's, else one trained
@@ -40,24 +43,34 @@ void check_vocabulary(const ModelConfig& model, const Tokenizer& tokenizer, cons
 // The architecture of a from-scratch teacher (dense when dense_only).
 ModelConfig teacher_model_config(const RunConfig& config, int64_t vocab_size, bool dense_only);
 
-struct StageResult {
-  std::string name;       // teacher | baseline | student
-  std::string model_dir;  // where the trained model is
-  bool reused = false;    // a finished stage found on disk
-  double seconds = 0;     // training time (0 when reused)
-};
+// Seed replica `i` of a run: its output directory (OUTPUT for the first, OUTPUT/seed-<i> for the
+// others) and model seed (seed + 1000 i); the data order stays the run's.
+RunConfig replica_config(const RunConfig& config, int64_t i);
 
-// Trains the teacher (or, with dense, the dense baseline) from scratch into OUTPUT/<stage>.
-StageResult train_from_scratch(const RunConfig& config, const PreparedData& data, bool dense, bool resume);
 
-// Loads the teacher (teacher.path, else OUTPUT/teacher/model) frozen for distillation, with the
-// configured evaluation capacity factor and dtype.
-Seq2SeqModel load_teacher(const RunConfig& config, const Tokenizer& tokenizer, std::string* dir = nullptr);
+// The teacher: trained from scratch into OUTPUT/teacher, or teacher.path as it is.
+StageResult train_teacher(const RunConfig& config, const PreparedData& data, bool resume);
 
-// Builds, initialises and distills the student into OUTPUT/student.
-StageResult distill_student(const RunConfig& config, const PreparedData& data, bool resume);
+// Steps of a baseline trained here: baseline.steps, else the teacher's steps (or the steps
+// teacher.trained_tokens takes at this batch size) plus the student's.
+int64_t baseline_steps(const RunConfig& config, const PreparedData& data);
 
-// The whole experiment; writes OUTPUT/report.json and OUTPUT/report.md and returns the report.
+// The dense baseline: trained from scratch into OUTPUT/baseline, or baseline.path (trained on for
+// baseline.continue_steps into OUTPUT/baseline).
+StageResult train_baseline(const RunConfig& config, const PreparedData& data, bool resume);
+
+// The teacher a `distill distill` job uses: teacher.path, else the finished OUTPUT/teacher.
+StageResult find_teacher(const RunConfig& config);
+
+// Loads `teacher` frozen for distillation, with the configured evaluation capacity factor and dtype.
+Seq2SeqModel load_teacher(const RunConfig& config, const StageResult& teacher, const Tokenizer& tokenizer);
+
+// Builds, initialises and distills the student into OUTPUT/student. A student of a teacher trained
+// here continues in the data where the teacher's training stopped, so the baseline, trained over
+// the same stream for the teacher's and the student's steps, sees exactly the batches they saw.
+StageResult distill_student(const RunConfig& config, const PreparedData& data, const StageResult& teacher, bool resume);
+
+// The whole experiment, every seed; writes OUTPUT/report.json and OUTPUT/report.md and returns the report.
 nlohmann::json run_experiment(const RunConfig& config, bool resume);
 
 // Starts logging to the console and OUTPUT/distill.log, and writes OUTPUT/config.yaml.

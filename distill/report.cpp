@@ -3,7 +3,9 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <functional>
 
+#include "distill/stats.h"
 #include "models/model_stats.h"
 
 namespace distill {
@@ -11,125 +13,364 @@ using nlohmann::json;
 
 namespace {
 
-json model_json(const ModelConfig& c, const EvalResult& e, int64_t S, int64_t T) {
+using EvalOf = std::function<const EvalResult&(const SeedRun&)>;
+
+const EvalResult& teacher_of(const SeedRun& r) { return r.teacher_eval; }
+const EvalResult& baseline_of(const SeedRun& r) { return r.baseline_eval; }
+const EvalResult& student_of(const SeedRun& r) { return r.student_eval; }
+
+json estimate_json(const stats::Estimate& e) {
+  json j = {{"mean", e.mean}, {"se", e.se}, {"n", e.n}};
+  j["sd"] = e.n >= 2 ? json(e.sd) : json(nullptr);  // one seed: the spread is unknown, not zero
+  j["ci95"] = e.se > 0 ? json::array({e.lo, e.hi}) : json(nullptr);
+  return j;
+}
+
+// sum_m w_m * (a model's per-batch sums), averaged over the seeds: the paired per-batch series
+// whose ratio is a mean over seeds of a linear combination of the models' scores.
+stats::BatchSums seed_mean(const std::vector<SeedRun>& runs, const std::vector<std::pair<EvalOf, double>>& terms,
+                           stats::BatchSums EvalResult::*sums) {
+  std::vector<const stats::BatchSums*> xs;
+  std::vector<double> w;
+  for (const auto& run : runs) {
+    for (const auto& [of, weight] : terms) {
+      xs.push_back(&(of(run).*sums));
+      w.push_back(weight / static_cast<double>(runs.size()));
+    }
+  }
+  return stats::combine(xs, w);
+}
+
+double sample_dof(const std::vector<SeedRun>& runs) {
+  return static_cast<double>(std::max<size_t>(2, runs[0].teacher_eval.batch_nll.value.size()) - 1);
+}
+
+// Mean over seeds of sum_m w_m * (model m's negative log perplexity) with both sources of error.
+stats::Estimate nlp_estimate(const std::vector<SeedRun>& runs, const std::vector<std::pair<EvalOf, double>>& terms) {
+  std::vector<double> values;
+  for (const auto& run : runs) {
+    double v = 0;
+    for (const auto& [of, w] : terms) v += w * of(run).neg_log_perplexity;
+    values.push_back(v);
+  }
+  // Negative log perplexity is -(NLL sum) / tokens: the weights change sign.
+  std::vector<std::pair<EvalOf, double>> negated;
+  for (const auto& [of, w] : terms) negated.emplace_back(of, -w);
+  const auto sums = seed_mean(runs, negated, &EvalResult::batch_nll);
+  return stats::estimate(values, stats::ratio_se(sums), sample_dof(runs));
+}
+
+stats::Estimate accuracy_estimate(const std::vector<SeedRun>& runs, const EvalOf& of) {
+  std::vector<double> values;
+  for (const auto& run : runs) values.push_back(of(run).accuracy);
+  const auto sums = seed_mean(runs, {{of, 1.0}}, &EvalResult::batch_correct);
+  return stats::estimate(values, stats::ratio_se(sums), sample_dof(runs));
+}
+
+json model_json(const ModelConfig& c, int64_t S, int64_t T) {
   const auto p = count_parameters(c);
-  const double flops = forward_flops(c, S, T);
   return {{"model_type", c.model_type},
           {"parameters",
            {{"total", p.total}, {"embedding", p.embedding}, {"non_embedding", p.non_embedding},
             {"expert", p.expert}, {"active_per_token", p.active_per_token}}},
-          {"flops_per_token", flops / static_cast<double>(S + T)},
-          {"eval", e.to_json()}};
+          {"flops_per_token", forward_flops(c, S, T) / static_cast<double>(S + T)}};
+}
+
+json budget_json(const StageResult& s) {
+  json j = s.budget.to_json();
+  j["known"] = s.budget_known;
+  j["trained_here"] = s.trained_here;
+  return j;
+}
+
+std::string si(double x) {
+  const char* units[] = {"", "K", "M", "G", "T", "P", "E"};
+  int u = 0;
+  while (std::abs(x) >= 1000 && u < 6) {
+    x /= 1000;
+    ++u;
+  }
+  return fmt::format("{:.3g}{}", x, units[u]);
+}
+
+std::string duration(double s) {
+  const auto t = static_cast<int64_t>(std::llround(s));
+  if (t >= 3600) return fmt::format("{}h{:02d}m", t / 3600, (t % 3600) / 60);
+  if (t >= 60) return fmt::format("{}m{:02d}s", t / 60, t % 60);
+  return fmt::format("{}s", t);
 }
 
 }  // namespace
 
 json build_report(const ReportInputs& in) {
+  const auto& runs = in.runs;
+  const auto& c = in.config;
   const int64_t S = in.src_len, T = in.tgt_len;
+  const size_t N = runs.size();
+  const SeedRun& first = runs.front();
   json r;
-  r["teacher"] = model_json(in.teacher, in.teacher_eval, S, T);
-  r["baseline"] = model_json(in.student, in.baseline_eval, S, T);
-  r["student"] = model_json(in.student, in.student_eval, S, T);
-  r["teacher"]["train_seconds"] = in.teacher_seconds;
-  r["baseline"]["train_seconds"] = in.baseline_seconds;
-  r["student"]["train_seconds"] = in.student_seconds;
+  r["seeds"] = N;
+  r["teacher"] = model_json(in.teacher, S, T);
+  r["baseline"] = model_json(in.baseline, S, T);
+  r["student"] = model_json(in.student, S, T);
+  const std::vector<std::pair<const char*, EvalOf>> roles{{"teacher", teacher_of}, {"baseline", baseline_of}, {"student", student_of}};
+  for (const auto& [who, of] : roles) {
+    json evals = json::array();
+    for (const auto& run : runs) evals.push_back(of(run).to_json());
+    r[who]["evals"] = evals;
+    const auto nlp = nlp_estimate(runs, {{of, 1.0}});
+    r[who]["quality"] = {{"neg_log_perplexity", estimate_json(nlp)},
+                         {"perplexity", std::exp(-nlp.mean)},
+                         {"accuracy", estimate_json(accuracy_estimate(runs, of))}};
+  }
+  r["teacher"]["budget"] = budget_json(first.teacher);
+  r["baseline"]["budget"] = budget_json(first.baseline);
+  r["student"]["budget"] = budget_json(first.student);
+  const Budget path = first.teacher.budget + first.student.budget;
+  r["student"]["path_budget"] = path.to_json();
+  r["student"]["path_budget"]["known"] = first.teacher.budget_known;
+  json per_seed = json::array();
+  for (const auto& run : runs) {
+    per_seed.push_back({{"seed", run.seed},
+                        {"teacher", {{"dir", run.teacher.model_dir}, {"budget", budget_json(run.teacher)}}},
+                        {"baseline", {{"dir", run.baseline.model_dir}, {"budget", budget_json(run.baseline)}}},
+                        {"student", {{"dir", run.student.model_dir}, {"budget", budget_json(run.student)}}}});
+  }
+  r["runs"] = per_seed;
 
   const double tp = static_cast<double>(count_parameters(in.teacher).total);
   const double sp = static_cast<double>(count_parameters(in.student).total);
   r["compression"] = {{"percent", 100.0 * (1.0 - sp / tp)}, {"ratio", tp / sp},
                       {"flops_per_token_ratio", forward_flops(in.teacher, S, T) / forward_flops(in.student, S, T)}};
 
-  const double t = in.teacher_eval.neg_log_perplexity, b = in.baseline_eval.neg_log_perplexity,
-               s = in.student_eval.neg_log_perplexity;
-  json quality = {{"metric", "negative log perplexity (higher is better)"},
-                  {"teacher", t}, {"baseline", b}, {"student", s},
-                  {"teacher_minus_baseline", t - b},
-                  // Plain retention on the positive NLL (a ratio of the negative scores reads above
-                  // 100% when the student is worse): below 100% when the student is worse.
-                  {"retention_percent", 100.0 * in.teacher_eval.nll / in.student_eval.nll},
-                  {"accuracy_retention_percent", 100.0 * in.student_eval.accuracy / in.teacher_eval.accuracy}};
+  // Quality: means over seeds; the gap and the student's lift with paired errors (the same seeds'
+  // runs and the same held-out batches).
   json warnings = json::array();
-  if (std::abs(t - b) > 0) {
-    quality["gain_preserved_percent"] = 100.0 * (s - b) / (t - b);
+  const auto t = nlp_estimate(runs, {{teacher_of, 1.0}}), b = nlp_estimate(runs, {{baseline_of, 1.0}}),
+             s = nlp_estimate(runs, {{student_of, 1.0}});
+  const auto gap = nlp_estimate(runs, {{teacher_of, 1.0}, {baseline_of, -1.0}});
+  const auto lift = nlp_estimate(runs, {{student_of, 1.0}, {baseline_of, -1.0}});
+  double mean_nll_t = 0, mean_nll_s = 0, mean_acc_t = 0, mean_acc_s = 0;
+  for (const auto& run : runs) {
+    mean_nll_t += run.teacher_eval.nll / static_cast<double>(N);
+    mean_nll_s += run.student_eval.nll / static_cast<double>(N);
+    mean_acc_t += run.teacher_eval.accuracy / static_cast<double>(N);
+    mean_acc_s += run.student_eval.accuracy / static_cast<double>(N);
+  }
+  const auto gap_sums = seed_mean(runs, {{teacher_of, -1.0}, {baseline_of, 1.0}}, &EvalResult::batch_nll);
+  json quality = {{"metric", "negative log perplexity (higher is better)"},
+                  {"teacher", t.mean}, {"baseline", b.mean}, {"student", s.mean},
+                  {"teacher_minus_baseline", gap.mean},
+                  {"gap", estimate_json(gap)},
+                  {"student_minus_baseline", estimate_json(lift)},
+                  // The held-out sample's noise alone on the gap (paired over batches), 2 standard errors.
+                  {"gap_noise_2se", 2.0 * stats::ratio_se(gap_sums)},
+                  // Plain retention on the positive NLL: below 100% when the student is worse.
+                  {"retention_percent", 100.0 * mean_nll_t / mean_nll_s},
+                  {"accuracy_retention_percent", 100.0 * mean_acc_s / mean_acc_t}};
+  json gains = json::array();
+  for (const auto& run : runs) {
+    const double d = run.teacher_eval.neg_log_perplexity - run.baseline_eval.neg_log_perplexity;
+    const double a = run.student_eval.neg_log_perplexity - run.baseline_eval.neg_log_perplexity;
+    gains.push_back(d != 0 ? json(100.0 * a / d) : json(nullptr));
+  }
+  quality["gain_preserved_per_seed"] = gains;
+
+  // Fieller's interval for lift / gap, at the t quantile of the less certain of the two.
+  const auto lift_sums = seed_mean(runs, {{student_of, -1.0}, {baseline_of, 1.0}}, &EvalResult::batch_nll);
+  std::vector<double> gaps, lifts;
+  for (const auto& run : runs) {
+    gaps.push_back(run.teacher_eval.neg_log_perplexity - run.baseline_eval.neg_log_perplexity);
+    lifts.push_back(run.student_eval.neg_log_perplexity - run.baseline_eval.neg_log_perplexity);
+  }
+  const double cov = (N >= 2 ? stats::covariance(lifts, gaps) / static_cast<double>(N) : 0.0) +
+                     stats::ratio_covariance(lift_sums, gap_sums);
+  const double dof = std::min(gap.dof, lift.dof);
+  const double tq = gap.se > 0 ? stats::student_t_quantile(0.975, dof) : 0.0;
+  const auto interval = stats::fieller(lift.mean, gap.mean, lift.se * lift.se, gap.se * gap.se, cov, tq);
+  const std::string gap_text = gap.se > 0 ? fmt::format("{:+.4f} nats, 95% interval {:+.4f} to {:+.4f}", gap.mean, gap.lo, gap.hi)
+                                          : fmt::format("{:+.4f} nats", gap.mean);
+  if (interval && gap.mean > 0) {
+    quality["gain_preserved_percent"] = 100.0 * lift.mean / gap.mean;
+    quality["gain_preserved_ci95"] = {100.0 * interval->lo, 100.0 * interval->hi};
   } else {
+    std::string why;
+    if (gap.se <= 0) {
+      why = "the teacher-baseline gap (" + gap_text + ") has no measured uncertainty";
+    } else if (gap.hi < 0) {
+      why = "the teacher is worse than the dense baseline (" + gap_text + "): there is no gain to preserve";
+    } else {
+      why = "the teacher-baseline gap (" + gap_text + ") includes zero: there is no measurable gain to preserve; "
+            "train the teacher longer, use more seeds or evaluate on more data";
+    }
     quality["gain_preserved_percent"] = nullptr;
+    quality["gain_preserved_ci95"] = nullptr;
+    quality["gain_preserved_undefined"] = why;
+    warnings.push_back("quality gain preserved is undefined: " + why);
   }
-  // Noise of the evaluation: standard errors of the per-batch NLL means, combined.
-  const double noise = 2.0 * std::sqrt(in.teacher_eval.nll_stderr * in.teacher_eval.nll_stderr +
-                                       in.baseline_eval.nll_stderr * in.baseline_eval.nll_stderr);
-  quality["gap_noise_2se"] = noise;
-  if (std::abs(t - b) <= noise) {
-    warnings.push_back(fmt::format("the teacher-baseline gap ({:.4f} nats) is within the evaluation's noise (2 standard errors "
-                                   "= {:.4f}): the quality gain preserved is not meaningful; evaluate on more data or "
-                                   "train longer", t - b, noise));
-  }
-  if (t < b) warnings.push_back("the teacher is worse than the dense baseline: there is no gain to preserve");
   r["quality"] = quality;
+
+  // Budgets: the baseline must have trained on at least the tokens of the student's whole path.
+  const bool known = first.teacher.budget_known && first.baseline.budget_known;
+  json check = {{"rule", "the dense baseline trains on at least the tokens of the student's whole path: its teacher's "
+                         "training plus its distillation"},
+                {"baseline_tokens", first.baseline.budget_known ? json(first.baseline.budget.tokens) : json(nullptr)},
+                {"student_path_tokens", first.teacher.budget_known ? json(path.tokens) : json(nullptr)}};
+  check["fair"] = known ? json(first.baseline.budget.tokens >= path.tokens) : json(nullptr);
+  r["budget_check"] = check;
+  if (!first.teacher.budget_known) {
+    warnings.push_back("the teacher's training budget is unknown (teacher.path without teacher.trained_tokens): the baseline "
+                       "cannot be checked against the student's whole budget, and gain preserved is likely overstated");
+  }
+  if (!first.baseline.budget_known) {
+    warnings.push_back("the baseline's training budget is unknown (baseline.path without baseline.trained_tokens): it "
+                       "cannot be checked against the student's whole budget");
+  }
+  if (known && first.baseline.budget.tokens < path.tokens) {
+    warnings.push_back(fmt::format(
+        "the dense baseline trained on {} tokens, fewer than the student's whole path ({}: teacher {} + distillation {}): "
+        "gain preserved is overstated; leave baseline.steps unset to give it the student's budget",
+        first.baseline.budget.tokens, path.tokens, first.teacher.budget.tokens, first.student.budget.tokens));
+  }
+  if (count_parameters(in.baseline).total != count_parameters(in.student).total) {
+    warnings.push_back(fmt::format("the baseline ({} parameters) does not have the student's shape ({} parameters)",
+                                   count_parameters(in.baseline).total, count_parameters(in.student).total));
+  }
+  if (N == 1) {
+    warnings.push_back("one seed: the intervals cover the held-out sample's noise only, not the spread between training "
+                       "runs, which is often larger; set seeds: 3 or more to measure it");
+  }
+  if (!first.teacher_eval.routing.empty()) {
+    json layers = json::array();
+    for (const auto& l : first.teacher_eval.routing) layers.push_back(l.to_json());
+    r["routing"] = layers;
+    for (const auto& w : routing_warnings(first.teacher_eval.routing, "teacher")) warnings.push_back(w);
+  }
   r["warnings"] = warnings;
 
-  const auto& c = in.config;
   r["settings"] = {{"hard_weight", c.distillation.hard_weight}, {"soft_weight", c.distillation.soft_weight},
                    {"temperature", c.distillation.temperature}, {"soft_loss", c.distillation.soft_loss},
                    {"student_init", c.student.init}, {"copy_non_expert", c.student.copy_non_expert},
-                   {"steps", c.training.steps}, {"batch_size", c.data.batch_size}, {"objective", c.data.objective},
-                   {"input_length", S}, {"target_length", T}, {"eval_tokens", in.student_eval.tokens},
-                   {"seed", c.seed}};
+                   {"steps", c.training.steps}, {"teacher_steps", first.teacher.trained_here ? json(first.teacher.budget.steps) : json(nullptr)},
+                   {"baseline_steps", in.baseline_steps}, {"batch_size", c.data.batch_size},
+                   {"objective", c.data.objective}, {"input_length", S}, {"target_length", T},
+                   {"eval_tokens", first.student_eval.tokens}, {"eval_batches", first.student_eval.batch_nll.value.size()},
+                   {"seed", c.seed}, {"seeds", N}, {"teacher_train_once", c.teacher.train_once}};
   if (c.distillation.teacher_capacity_factor) r["settings"]["teacher_capacity_factor"] = *c.distillation.teacher_capacity_factor;
   return r;
 }
 
 std::string report_markdown(const json& r) {
+  const size_t N = r["seeds"].get<size_t>();
+  // "mean (lo to hi)" with `decimals` places, signed when `sign`.
+  auto interval = [](const json& e, int decimals, bool sign) {
+    auto f = [&](double x) { return sign ? fmt::format("{:+.{}f}", x, decimals) : fmt::format("{:.{}f}", x, decimals); };
+    std::string s = f(e["mean"].get<double>());
+    if (!e["ci95"].is_null()) s += " (" + f(e["ci95"][0].get<double>()) + " to " + f(e["ci95"][1].get<double>()) + ")";
+    return s;
+  };
   auto row = [&](const char* who) {
     const auto& m = r[who];
-    const auto& e = m["eval"];
-    return fmt::format("| {} | {} | {} | {} | {:.3g} | {:.4f} | {:.2f} | {:.2f}% |\n", who,
-                       m["parameters"]["total"].get<int64_t>(), m["parameters"]["non_embedding"].get<int64_t>(),
-                       m["parameters"]["active_per_token"].get<int64_t>(), m["flops_per_token"].get<double>(),
-                       e["neg_log_perplexity"].get<double>(), e["perplexity"].get<double>(),
-                       100.0 * e["accuracy"].get<double>());
+    const auto& q = m["quality"];
+    return fmt::format("| {} | {} | {} | {} | {:.3g} | {} | {:.2f} | {} |\n", who, m["parameters"]["total"].get<int64_t>(),
+                       m["parameters"]["non_embedding"].get<int64_t>(), m["parameters"]["active_per_token"].get<int64_t>(),
+                       m["flops_per_token"].get<double>(), interval(q["neg_log_perplexity"], 4, false),
+                       q["perplexity"].get<double>(),
+                       fmt::format("{:.2f}%", 100.0 * q["accuracy"]["mean"].get<double>()));
   };
   std::string md = "# Distillation report\n\n";
-  md += "| model | parameters | non-embedding | active per token | FLOPs per token | neg. log perplexity | perplexity | token accuracy |\n";
+  md += N > 1 ? fmt::format("Means over {} seeds; 95% intervals from the seeds' spread and the held-out sample's noise.\n\n", N)
+              : "One seed; 95% intervals from the held-out sample's noise only.\n\n";
+  md += "| model | parameters | non-embedding | active per token | FLOPs per token | neg. log perplexity (95% interval) | perplexity | token accuracy |\n";
   md += "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n";
   md += row("teacher") + row("baseline") + row("student");
+
+  md += "\n| training budget | steps | examples | tokens | training FLOPs | wall time |\n";
+  md += "| --- | ---: | ---: | ---: | ---: | ---: |\n";
+  auto budget_row = [&](const std::string& who, const json& b) {
+    if (!b.value("known", true) && b.value("tokens", int64_t{0}) == 0) return fmt::format("| {} | unknown | | | | |\n", who);
+    return fmt::format("| {} | {} | {} | {} | {} | {} |\n", who, b["steps"].get<int64_t>(), b["examples"].get<int64_t>(),
+                       si(static_cast<double>(b["tokens"].get<int64_t>())), si(b["train_flops"].get<double>()),
+                       duration(b["seconds"].get<double>()));
+  };
+  md += budget_row("teacher", r["teacher"]["budget"]);
+  md += budget_row("baseline", r["baseline"]["budget"]);
+  md += budget_row("student (distillation)", r["student"]["budget"]);
+  md += budget_row("student's whole path (teacher + distillation)", r["student"]["path_budget"]);
+  if (N > 1) md += fmt::format("\n(Budgets of the first seed; every seed trains on the same batches.)\n");
+
   const auto& q = r["quality"];
   md += fmt::format("\n- Compression: **{:.1f}%** fewer parameters ({:.2f}x smaller); {:.2f}x the FLOPs per token.\n",
                     r["compression"]["percent"].get<double>(), r["compression"]["ratio"].get<double>(),
                     r["compression"]["flops_per_token_ratio"].get<double>());
+  md += "- Teacher - baseline gap, what the experts buy: " + interval(q["gap"], 4, true) + " nats.\n";
   if (q["gain_preserved_percent"].is_null()) {
-    md += "- Quality gain preserved: undefined (teacher and baseline are equal).\n";
+    md += "- Quality gain preserved: **undefined**: " + q["gain_preserved_undefined"].get<std::string>() + ".\n";
   } else {
-    md += fmt::format("- Quality gain preserved: **{:.1f}%** = (student - baseline) / (teacher - baseline) on negative log "
-                      "perplexity = ({:.4f} - {:.4f}) / ({:.4f} - {:.4f}).\n",
-                      q["gain_preserved_percent"].get<double>(), q["student"].get<double>(), q["baseline"].get<double>(),
+    md += fmt::format("- Quality gain preserved: **{:.1f}%** (95% interval {:.1f}% to {:.1f}%) = (student - baseline) / "
+                      "(teacher - baseline) on negative log perplexity = ({:.4f} - {:.4f}) / ({:.4f} - {:.4f}).\n",
+                      q["gain_preserved_percent"].get<double>(), q["gain_preserved_ci95"][0].get<double>(),
+                      q["gain_preserved_ci95"][1].get<double>(), q["student"].get<double>(), q["baseline"].get<double>(),
                       q["teacher"].get<double>(), q["baseline"].get<double>());
+  }
+  if (N > 1) {
+    std::string per;
+    for (const auto& g : q["gain_preserved_per_seed"]) per += (per.empty() ? "" : ", ") + (g.is_null() ? "-" : fmt::format("{:.1f}%", g.get<double>()));
+    md += "- Gain preserved seed by seed: " + per + ".\n";
   }
   md += fmt::format("- Plain retention: {:.1f}% of the teacher's per-token likelihood (teacher NLL / student NLL), {:.1f}% of "
                     "its token accuracy.\n",
                     q["retention_percent"].get<double>(), q["accuracy_retention_percent"].get<double>());
-  md += fmt::format("- Evaluation noise (2 standard errors of the teacher-baseline gap): {:.4f} nats on {} target tokens.\n",
-                    q["gap_noise_2se"].get<double>(), r["settings"]["eval_tokens"].get<int64_t>());
+  md += fmt::format("- Held-out sample: {} target tokens in {} batches; its noise alone on the gap is {:.4f} nats (2 standard errors).\n",
+                    r["settings"]["eval_tokens"].get<int64_t>(), r["settings"]["eval_batches"].get<int64_t>(),
+                    q["gap_noise_2se"].get<double>());
+  const auto& check = r["budget_check"];
+  if (check["fair"].is_null()) {
+    md += "- Budget check: not possible (a training budget is unknown).\n";
+  } else {
+    md += fmt::format("- Budget check: the baseline trained on {} tokens, the student's whole path on {}: {}.\n",
+                      si(static_cast<double>(check["baseline_tokens"].get<int64_t>())),
+                      si(static_cast<double>(check["student_path_tokens"].get<int64_t>())),
+                      check["fair"].get<bool>() ? "fair" : "**the baseline had less**");
+  }
   const auto& s = r["settings"];
   md += fmt::format("- Settings: {} hard + {} soft ({}, T = {}), student init `{}`{}, {} steps of batch {}, objective {}.\n",
                     s["hard_weight"].get<double>(), s["soft_weight"].get<double>(), s["soft_loss"].get<std::string>(),
                     s["temperature"].get<double>(), s["student_init"].get<std::string>(),
                     s["copy_non_expert"].get<bool>() ? " with non-expert weights copied" : "",
                     s["steps"].get<int64_t>(), s["batch_size"].get<int64_t>(), s["objective"].get<std::string>());
+  if (r.contains("routing")) {
+    md += "\nTeacher routing per sparse layer (first seed, held-out batches; loads are shares of the layer's real tokens):\n\n";
+    md += "| layer | dropped at eval capacity | at training capacity | max load | min load | dead experts | mean gate | balance loss |\n";
+    md += "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n";
+    for (const auto& l : r["routing"]) {
+      md += fmt::format("| {} | {:.2f}% | {} | {:.2f}% | {:.2f}% | {} | {:.3f} | {:.3f} |\n", l["layer"].get<std::string>(),
+                        100 * l["dropped_rate"].get<double>(),
+                        l.contains("dropped_rate_train_capacity") ? fmt::format("{:.2f}%", 100 * l["dropped_rate_train_capacity"].get<double>()) : "",
+                        100 * l["max_load"].get<double>(), 100 * l["min_load"].get<double>(), l["dead_experts"].get<int64_t>(),
+                        l["mean_gate"].get<double>(), l["aux_loss"].get<double>());
+    }
+  }
+  if (!r["warnings"].empty()) md += "\n";
   for (const auto& w : r["warnings"]) md += "- **Warning:** " + w.get<std::string>() + "\n";
   return md;
 }
 
 std::string report_summary(const json& r) {
   const auto& q = r["quality"];
-  std::string s = fmt::format(
-      "teacher  {:>10} params  neg-log-ppl {:.4f}\nbaseline {:>10} params  neg-log-ppl {:.4f}\nstudent  {:>10} params  "
-      "neg-log-ppl {:.4f}\ncompression {:.1f}% ({:.2f}x), quality gain preserved {}\n",
-      r["teacher"]["parameters"]["total"].get<int64_t>(), q["teacher"].get<double>(),
-      r["baseline"]["parameters"]["total"].get<int64_t>(), q["baseline"].get<double>(),
-      r["student"]["parameters"]["total"].get<int64_t>(), q["student"].get<double>(),
-      r["compression"]["percent"].get<double>(), r["compression"]["ratio"].get<double>(),
-      q["gain_preserved_percent"].is_null() ? std::string("undefined")
-                                           : fmt::format("{:.1f}%", q["gain_preserved_percent"].get<double>()));
+  auto line = [&](const char* who) {
+    const auto& e = r[who]["quality"]["neg_log_perplexity"];
+    std::string ci = e["ci95"].is_null() ? "" : fmt::format(" ({:.4f} to {:.4f})", e["ci95"][0].get<double>(), e["ci95"][1].get<double>());
+    return fmt::format("{:<8} {:>10} params  neg-log-ppl {:.4f}{}\n", who, r[who]["parameters"]["total"].get<int64_t>(),
+                       e["mean"].get<double>(), ci);
+  };
+  std::string s = line("teacher") + line("baseline") + line("student");
+  s += fmt::format("compression {:.1f}% ({:.2f}x), quality gain preserved {}\n", r["compression"]["percent"].get<double>(),
+                   r["compression"]["ratio"].get<double>(),
+                   q["gain_preserved_percent"].is_null()
+                       ? std::string("undefined")
+                       : fmt::format("{:.1f}% ({:.1f}% to {:.1f}%)", q["gain_preserved_percent"].get<double>(),
+                                     q["gain_preserved_ci95"][0].get<double>(), q["gain_preserved_ci95"][1].get<double>()));
   for (const auto& w : r["warnings"]) s += "warning: " + w.get<std::string>() + "\n";
   return s;
 }

@@ -1,28 +1,42 @@
-// The experiment's report: what was compressed, how much, and how much quality was kept.
+// The experiment's report: what was compressed, how much, how much quality was kept, what each
+// model's training cost, and how certain each figure is.
 #pragma once
 
+#include <cstdint>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "distill/evaluate.h"
 #include "distill/run_config.h"
+#include "distill/stages.h"
 #include "models/model_config.h"
 
 namespace distill {
 
-struct ReportInputs {
-  ModelConfig teacher, student;      // architectures
-  EvalResult teacher_eval, baseline_eval, student_eval;  // same held-out batches
-  int64_t src_len = 0, tgt_len = 0;  // example lengths used for FLOP counts
-  RunConfig config;                  // the settings that produced it
-  double teacher_seconds = 0, baseline_seconds = 0, student_seconds = 0;
+// One seed's three models: how they were made and how they scored on the shared held-out batches.
+struct SeedRun {
+  uint64_t seed = 0;  // model seed (init, dropout, router jitter)
+  StageResult teacher, baseline, student;
+  EvalResult teacher_eval, baseline_eval, student_eval;
 };
 
-// report.json content: parameters (total, embedding, non-embedding, active per token), FLOPs per
-// token, compression (percent and ratio), each model's quality, quality gain preserved
-// (student - baseline) / (teacher - baseline) on negative log perplexity, plain retention
-// student / teacher, settings, and warnings (e.g. a teacher-baseline gap within the noise).
+struct ReportInputs {
+  ModelConfig teacher, baseline, student;  // architectures
+  std::vector<SeedRun> runs;               // one per seed, at least one
+  int64_t src_len = 0, tgt_len = 0;        // example lengths used for FLOP counts
+  int64_t baseline_steps = 0;              // steps the baseline trained here (0: given as it is)
+  RunConfig config;                        // the settings that produced it
+};
+
+// report.json content. Per model: parameters, FLOPs per token, training budget, every seed's
+// evaluation and the quality over seeds (mean, sd, 95% interval from the seeds' spread and the
+// held-out sample's noise). Then compression; the teacher-baseline gap; quality gain preserved
+// (student - baseline) / (teacher - baseline) with Fieller's 95% interval, or why it is undefined
+// (the gap's interval includes zero, or the teacher is worse); the budget check (the baseline
+// must have trained on at least the tokens of the student's whole path); the teacher's routing
+// per sparse layer; warnings; settings.
 nlohmann::json build_report(const ReportInputs& in);
 
 // The same as Markdown, for report.md and the README.

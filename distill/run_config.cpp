@@ -48,6 +48,7 @@ void visit(V& v, DataConfig& c) {
   v.field("pack", c.pack);
   v.field("static_examples", c.static_examples);
   v.field("eval_batches", c.eval_batches);
+  v.field("seed", c.seed);
 }
 
 template <class V>
@@ -72,6 +73,7 @@ void visit(V& v, ArchConfig& c) {
   v.field("router_jitter_noise", c.router_jitter_noise);
   v.field("router_z_loss_coef", c.router_z_loss_coef);
   v.field("router_aux_loss_coef", c.router_aux_loss_coef);
+  v.field("router_ignore_padding", c.router_ignore_padding);
 }
 
 template <class V>
@@ -117,6 +119,16 @@ void visit(V& v, TeacherConfig& c) {
   v.section("model", c.model);
   v.field("steps", c.steps);
   v.field("bf16", c.bf16);
+  v.field("trained_tokens", c.trained_tokens);
+  v.field("train_once", c.train_once);
+}
+
+template <class V>
+void visit(V& v, BaselineConfig& c) {
+  v.field("steps", c.steps);
+  v.field("path", c.path);
+  v.field("continue_steps", c.continue_steps);
+  v.field("trained_tokens", c.trained_tokens);
 }
 
 template <class V>
@@ -142,9 +154,11 @@ template <class V>
 void visit(V& v, RunConfig& c) {
   v.field("output_dir", c.output_dir);
   v.field("seed", c.seed);
+  v.field("seeds", c.seeds);
   v.field("threads", c.threads);
   v.section("data", c.data);
   v.section("teacher", c.teacher);
+  v.section("baseline", c.baseline);
   v.section("student", c.student);
   v.section("distillation", c.distillation);
   v.section("training", c.training);
@@ -331,6 +345,31 @@ class Writer {
   YAML::Emitter& out_;
 };
 
+class JsonWriter {
+ public:
+  explicit JsonWriter(nlohmann::json& out) : out_(out) {}
+
+  template <class T>
+  void field(const char* key, const T& value) {
+    if constexpr (std::is_same_v<T, std::optional<int64_t>> || std::is_same_v<T, std::optional<double>>) {
+      out_[key] = value ? nlohmann::json(*value) : nlohmann::json(nullptr);
+    } else {
+      out_[key] = value;
+    }
+  }
+
+  template <class T>
+  void section(const char* key, T& value) {
+    nlohmann::json sub = nlohmann::json::object();
+    JsonWriter w(sub);
+    visit(w, value);
+    out_[key] = sub;
+  }
+
+ private:
+  nlohmann::json& out_;
+};
+
 // ---- validation ----------------------------------------------------------------------------
 
 class Checker {
@@ -390,6 +429,7 @@ void check(ReadContext& ctx, const RunConfig& r) {
   Checker c(ctx);
   c.need(!r.output_dir.empty(), "output_dir", "must not be empty");
   c.need(r.threads >= 0, "threads", "must be >= 0 (0 = cores available)");
+  c.need(r.seeds >= 1 && r.seeds <= 100, "seeds", "must be in [1, 100]");
   const auto& d = r.data;
   check_corpus(c, d.train, "data.train", true);
   check_corpus(c, d.validation, "data.validation", false);
@@ -404,6 +444,7 @@ void check(ReadContext& ctx, const RunConfig& r) {
   c.need(d.batch_size >= 1, "data.batch_size", "must be >= 1");
   c.need(d.max_batch_tokens >= 0, "data.max_batch_tokens", "must be >= 0");
   c.need(d.eval_batches >= 0, "data.eval_batches", "must be >= 0 (0 = all)");
+  if (d.seed) c.need(*d.seed >= 0, "data.seed", "must be >= 0");
   if (!d.tokenizer.path.empty()) {
     c.need(std::filesystem::exists(d.tokenizer.path), "data.tokenizer.path", "names " + d.tokenizer.path + ", which does not exist");
   }
@@ -434,6 +475,24 @@ void check(ReadContext& ctx, const RunConfig& r) {
   c.need(a.router_z_loss_coef >= 0, "teacher.model.router_z_loss_coef", "must be >= 0");
   c.need(a.router_aux_loss_coef >= 0, "teacher.model.router_aux_loss_coef", "must be >= 0");
   if (t.steps) c.need(*t.steps >= 1, "teacher.steps", "must be >= 1");
+  if (t.trained_tokens) {
+    c.need(*t.trained_tokens >= 1, "teacher.trained_tokens", "must be >= 1");
+    c.need(!t.path.empty(), "teacher.trained_tokens", "states the budget of a teacher from teacher.path; a teacher trained here is counted");
+  }
+  if (t.train_once) c.need(t.path.empty(), "teacher.train_once", "needs a teacher trained here (teacher.path is one teacher already)");
+
+  const auto& bl = r.baseline;
+  if (bl.steps) c.need(*bl.steps >= 1, "baseline.steps", "must be >= 1");
+  c.need(bl.continue_steps >= 0, "baseline.continue_steps", "must be >= 0");
+  if (!bl.path.empty()) {
+    c.need(std::filesystem::exists(std::filesystem::path(bl.path) / "config.json"), "baseline.path",
+           "names " + bl.path + ", which is not a model directory (no config.json)");
+    c.need(!bl.steps, "baseline.steps", "and baseline.path exclude each other: with a path, train on with baseline.continue_steps");
+  } else {
+    c.need(bl.continue_steps == 0, "baseline.continue_steps", "needs baseline.path (a baseline trained here takes baseline.steps)");
+    c.need(!bl.trained_tokens, "baseline.trained_tokens", "states the budget of a baseline from baseline.path; one trained here is counted");
+  }
+  if (bl.trained_tokens) c.need(*bl.trained_tokens >= 1, "baseline.trained_tokens", "must be >= 1");
 
   const auto& s = r.student;
   c.one_of(s.init, "student.init", {"fresh", "mean", "router_weighted", "top_expert"});
@@ -521,6 +580,14 @@ RunConfig load_run_config(const std::string& path, const std::vector<std::string
     throw ConfigError(msg.str());
   }
   return config;
+}
+
+nlohmann::json run_config_json(const RunConfig& config) {
+  nlohmann::json out = nlohmann::json::object();
+  RunConfig copy = config;
+  JsonWriter w(out);
+  visit(w, copy);
+  return out;
 }
 
 std::string run_config_yaml(const RunConfig& config) {

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 namespace distill {
 
 struct CorpusConfig {
@@ -42,6 +44,8 @@ struct DataConfig {
   bool static_examples = false;       // make the examples once and reuse them every epoch (only their
                                       // order changes); needed by distillation.teacher_cache
   int64_t eval_batches = 0;           // validation batches per evaluation; 0 = all
+  std::optional<int64_t> seed;        // data order, split and corruption noise; null: the run's seed.
+                                      // Seed replicas (`seeds`) share it, so they see the same batches
 };
 
 // Architecture of a model trained from scratch (teacher.model) or of the student (overrides).
@@ -66,6 +70,8 @@ struct ArchConfig {
   double router_jitter_noise = 0.01;  // multiplicative router-input noise in training
   double router_z_loss_coef = 0.001;  // z-loss weight in training
   double router_aux_loss_coef = 0.01; // load-balancing loss weight in training (paper: 0.01)
+  bool router_ignore_padding = true;  // padding takes no expert, capacity or router-loss share (Mesh
+                                      // TensorFlow's Switch; Hugging Face routes padding)
 };
 
 struct OptimizerConfig {
@@ -109,6 +115,22 @@ struct TeacherConfig {
   std::optional<int64_t> steps;       // teacher training steps; default: training.steps (a teacher
                                       // usually trains longer than the distillation runs)
   bool bf16 = false;                  // run the frozen teacher in bfloat16 (router stays float32)
+  std::optional<int64_t> trained_tokens;  // with path: the tokens it was trained on, when known (the
+                                          // budget check and the baseline's default steps use it)
+  bool train_once = false;            // with seeds > 1: train one teacher (the first seed's) and distill
+                                      // every seed's student from it
+};
+
+// The dense baseline: the student's shape trained on ground truth alone, with the student's whole
+// budget (its teacher's training plus its own steps), so the teacher-baseline gap is what the
+// experts buy.
+struct BaselineConfig {
+  std::optional<int64_t> steps;       // default: teacher steps + training.steps (teacher.path: the steps
+                                      // teacher.trained_tokens takes at this batch, + training.steps)
+  std::string path;                   // an existing dense checkpoint instead (the paper's t5-base)
+  int64_t continue_steps = 0;         // with path: ground-truth steps on top of it (training.steps puts
+                                      // it on the student's extra budget)
+  std::optional<int64_t> trained_tokens;  // with path: the tokens it was trained on, when known
 };
 
 struct StudentConfig {
@@ -132,9 +154,13 @@ struct DistillationConfig {
 struct RunConfig {
   std::string output_dir = "runs/default";  // everything the run writes
   uint64_t seed = 1234;               // every random choice derives from it
+  int64_t seeds = 1;                  // replicas of the baseline and student (and teacher, unless
+                                      // teacher.train_once) with model seeds seed + 1000 i, same data
+                                      // order; the report gives means, spreads and 95% intervals
   int threads = 0;                    // 0 = cores available
   DataConfig data;
   TeacherConfig teacher;
+  BaselineConfig baseline;
   StudentConfig student;
   DistillationConfig distillation;
   TrainingConfig training;            // baseline and student (and teacher unless it has its own)
@@ -147,6 +173,8 @@ RunConfig load_run_config(const std::string& path, const std::vector<std::string
 
 // The fully resolved configuration as YAML (every key, defaults included).
 std::string run_config_yaml(const RunConfig& config);
+// The same as JSON, for stage fingerprints.
+nlohmann::json run_config_json(const RunConfig& config);
 
 // Levenshtein distance, for "did you mean".
 size_t edit_distance(const std::string& a, const std::string& b);

@@ -27,7 +27,7 @@ std::map<std::string, at::Tensor> routing_frequency(Seq2SeqModel& teacher, const
   torch::NoGradGuard ng;
   std::map<std::string, at::Tensor> counts;
   for (const auto& b : batches) {
-    auto out = teacher->forward({b.input_ids, b.attention_mask, b.decoder_input_ids, {}, {}});
+    auto out = teacher->forward(model_inputs(b));
     for (const auto& [prefix, r] : out.routing) {
       auto hist = expert_counts(r, routed_tokens(prefix, b));
       auto it = counts.find(prefix);

@@ -14,6 +14,7 @@
 #include "models/atomic_file.h"
 #include "models/checkpoint.h"
 #include "models/mixed_precision.h"
+#include "models/model_stats.h"
 #include "models/safetensors.h"
 
 namespace distill {
@@ -59,7 +60,8 @@ at::Generator& cpu_generator() {
 
 struct Trainer::StepLosses {
   double total = 0, hard = 0, soft = 0, kl = 0, aux = 0, z = 0;
-  int64_t tokens = 0;
+  int64_t tokens = 0, examples = 0;
+  double flops = 0;  // forward + backward of the model, and the teacher's forward if it ran
 };
 
 void scale_expert_gradients(const NamedParams& params, double factor) {
@@ -95,12 +97,15 @@ Trainer::Trainer(Seq2SeqModel model, std::shared_ptr<const Dataset> data, const 
 
 Trainer::StepLosses Trainer::train_step(const Batch& b, double scale) {
   StepLosses l;
-  Seq2SeqInputs in{b.input_ids, b.attention_mask, b.decoder_input_ids, {}, b.labels};
+  Seq2SeqInputs in = model_inputs(b, /*labels=*/true);
+  const int64_t B = b.input_ids.size(0), S = b.input_ids.size(1), T = b.labels.size(1);
+  l.flops = 3.0 * static_cast<double>(B) * forward_flops(model_->config(), S, T);
   torch::Tensor loss;
   if (teacher_) {
     auto teacher_logits = [&] {
       c10::InferenceMode frozen;
-      return teacher_->teacher->forward({b.input_ids, b.attention_mask, b.decoder_input_ids, {}, {}}).logits;
+      l.flops += static_cast<double>(B) * forward_flops(teacher_->teacher->config(), S, T);
+      return teacher_->teacher->forward(model_inputs(b)).logits;
     };
     in.labels = torch::Tensor();
     DistillLoss d;
@@ -124,12 +129,33 @@ Trainer::StepLosses Trainer::train_step(const Batch& b, double scale) {
     l.hard = out.ce_loss.item<double>();
     l.aux = (out.encoder_aux_loss + out.decoder_aux_loss).item<double>();
     l.z = (out.encoder_z_loss + out.decoder_z_loss).item<double>();
+    for (const auto& [prefix, r] : out.routing) routing_.add(prefix, r, routed_tokens(prefix, b));
   }
   l.total = loss.item<double>();
   if (!std::isfinite(l.total)) return l;
   (loss * scale).backward();
   l.tokens = b.input_tokens + b.target_tokens;
+  l.examples = B;
   return l;
+}
+
+void Trainer::log_routing(json& metrics) {
+  if (routing_.empty()) return;
+  const auto layers = routing_.layers();
+  json list = json::array();
+  const LayerRouting* worst = &layers.front();
+  int64_t dead = 0;
+  double gate = 0;
+  for (const auto& l : layers) {
+    list.push_back(l.to_json());
+    if (l.dropped_rate > worst->dropped_rate) worst = &l;
+    dead += l.dead_experts;
+    gate += l.mean_gate / static_cast<double>(layers.size());
+  }
+  metrics["routing"] = list;
+  spdlog::info("[{}] routing: most dropped {:.1f}% ({}), {} dead experts, mean gate {:.3f} (uniform {:.3f})", o_.stage,
+               100 * worst->dropped_rate, worst->layer, dead, gate, 1.0 / static_cast<double>(worst->load.size()));
+  routing_.clear();
 }
 
 void Trainer::save_checkpoint(int64_t step, const DataPosition& next) {
@@ -147,7 +173,8 @@ void Trainer::save_checkpoint(int64_t step, const DataPosition& next) {
     rng = cpu_generator().get_state();
   }
   save_safetensors((tmp / "rng.safetensors").string(), {{"torch_cpu", rng}});
-  json state = {{"stage", o_.stage}, {"step", step}, {"data_epoch", next.epoch}, {"data_batch", next.batch}};
+  json state = {{"stage", o_.stage}, {"step", step}, {"data_epoch", next.epoch}, {"data_batch", next.batch},
+                {"budget", budget_.to_json()}};
   write_text_atomic((tmp / "trainer_state.json").string(), state.dump(2) + "\n");
   fs::remove_all(final_dir, ec);
   fs::rename(tmp, final_dir);
@@ -178,6 +205,7 @@ bool Trainer::restore_checkpoint(int64_t& step, DataPosition& next) {
     state = json::parse(read_text_file(dir + "/trainer_state.json"));
     step = state.at("step").get<int64_t>();
     next = {state.at("data_epoch").get<int64_t>(), state.at("data_batch").get<int64_t>()};
+    budget_ = Budget::from_json(state.value("budget", json::object()));
   } catch (const json::exception& e) {
     throw CheckpointError(dir + "/trainer_state.json: " + e.what());
   }
@@ -190,11 +218,13 @@ TrainResult Trainer::run() {
   fs::create_directories(o_.dir);
   const std::string metrics = (fs::path(o_.dir) / "metrics.jsonl").string();
   int64_t step = 0;
-  DataPosition position;
+  DataPosition position = o_.start;
+  budget_ = {};
   if (!(o_.resume && restore_checkpoint(step, position))) {
     torch::manual_seed(o_.seed);
     std::ofstream(metrics, std::ios::trunc);
   }
+  const double seconds_before = budget_.seconds;
   SigintScope sigint;
   model_->train();
   BatchStream stream(data_, position, 16);
@@ -229,6 +259,8 @@ TrainResult Trainer::run() {
       sl.aux += l.aux * k;
       sl.z += l.z * k;
       sl.tokens += l.tokens;
+      sl.examples += l.examples;
+      sl.flops += l.flops;
     }
     if (expert_grad_scale != 1.0) scale_expert_gradients(params_, expert_grad_scale);
     const double grad_norm = clip_grad_norm(params_, t.grad_clip);
@@ -244,6 +276,11 @@ TrainResult Trainer::run() {
     window_tokens += sl.tokens;
     total_tokens += sl.tokens;
     ++window_steps;
+    budget_.steps = step;
+    budget_.examples += sl.examples;
+    budget_.tokens += sl.tokens;
+    budget_.train_flops += sl.flops;
+    budget_.seconds = seconds_before + std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
     if (position.epoch > epoch) {
       // Per-epoch wall time: with the teacher cache, epochs after the first skip the teacher.
@@ -281,9 +318,10 @@ TrainResult Trainer::run() {
         m["z"] = window.z / n;
         extra = fmt::format(" (ce {:.4f} aux {:.3f} z {:.3f})", window.hard / n, window.aux / n, window.z / n);
       }
-      append_jsonl(metrics, m);
       spdlog::info("[{}] step {}/{} loss {:.4f}{} lr {:.2e} | {:.0f} tok/s | ETA {}", o_.stage, step, t.steps,
                    window.total / n, extra, lr, tps, format_duration(eta));
+      log_routing(m);
+      append_jsonl(metrics, m);
       window = {};
       window_steps = window_tokens = 0;
       window_start = now;
@@ -304,15 +342,23 @@ TrainResult Trainer::run() {
   result.steps = step;
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   result.tokens_per_second = result.seconds > 0 ? static_cast<double>(total_tokens) / result.seconds : 0.0;
+  result.budget = budget_;
+  result.end = position;
   if (eval_) {
     result.eval = evaluate(model_, *eval_);
     append_jsonl(metrics, {{"stage", o_.stage}, {"step", step}, {"eval", result.eval->to_json()}});
     spdlog::info("[{}] eval at step {}: nll {:.4f} ppl {:.2f} acc {:.3f}", o_.stage, step, result.eval->nll,
                  result.eval->perplexity, result.eval->accuracy);
+    for (const auto& w : routing_warnings(result.eval->routing, "[" + o_.stage + "]")) spdlog::warn("{}", w);
   }
   save_checkpoint(step, position);
   save_model(model_, (fs::path(o_.dir) / "model").string(), o_.copy_files);
-  json done = {{"stage", o_.stage}, {"steps", step}, {"seconds", result.seconds}, {"tokens_per_s", result.tokens_per_second}};
+  json done = {{"stage", o_.stage},
+               {"steps", step},
+               {"seconds", budget_.seconds},
+               {"tokens_per_s", result.tokens_per_second},
+               {"budget", budget_.to_json()},
+               {"data_end", {{"epoch", position.epoch}, {"batch", position.batch}}}};
   write_text_atomic((fs::path(o_.dir) / "DONE.json").string(), done.dump(2) + "\n");
   return result;
 }

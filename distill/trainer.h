@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "data/batching.h"
+#include "distill/budget.h"
 #include "distill/evaluate.h"
 #include "distill/losses.h"
 #include "distill/optim.h"
@@ -37,6 +38,8 @@ struct TrainerOptions {
   uint64_t seed = 0;                      // torch RNG (dropout, jitter) seed at a fresh start
   bool resume = false;                    // continue from the newest checkpoint in dir/checkpoints
   std::vector<std::string> copy_files;    // copied into every saved model (tokenizer files)
+  DataPosition start;                     // where a fresh run starts in the data stream (a student
+                                          // continues where its teacher's training stopped)
 };
 
 struct TeacherSignal {
@@ -49,6 +52,8 @@ struct TrainResult {
   int64_t steps = 0;
   double seconds = 0;
   double tokens_per_second = 0;           // encoder + decoder tokens processed per second
+  Budget budget;                          // what the whole stage consumed, resumed parts included
+  DataPosition end;                       // the data position after the last step
   std::optional<EvalResult> eval;         // at the last step
 };
 
@@ -66,6 +71,7 @@ class Trainer {
   StepLosses train_step(const Batch& batch, double scale);
   void save_checkpoint(int64_t step, const DataPosition& next);
   bool restore_checkpoint(int64_t& step, DataPosition& next);
+  void log_routing(nlohmann::json& metrics);
 
   Seq2SeqModel model_;
   std::shared_ptr<const Dataset> data_;
@@ -75,6 +81,8 @@ class Trainer {
   std::unique_ptr<Optimizer> optimizer_;
   std::vector<std::pair<std::string, at::Tensor>> params_;
   std::unique_ptr<TeacherCache> cache_;
+  Budget budget_;                         // consumed so far (restored on resume)
+  RoutingAccumulator routing_;            // a sparse model's routing since the last log line
 };
 
 // Artetxe et al.'s expert-gradient scaling: multiplies the gradients of expert parameters by

@@ -106,6 +106,7 @@ ModelConfig read_hf_config(const std::string& path) {
     r.get("num_experts", c.num_experts, true);
     r.get("expert_capacity", c.expert_capacity);
     r.get("router_bias", c.router_bias);
+    r.get("router_ignore_padding_tokens", c.router_ignore_padding_tokens);
     r.get("router_jitter_noise", c.router_jitter_noise);
     r.get("router_z_loss_coef", c.router_z_loss_coef);
     r.get("router_aux_loss_coef", c.router_aux_loss_coef);
@@ -189,7 +190,7 @@ std::string hf_config_json(const ModelConfig& c) {
     j["router_bias"] = c.router_bias;
     j["router_jitter_noise"] = c.router_jitter_noise;
     j["router_dtype"] = "float32";
-    j["router_ignore_padding_tokens"] = false;
+    j["router_ignore_padding_tokens"] = c.router_ignore_padding_tokens;
     j["router_z_loss_coef"] = c.router_z_loss_coef;
     j["router_aux_loss_coef"] = c.router_aux_loss_coef;
     j["add_router_probs"] = false;

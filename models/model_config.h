@@ -47,6 +47,9 @@ struct ModelConfig {
   int64_t router_top_k = 1;                    // experts per token; k > 1 renormalises the gates
   double router_jitter_noise = 0.01;           // multiplicative uniform noise on router input (train)
   bool router_bias = false;                    // router classifier has a bias
+  bool router_ignore_padding_tokens = false;   // padding takes no expert, no capacity and no part in the
+                                               // router losses (Mesh TensorFlow's Switch). Hugging Face
+                                               // stores this key but routes padding like any token
   double router_z_loss_coef = 0.001;           // weight of the router z-loss in the model loss
   double router_aux_loss_coef = 0.001;         // weight of the load-balancing loss in the model loss
   double expert_dropout_rate = -1;             // dropout inside experts; < 0 means dropout_rate

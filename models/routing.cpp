@@ -7,17 +7,17 @@
 
 namespace distill {
 
-int64_t expert_capacity_for(const RoutingOptions& o, int64_t batch, int64_t seq_len, bool training) {
+int64_t expert_capacity_for(const RoutingOptions& o, int64_t tokens, bool training) {
   if (o.capacity_mode == CapacityMode::kFixed) return o.expert_capacity;
   const double factor = training ? o.capacity_factor_train : o.capacity_factor_eval;
-  const double assignments = static_cast<double>(batch * seq_len * o.top_k);
+  const double assignments = static_cast<double>(tokens * o.top_k);
   return std::max<int64_t>(1, static_cast<int64_t>(std::ceil(assignments / o.num_experts * factor)));
 }
 
 // At this size (a few thousand tokens, a handful of experts) a plain loop beats a dozen tensor ops.
 template <typename T>
 std::vector<std::vector<int64_t>> route_pass(const T* p, int64_t B, int64_t S, int64_t E, int64_t k, CapacityMode mode,
-                                            int64_t capacity, int64_t* experts, bool* kept) {
+                                            int64_t capacity, int64_t* experts, bool* kept, const bool* active) {
   const int64_t N = B * S;
   for (int64_t n = 0; n < N; ++n) {
     const T* row = p + n * E;
@@ -39,7 +39,7 @@ std::vector<std::vector<int64_t>> route_pass(const T* p, int64_t B, int64_t S, i
   auto queue = [&](int64_t b, int64_t r) {
     for (int64_t s = 0; s < S; ++s) {
       const int64_t a = (b * S + s) * k + r;
-      kept[a] = ++load[static_cast<size_t>(experts[a])] <= capacity;
+      kept[a] = (!active || active[b * S + s]) && ++load[static_cast<size_t>(experts[a])] <= capacity;
     }
   };
   if (mode == CapacityMode::kFixed) {
@@ -59,18 +59,21 @@ std::vector<std::vector<int64_t>> route_pass(const T* p, int64_t B, int64_t S, i
 }
 
 template std::vector<std::vector<int64_t>> route_pass<float>(const float*, int64_t, int64_t, int64_t, int64_t,
-                                                             CapacityMode, int64_t, int64_t*, bool*);
+                                                             CapacityMode, int64_t, int64_t*, bool*, const bool*);
 template std::vector<std::vector<int64_t>> route_pass<double>(const double*, int64_t, int64_t, int64_t, int64_t,
-                                                              CapacityMode, int64_t, int64_t*, bool*);
+                                                              CapacityMode, int64_t, int64_t*, bool*, const bool*);
 
-Routing route_tokens(const torch::Tensor& probs, int64_t top_k, CapacityMode mode, int64_t capacity) {
+Routing route_tokens(const torch::Tensor& probs, int64_t top_k, CapacityMode mode, int64_t capacity,
+                     const torch::Tensor& active) {
   const int64_t B = probs.size(0), S = probs.size(1), E = probs.size(2), k = top_k, N = B * S;
   auto p = probs.detach().to(torch::kCPU).contiguous();
   auto experts = torch::empty({N, k}, torch::kLong);
   auto kept = torch::empty({N, k}, torch::kBool);
+  const auto act = active.defined() ? active.to(torch::kCPU, torch::kBool).contiguous() : torch::Tensor();
   std::vector<std::vector<int64_t>> by_expert;
   AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "route_tokens", [&] {
-    by_expert = route_pass(p.data_ptr<scalar_t>(), B, S, E, k, mode, capacity, experts.data_ptr<int64_t>(), kept.data_ptr<bool>());
+    by_expert = route_pass(p.data_ptr<scalar_t>(), B, S, E, k, mode, capacity, experts.data_ptr<int64_t>(),
+                           kept.data_ptr<bool>(), act.defined() ? act.data_ptr<bool>() : nullptr);
   });
   Routing r;
   r.capacity = capacity;

@@ -19,6 +19,7 @@ struct RoutingOptions {
   double capacity_factor_eval = 2.0;                 // kFactor, evaluation
   double jitter_noise = 0.0;                         // multiplicative router-input noise, training only
   bool router_bias = false;                          // classifier bias
+  bool ignore_padding = false;                       // route real tokens only (a mask is given)
 };
 
 // Pure routing decision on router probabilities, exposed for tests.
@@ -33,15 +34,18 @@ struct Routing {
 };
 
 // probs [B, S, E]. Assignments queue for their expert in order of rank, then batch row, then
-// position; in kFixed mode each sequence has its own queues of length `capacity`.
-Routing route_tokens(const torch::Tensor& probs, int64_t top_k, CapacityMode mode, int64_t capacity);
+// position; in kFixed mode each sequence has its own queues of length `capacity`. `active` [B, S]
+// bool, when given, names the tokens to route: the others (padding) are chosen for but never kept
+// and take no capacity.
+Routing route_tokens(const torch::Tensor& probs, int64_t top_k, CapacityMode mode, int64_t capacity,
+                     const torch::Tensor& active = {});
 
 // The loop behind route_tokens, on raw [B * S, E] probabilities (float or double): writes each
 // token's k choices to experts [N * k] and whether each was kept to kept [N * k], and returns the
-// kept assignments (n * k + rank) grouped by expert.
+// kept assignments (n * k + rank) grouped by expert. `active` [N] may be null (every token).
 template <typename T>
 std::vector<std::vector<int64_t>> route_pass(const T* probs, int64_t B, int64_t S, int64_t E, int64_t k, CapacityMode mode,
-                                            int64_t capacity, int64_t* experts, bool* kept);
+                                            int64_t capacity, int64_t* experts, bool* kept, const bool* active = nullptr);
 
 // One token's row of d logits += d gate * p[e] * (1{j == e} - p[j]): the gradient of a top-1 gate,
 // p[e] of p = softmax(logits), through the softmax.
@@ -52,8 +56,9 @@ inline void add_top1_gate_gradient(T* dlogits, const T* p, T dgate, int64_t e, i
   dlogits[e] += c;
 }
 
-// Capacity for a [B, S] batch under `options`, in training or evaluation.
-int64_t expert_capacity_for(const RoutingOptions& options, int64_t batch, int64_t seq_len, bool training);
+// Capacity under `options` in training or evaluation: kFixed's expert_capacity, or kFactor's
+// ceil(tokens * k / E * factor) for a batch that routes `tokens` tokens.
+int64_t expert_capacity_for(const RoutingOptions& options, int64_t tokens, bool training);
 
 
 }  // namespace distill

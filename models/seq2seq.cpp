@@ -33,18 +33,6 @@ FfnOptions ffn_options(const ModelConfig& c, double dropout) {
   return o;
 }
 
-RoutingOptions routing_options(const ModelConfig& c) {
-  RoutingOptions o;
-  o.num_experts = c.num_experts;
-  o.top_k = c.router_top_k;
-  o.capacity_mode = c.capacity_mode;
-  o.expert_capacity = c.expert_capacity;
-  o.capacity_factor_train = c.capacity_factor_train;
-  o.capacity_factor_eval = c.capacity_factor_eval;
-  o.jitter_noise = c.router_jitter_noise;
-  o.router_bias = c.router_bias;
-  return o;
-}
 
 // (1 - mask) * min as an additive [B, 1, 1, S] term; undefined mask -> undefined.
 torch::Tensor padding_bias(const torch::Tensor& mask, c10::ScalarType dtype) {
@@ -67,10 +55,11 @@ T5LayerFFImpl::T5LayerFFImpl(const ModelConfig& c, bool sparse) {
   dropout_ = register_module("dropout", FastDropout(c.dropout_rate));
 }
 
-torch::Tensor T5LayerFFImpl::forward(const torch::Tensor& x, std::vector<RouterOutput>* routing) {
+torch::Tensor T5LayerFFImpl::forward(const torch::Tensor& x, std::vector<RouterOutput>* routing,
+                                     const torch::Tensor& mask) {
   auto h = layer_norm->forward(x);
   if (!sparse_.is_empty()) {
-    auto out = sparse_->forward(h);
+    auto out = sparse_->forward(h, mask);
     if (routing) routing->push_back(std::move(out.router));
     h = out.hidden;
   } else {
@@ -95,10 +84,10 @@ T5BlockImpl::T5BlockImpl(const ModelConfig& c, bool is_decoder, bool has_relativ
 
 torch::Tensor T5BlockImpl::forward(const torch::Tensor& x, const torch::Tensor& self_bias,
                                    const torch::Tensor& memory, const torch::Tensor& cross_bias,
-                                   std::vector<RouterOutput>* routing) {
+                                   std::vector<RouterOutput>* routing, const torch::Tensor& routing_mask) {
   auto h = self_attention->forward(x, self_bias);
   if (!cross_attention.is_empty()) h = cross_attention->forward(h, memory, cross_bias);
-  return ff->forward(h, routing);
+  return ff->forward(h, routing, routing_mask);
 }
 
 T5StackImpl::T5StackImpl(const ModelConfig& c, bool is_decoder, std::string prefix)
@@ -116,7 +105,7 @@ T5StackImpl::T5StackImpl(const ModelConfig& c, bool is_decoder, std::string pref
 
 StackOutput T5StackImpl::forward(const torch::Tensor& embeds, const torch::Tensor& mask,
                                  const torch::Tensor& memory, const torch::Tensor& memory_mask,
-                                 bool keep_hidden_states) {
+                                 bool keep_hidden_states, const torch::Tensor& routing_mask) {
   const auto B = embeds.size(0), T = embeds.size(1);
   const auto dtype = embeds.scalar_type();
   const auto device = embeds.device();
@@ -146,7 +135,7 @@ StackOutput T5StackImpl::forward(const torch::Tensor& embeds, const torch::Tenso
   for (size_t i = 0; i < blocks.size(); ++i) {
     if (keep_hidden_states) out.hidden_states.push_back(h);
     const size_t before = routing.size();
-    h = blocks[i]->forward(h, bias, memory, cross_bias, &routing);
+    h = blocks[i]->forward(h, bias, memory, cross_bias, &routing, routing_mask.defined() ? routing_mask : mask);
     if (routing.size() > before) sparse_blocks.push_back(i);
   }
   h = dropout_->forward(final_layer_norm->forward(h));
@@ -178,9 +167,10 @@ StackOutput Seq2SeqModelImpl::encode(const torch::Tensor& input_ids, const torch
 
 StackOutput Seq2SeqModelImpl::decode(const torch::Tensor& decoder_input_ids,
                                      const torch::Tensor& decoder_attention_mask, const torch::Tensor& memory,
-                                     const torch::Tensor& memory_mask, bool keep_hidden_states) {
+                                     const torch::Tensor& memory_mask, bool keep_hidden_states,
+                                     const torch::Tensor& routing_mask) {
   return decoder->forward(shared->forward(decoder_input_ids), decoder_attention_mask, memory, memory_mask,
-                          keep_hidden_states);
+                          keep_hidden_states, routing_mask);
 }
 
 torch::Tensor Seq2SeqModelImpl::lm_logits(const torch::Tensor& hidden) {
@@ -196,8 +186,13 @@ Seq2SeqOutput Seq2SeqModelImpl::forward(const Seq2SeqInputs& in, bool keep_hidde
   auto dec_ids = in.decoder_input_ids.defined()
                      ? in.decoder_input_ids
                      : shift_right(in.labels, config_.decoder_start_token_id, config_.pad_token_id);
+  // The decoder's real tokens, for routers that ignore padding: its mask, else the labels'.
+  torch::Tensor dec_routing_mask = in.decoder_attention_mask;
+  if (!dec_routing_mask.defined() && in.labels.defined() && config_.router_ignore_padding_tokens) {
+    dec_routing_mask = in.labels != -100;
+  }
   auto dec = decode(dec_ids, in.decoder_attention_mask, enc.last_hidden_state, in.attention_mask,
-                    keep_hidden_states);
+                    keep_hidden_states, dec_routing_mask);
   out.logits = lm_logits(dec.last_hidden_state);  // [B, T, V]
   out.encoder_last_hidden_state = enc.last_hidden_state;
   out.encoder_hidden_states = std::move(enc.hidden_states);
@@ -217,6 +212,8 @@ Seq2SeqOutput Seq2SeqModelImpl::forward(const Seq2SeqInputs& in, bool keep_hidde
     out.encoder_aux_loss = el.aux_loss;
     out.decoder_z_loss = dl.z_loss;
     out.decoder_aux_loss = dl.aux_loss;
+    out.layer_aux_loss = el.layer_aux;
+    out.layer_aux_loss.insert(out.layer_aux_loss.end(), dl.layer_aux.begin(), dl.layer_aux.end());
     out.loss = out.ce_loss + config_.router_z_loss_coef * (el.z_loss + dl.z_loss) +
                config_.router_aux_loss_coef * (el.aux_loss + dl.aux_loss);
   }
@@ -234,6 +231,20 @@ torch::Tensor shift_right(const torch::Tensor& labels, int64_t decoder_start_tok
   shifted.select(1, 0).fill_(decoder_start_token_id);
   shifted.narrow(1, 1, labels.size(1) - 1).copy_(labels.narrow(1, 0, labels.size(1) - 1));
   return shifted.masked_fill(shifted == -100, pad_token_id);
+}
+
+RoutingOptions routing_options(const ModelConfig& c) {
+  RoutingOptions o;
+  o.num_experts = c.num_experts;
+  o.top_k = c.router_top_k;
+  o.capacity_mode = c.capacity_mode;
+  o.expert_capacity = c.expert_capacity;
+  o.capacity_factor_train = c.capacity_factor_train;
+  o.capacity_factor_eval = c.capacity_factor_eval;
+  o.jitter_noise = c.router_jitter_noise;
+  o.router_bias = c.router_bias;
+  o.ignore_padding = c.router_ignore_padding_tokens;
+  return o;
 }
 
 bool is_expert_parameter(const std::string& name) { return name.find(".mlp.experts.") != std::string::npos; }

@@ -25,8 +25,9 @@ namespace distill {
 class T5LayerFFImpl : public torch::nn::Module {
  public:
   T5LayerFFImpl(const ModelConfig& config, bool sparse);
-  // x [B, S, D] -> [B, S, D]; appends this layer's routing to `routing` when sparse.
-  torch::Tensor forward(const torch::Tensor& x, std::vector<RouterOutput>* routing);
+  // x [B, S, D] -> [B, S, D]; appends this layer's routing to `routing` when sparse. mask [B, S]
+  // (1 = real token) tells a sparse layer that ignores padding what to route.
+  torch::Tensor forward(const torch::Tensor& x, std::vector<RouterOutput>* routing, const torch::Tensor& mask = {});
 
   bool is_sparse() const { return !sparse_.is_empty(); }
   DenseActDense dense() const { return dense_; }
@@ -45,8 +46,10 @@ class T5BlockImpl : public torch::nn::Module {
  public:
   T5BlockImpl(const ModelConfig& config, bool is_decoder, bool has_relative_bias, bool sparse);
   // x [B, T, D]; self_bias [.., H, T, T]; memory [B, S, D] and cross_bias [B, 1, 1, S] in the decoder.
+  // routing_mask [B, T]: the real tokens, for sparse layers that ignore padding.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& self_bias, const torch::Tensor& memory,
-                        const torch::Tensor& cross_bias, std::vector<RouterOutput>* routing);
+                        const torch::Tensor& cross_bias, std::vector<RouterOutput>* routing,
+                        const torch::Tensor& routing_mask = {});
 
   torch::nn::ModuleList layer;  // [self-attention, (cross-attention,) FFN], HF's "layer.N"
   T5LayerSelfAttention self_attention{nullptr};
@@ -65,8 +68,10 @@ class T5StackImpl : public torch::nn::Module {
  public:
   T5StackImpl(const ModelConfig& config, bool is_decoder, std::string prefix);
   // embeds [B, T, D]; mask [B, T] (1 = real token) or undefined; memory/memory_mask for the decoder.
+  // routing_mask [B, T]: the real tokens for sparse layers that ignore padding; undefined: `mask`.
   StackOutput forward(const torch::Tensor& embeds, const torch::Tensor& mask, const torch::Tensor& memory,
-                      const torch::Tensor& memory_mask, bool keep_hidden_states);
+                      const torch::Tensor& memory_mask, bool keep_hidden_states,
+                      const torch::Tensor& routing_mask = {});
 
   torch::nn::ModuleList block;
   std::vector<T5Block> blocks;
@@ -99,6 +104,7 @@ struct Seq2SeqOutput {
   torch::Tensor ce_loss;           // mean token cross-entropy over labels != -100
   torch::Tensor encoder_z_loss, encoder_aux_loss, decoder_z_loss, decoder_aux_loss;
   torch::Tensor loss;              // ce + z_coef * (z_enc + z_dec) + aux_coef * (aux_enc + aux_dec)
+  std::vector<torch::Tensor> layer_aux_loss;  // each sparse layer's load balancing, detached, as `routing`
 };
 
 class Seq2SeqModelImpl : public torch::nn::Module {
@@ -111,7 +117,7 @@ class Seq2SeqModelImpl : public torch::nn::Module {
                      bool keep_hidden_states = false);
   StackOutput decode(const torch::Tensor& decoder_input_ids, const torch::Tensor& decoder_attention_mask,
                      const torch::Tensor& memory, const torch::Tensor& memory_mask,
-                     bool keep_hidden_states = false);
+                     bool keep_hidden_states = false, const torch::Tensor& routing_mask = {});
   // Decoder hidden state [B, T, D] -> logits [B, T, V] (tied: rescaled by D^-0.5 first).
   torch::Tensor lm_logits(const torch::Tensor& hidden);
 
@@ -125,6 +131,9 @@ class Seq2SeqModelImpl : public torch::nn::Module {
   ModelConfig config_;
 };
 TORCH_MODULE(Seq2SeqModel);
+
+// The routing rule of a model's sparse layers (experts, top-k, capacity, jitter, padding).
+RoutingOptions routing_options(const ModelConfig& config);
 
 // Mean token cross-entropy over labels != -100, in float32: logits [B, T, V], labels [B, T].
 torch::Tensor token_cross_entropy(const torch::Tensor& logits, const torch::Tensor& labels);

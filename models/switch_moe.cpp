@@ -93,9 +93,12 @@ SwitchSparseMlpImpl::SwitchSparseMlpImpl(int64_t d_model, const RoutingOptions& 
   experts = register_module("experts", SwitchExperts(routing.num_experts, expert));
 }
 
-SparseMlpOutput SwitchSparseMlpImpl::forward(const torch::Tensor& x) {
+SparseMlpOutput SwitchSparseMlpImpl::forward(const torch::Tensor& x, const torch::Tensor& mask) {
   const int64_t B = x.size(0), S = x.size(1), D = x.size(2), E = options_.num_experts, k = options_.top_k;
-  const int64_t capacity = expert_capacity_for(options_, B, S, is_training());
+  torch::Tensor active;  // [B, S] bool
+  if (options_.ignore_padding && mask.defined()) active = (mask != 0).to(torch::kCPU).contiguous();
+  const int64_t routed = active.defined() ? active.sum().item<int64_t>() : B * S;
+  const int64_t capacity = expert_capacity_for(options_, routed, is_training());
   const auto& ffn = experts->options();
   const bool relu_experts = !ffn.gated && ffn.act == "relu";
   auto flat = x.reshape({B * S, D});  // [N, D]
@@ -112,14 +115,16 @@ SparseMlpOutput SwitchSparseMlpImpl::forward(const torch::Tensor& x) {
       const double jitter = is_training() ? options_.jitter_noise : 0.0;
       // Drawn as SwitchRouter draws it, so both paths see the same noise.
       auto noise = jitter > 0 ? torch::empty_like(flat).uniform_(1.0 - jitter, 1.0 + jitter) : torch::Tensor();
-      auto f = top1_switch(flat, noise, w, wi, wo, {B, S, options_.capacity_mode, capacity},
-                           is_training() ? ffn.dropout : 0.0);
+      const Top1Routing routing{B, S, options_.capacity_mode, capacity,
+                                active.defined() ? active.view({B * S}) : torch::Tensor()};
+      auto f = top1_switch(flat, noise, w, wi, wo, routing, is_training() ? ffn.dropout : 0.0);
       RouterOutput ro;
       ro.logits = f.logits.view({B, S, E});
       ro.top_experts = f.expert.view({B, S, 1});
       ro.top_kept = f.kept.view({B, S, 1});
       ro.expert_choice = f.expert.view({B, S});
       ro.kept = f.kept.view({B, S});
+      ro.active = active;
       ro.capacity = capacity;
       return {f.out.view({B, S, D}), ro};
     }
@@ -134,7 +139,7 @@ SparseMlpOutput SwitchSparseMlpImpl::forward(const torch::Tensor& x) {
     if (top1_gate) top1.emplace();
     probs = torch::softmax(logits, -1);
   }
-  Routing r = route_tokens(probs, k, options_.capacity_mode, capacity);
+  Routing r = route_tokens(probs, k, options_.capacity_mode, capacity, active);
 
   // Grouped dispatch: kept assignments sorted by expert, one matmul chain per expert on a
   // contiguous slice, results added back into their tokens' rows. Dropped tokens receive nothing.
@@ -168,33 +173,50 @@ SparseMlpOutput SwitchSparseMlpImpl::forward(const torch::Tensor& x) {
   ro.top_kept = r.kept.view({B, S, k});
   ro.expert_choice = ro.top_experts.select(2, 0);
   ro.kept = ro.top_kept.select(2, 0);
+  ro.active = active;
   ro.capacity = capacity;
   return {out.view({B, S, D}), ro};
 }
 
-torch::Tensor router_z_loss(const torch::Tensor& logits) {
+torch::Tensor router_z_loss(const torch::Tensor& logits, const torch::Tensor& active) {
   auto log_z = torch::logsumexp(logits, -1);  // [B, S]
-  return log_z.pow(2).sum() / log_z.numel();
+  if (!active.defined()) return log_z.pow(2).sum() / log_z.numel();
+  auto m = active.to(logits.device(), log_z.scalar_type());
+  return (log_z.pow(2) * m).sum() / m.sum().clamp_min(1.0);
 }
 
-torch::Tensor load_balancing_loss(const torch::Tensor& logits, const torch::Tensor& expert_choice) {
+torch::Tensor load_balancing_loss(const torch::Tensor& logits, const torch::Tensor& expert_choice,
+                                  const torch::Tensor& active) {
   const int64_t E = logits.size(-1);
-  auto probs = torch::softmax(logits, -1, torch::kFloat32);                                 // [B, S, E]
-  auto f = torch::nn::functional::one_hot(expert_choice, E).to(torch::kFloat32).mean(-2);  // [B, E]
-  auto p = probs.mean(-2);                                                                  // [B, E]
-  return (f * p).mean() * static_cast<double>(E * E);  // = E * mean_b sum_i f_i P_i, HF's form
+  auto probs = torch::softmax(logits, -1, torch::kFloat32);                     // [B, S, E]
+  auto chosen = torch::nn::functional::one_hot(expert_choice, E).to(torch::kFloat32);  // [B, S, E]
+  if (!active.defined()) {
+    auto f = chosen.mean(-2);  // [B, E]
+    auto p = probs.mean(-2);   // [B, E]
+    return (f * p).mean() * static_cast<double>(E * E);  // = E * mean_b sum_i f_i P_i, HF's form
+  }
+  auto m = active.to(logits.device(), torch::kFloat32).unsqueeze(-1);  // [B, S, 1]
+  auto n = m.sum(-2);                                                   // [B, 1] active tokens
+  auto f = (chosen * m).sum(-2) / n.clamp_min(1.0);                     // [B, E]
+  auto p = (probs * m).sum(-2) / n.clamp_min(1.0);                      // [B, E]
+  auto per_sequence = (f * p).sum(-1);                                  // [B]
+  auto with_tokens = (n.squeeze(-1) > 0).to(torch::kFloat32);
+  return (per_sequence * with_tokens).sum() / with_tokens.sum().clamp_min(1.0) * static_cast<double>(E);
 }
 
 RouterLosses router_losses(const std::vector<RouterOutput>& layers, const torch::Device& device) {
   auto zero = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat32).device(device));
-  if (layers.empty()) return {zero, zero};
+  if (layers.empty()) return {zero, zero, {}};
   torch::Tensor z = zero, aux = zero;
+  std::vector<torch::Tensor> layer_aux;
   for (const auto& l : layers) {
-    z = z + router_z_loss(l.logits);
-    aux = aux + load_balancing_loss(l.logits, l.expert_choice);
+    z = z + router_z_loss(l.logits, l.active);
+    auto a = load_balancing_loss(l.logits, l.expert_choice, l.active);
+    layer_aux.push_back(a.detach());
+    aux = aux + a;
   }
   const double n = static_cast<double>(layers.size());
-  return {z / n, aux / n};
+  return {z / n, aux / n, std::move(layer_aux)};
 }
 
 }  // namespace distill

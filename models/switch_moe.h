@@ -21,6 +21,7 @@ struct RouterOutput {
   torch::Tensor top_kept;       // [B, S, k] bool, the assignment was processed by its expert
   torch::Tensor expert_choice;  // [B, S] int64, top-1 expert before capacity
   torch::Tensor kept;           // [B, S] bool, the top-1 assignment was processed
+  torch::Tensor active;         // [B, S] bool, the tokens routed (padding is not); undefined: all
   int64_t capacity = 0;         // tokens per expert: per sequence (kFixed) or per batch (kFactor)
 };
 
@@ -57,7 +58,9 @@ struct SparseMlpOutput {
 class SwitchSparseMlpImpl : public torch::nn::Module {
  public:
   SwitchSparseMlpImpl(int64_t d_model, const RoutingOptions& routing, const FfnOptions& expert);
-  SparseMlpOutput forward(const torch::Tensor& x);  // x [B, S, D] (already layer-normed)
+  // x [B, S, D] (already layer-normed); mask [B, S] (nonzero = real token) is honoured when the
+  // options say ignore_padding: padding then gets no expert and takes no capacity.
+  SparseMlpOutput forward(const torch::Tensor& x, const torch::Tensor& mask = {});
   // Top-1 layers with ReLU experts run as one fused node in float32 on the CPU (switch_top1.h);
   // false takes the general path, as PyTorch's fast-path switches do (tests compare the two).
   void set_fused_top1(bool on) { fused_top1_ = on; }
@@ -71,15 +74,19 @@ class SwitchSparseMlpImpl : public torch::nn::Module {
 };
 TORCH_MODULE(SwitchSparseMlp);
 
-// Router z-loss (ST-MoE): mean over tokens of logsumexp(logits)^2.
-torch::Tensor router_z_loss(const torch::Tensor& logits);
+// Router z-loss (ST-MoE): mean over tokens of logsumexp(logits)^2; over the `active` [B, S]
+// tokens only when given.
+torch::Tensor router_z_loss(const torch::Tensor& logits, const torch::Tensor& active = {});
 // Load balancing: E * sum_i f_i * P_i per sequence, averaged over the batch, where f_i is the
-// fraction of tokens whose top-1 choice is expert i and P_i the mean router probability.
-torch::Tensor load_balancing_loss(const torch::Tensor& logits, const torch::Tensor& expert_choice);
+// fraction of tokens whose top-1 choice is expert i and P_i the mean router probability. With
+// `active` [B, S], both are over a sequence's active tokens, and sequences without any are left out.
+torch::Tensor load_balancing_loss(const torch::Tensor& logits, const torch::Tensor& expert_choice,
+                                  const torch::Tensor& active = {});
 
 struct RouterLosses {
   torch::Tensor z_loss;    // mean over the sparse layers; zero when there are none
   torch::Tensor aux_loss;  // mean over the sparse layers; zero when there are none
+  std::vector<torch::Tensor> layer_aux;  // each layer's load-balancing loss, detached (1.0 = balanced)
 };
 RouterLosses router_losses(const std::vector<RouterOutput>& layers, const torch::Device& device);
 

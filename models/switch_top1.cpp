@@ -53,8 +53,9 @@ Routed route(const at::Tensor& x, const at::Tensor& noise, const at::Tensor& w, 
   r.expert = at::empty({N}, x.options().dtype(at::kLong));
   r.kept = at::empty({N}, x.options().dtype(at::kBool));
   int64_t* ex = r.expert.data_ptr<int64_t>();
-  const auto by_expert =
-      route_pass(p, routing.batch, routing.seq_len, E, 1, routing.mode, routing.capacity, ex, r.kept.data_ptr<bool>());
+  const bool* active = routing.active.defined() ? routing.active.data_ptr<bool>() : nullptr;
+  const auto by_expert = route_pass(p, routing.batch, routing.seq_len, E, 1, routing.mode, routing.capacity, ex,
+                                    r.kept.data_ptr<bool>(), active);
   int64_t M = 0;
   for (const auto& list : by_expert) {
     r.groups.counts.push_back(static_cast<int64_t>(list.size()));
@@ -125,6 +126,11 @@ void check_shapes(const at::Tensor& x, const at::Tensor& noise, const at::Tensor
   }
   if (w.size(1) != D) bad = "router weight " + shape(w) + " for x " + shape(x);
   if (noise.defined() && !noise.sizes().equals(x.sizes())) bad = "noise " + shape(noise) + " for x " + shape(x);
+  if (routing.active.defined() && (routing.active.dim() != 1 || routing.active.size(0) != N ||
+                                   routing.active.scalar_type() != at::kBool || !routing.active.is_contiguous() ||
+                                   !routing.active.device().is_cpu())) {
+    bad = "active " + shape(routing.active) + " for x " + shape(x) + " (expected a contiguous CPU bool [N])";
+  }
   if (static_cast<int64_t>(wi.size()) != E || static_cast<int64_t>(wo.size()) != E) {
     bad = "expert weights for " + std::to_string(E) + " experts";
   }

@@ -17,6 +17,7 @@ struct Top1Routing {
   int64_t seq_len = 0;                       // S; x has B * S rows
   CapacityMode mode = CapacityMode::kFixed;  // queues per sequence or per batch
   int64_t capacity = 0;                      // tokens per expert (and sequence, kFixed)
+  at::Tensor active;                         // [N] bool on the CPU: tokens to route; undefined: all
 };
 
 struct Top1SwitchOutput {

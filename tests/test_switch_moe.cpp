@@ -54,6 +54,45 @@ TEST(SwitchRouting, CapacityIsNeverExceeded) {
   }
 }
 
+TEST(SwitchRouting, PaddingIsNeverKeptAndTakesNoCapacity) {
+  // Five tokens that all want expert 0, capacity 2; the first two are padding.
+  auto probs = torch::tensor({{{0.9f, 0.1f}, {0.9f, 0.1f}, {0.8f, 0.2f}, {0.7f, 0.3f}, {0.6f, 0.4f}}});  // [1, 5, 2]
+  auto active = torch::tensor({{false, false, true, true, true}});
+  for (auto mode : {CapacityMode::kFixed, CapacityMode::kFactor}) {
+    auto r = route_tokens(probs, 1, mode, 2, active);
+    auto kept = r.kept.view({5});
+    EXPECT_FALSE(kept[0].item<bool>());
+    EXPECT_FALSE(kept[1].item<bool>());
+    EXPECT_TRUE(kept[2].item<bool>());  // the padding did not fill expert 0's queue
+    EXPECT_TRUE(kept[3].item<bool>());
+    EXPECT_FALSE(kept[4].item<bool>());
+    EXPECT_EQ(r.counts[0], 2);
+  }
+  // Capacity in factor mode counts the routed tokens only.
+  RoutingOptions o;
+  o.num_experts = 4;
+  o.capacity_mode = CapacityMode::kFactor;
+  EXPECT_EQ(expert_capacity_for(o, 3, /*training=*/true), 1);   // ceil(3 / 4 * 1.25)
+  EXPECT_EQ(expert_capacity_for(o, 16, /*training=*/true), 5);  // ceil(16 / 4 * 1.25)
+}
+
+TEST(SwitchRouting, MaskedRouterLossesSeeOnlyRealTokens) {
+  torch::manual_seed(11);
+  auto logits = torch::randn({1, 7, 4});
+  auto choice = logits.argmax(-1);
+  auto active = torch::tensor({{true, true, true, true, false, false, false}});
+  auto real_logits = logits.narrow(1, 0, 4), real_choice = choice.narrow(1, 0, 4);
+  EXPECT_NEAR(load_balancing_loss(logits, choice, active).item<double>(),
+              load_balancing_loss(real_logits, real_choice).item<double>(), 1e-6);
+  EXPECT_NEAR(router_z_loss(logits, active).item<double>(), router_z_loss(real_logits).item<double>(), 1e-6);
+  // A sequence without real tokens is left out of the mean rather than counted as zero.
+  auto two = torch::cat({logits, logits}, 0);
+  auto two_choice = torch::cat({choice, choice}, 0);
+  auto two_active = torch::cat({active, torch::zeros_like(active)}, 0);
+  EXPECT_NEAR(load_balancing_loss(two, two_choice, two_active).item<double>(),
+              load_balancing_loss(real_logits, real_choice).item<double>(), 1e-6);
+}
+
 TEST(SwitchRouting, FirstChoicesQueueBeforeSecondChoices) {
   // Two tokens, both prefer expert 0 first and expert 1 second; capacity 1 per expert.
   auto probs = torch::tensor({{{0.6f, 0.4f}, {0.7f, 0.3f}}});  // [1, 2, 2]
@@ -78,10 +117,10 @@ TEST(SwitchRouting, CapacityFromFactor) {
   RoutingOptions o;
   o.num_experts = 4;
   o.capacity_mode = CapacityMode::kFactor;
-  EXPECT_EQ(expert_capacity_for(o, 2, 10, /*training=*/true), 7);   // ceil(20 / 4 * 1.25)
-  EXPECT_EQ(expert_capacity_for(o, 2, 10, /*training=*/false), 10); // 20 / 4 * 2.0
+  EXPECT_EQ(expert_capacity_for(o, 20, /*training=*/true), 7);   // ceil(20 / 4 * 1.25)
+  EXPECT_EQ(expert_capacity_for(o, 20, /*training=*/false), 10); // 20 / 4 * 2.0
   o.capacity_mode = CapacityMode::kFixed;
-  EXPECT_EQ(expert_capacity_for(o, 2, 10, true), 64);
+  EXPECT_EQ(expert_capacity_for(o, 20, true), 64);
 }
 
 class SparseLayer : public ::testing::TestWithParam<int64_t> {
@@ -364,7 +403,7 @@ TEST(SwitchGradients, FusedTop1NodeMatchesTheGeneralPath) {
       const auto& rw = layer->router->classifier->weight;
       EXPECT_TRUE(top1_switch_applies(flat, rw, wi, wo));
       auto noise = torch::empty_like(flat).uniform_(0.9, 1.1);
-      const int64_t cap = expert_capacity_for(r, 3, 10, true);
+      const int64_t cap = expert_capacity_for(r, 30, true);
       auto t = top1_switch(flat, noise, rw, wi, wo, {3, 10, CapacityMode::kFactor, cap}, 0.3);
       out.hidden = t.out.view({3, 10, 72});
       out.router.logits = t.logits.view({3, 10, 4});
@@ -470,6 +509,54 @@ TEST(MixedPrecision, Bf16AutocastKeepsRouterLogitsAndGradientsFloat32) {
   }
   auto again = run(true).first;
   EXPECT_GT((again.logits - amp.logits).abs().max().item<double>(), 1e-3);
+}
+
+// With padding ignored, padding takes no expert and no capacity: the real tokens' outputs do not
+// depend on how much padding there is or what it holds, on the fused and the general path alike,
+// with gradients.
+TEST(SwitchGradients, IgnoredPaddingChangesNothingForRealTokens) {
+  torch::manual_seed(12);
+  RoutingOptions r;
+  r.num_experts = 4;
+  r.capacity_mode = CapacityMode::kFactor;
+  r.capacity_factor_train = 1.0;  // tight: padding taking capacity would drop real tokens
+  r.ignore_padding = true;
+  FfnOptions f;
+  f.d_model = 16;
+  f.d_ff = 8;
+  f.dropout = 0.0;
+  SwitchSparseMlp layer(16, r, f);
+  layer->train();
+  const int64_t B = 2, S = 8, n = 5;  // row 1 has n real tokens, then padding
+  auto x = torch::randn({B, S, 16});
+  auto mask = torch::ones({B, S}, torch::kLong);
+  mask[1].narrow(0, n, S - n).zero_();
+  auto other = x.clone();
+  other[1].narrow(0, n, S - n).normal_(0, 10);  // different padding content
+  for (bool fused : {true, false}) {
+    layer->set_fused_top1(fused);
+    auto run = [&](const torch::Tensor& in) {
+      layer->zero_grad();
+      auto xi = in.clone().requires_grad_(true);
+      auto out = layer->forward(xi, mask);
+      auto real = mask.to(torch::kBool);
+      auto loss = (out.hidden * out.hidden).sum() + router_z_loss(out.router.logits, out.router.active) +
+                  load_balancing_loss(out.router.logits, out.router.expert_choice, out.router.active);
+      loss.backward();
+      return std::make_tuple(out, xi.grad(), layer->router->classifier->weight.grad().clone());
+    };
+    auto [a, ga, wa] = run(x);
+    auto [b, gb, wb] = run(other);
+    auto pad = mask == 0;
+    EXPECT_FALSE(a.router.kept.masked_select(pad).any().item<bool>()) << fused;
+    EXPECT_EQ(a.hidden.index({pad}).abs().max().item<float>(), 0.0f) << fused;
+    EXPECT_EQ(a.router.capacity, expert_capacity_for(r, B * S - (S - n), true));
+    auto real = mask != 0;
+    EXPECT_TRUE(torch::equal(a.router.kept, b.router.kept));
+    EXPECT_TRUE(tensors_close(a.hidden.index({real}), b.hidden.index({real}), 1e-6)) << fused;
+    EXPECT_TRUE(tensors_close(ga.index({real}), gb.index({real}), 1e-5)) << fused;
+    EXPECT_TRUE(tensors_close(wa, wb, 1e-5)) << fused;  // the router learns nothing from padding
+  }
 }
 
 TEST(SwitchModel, PaddingDoesNotChangeRealTokens) {

@@ -54,12 +54,12 @@ Command add_train(CLI::App& app) {
   auto a = std::make_shared<JobArgs>();
   auto* sub = app.add_subcommand("train", "Train a model from scratch: the sparse teacher, or with --dense the dense baseline");
   add_job_options(sub, *a);
-  sub->add_flag("--dense", a->dense, "Train the dense baseline (the student's shape) instead of the teacher");
+  sub->add_flag("--dense", a->dense, "Train the dense baseline (the student's shape, the student's whole budget) instead of the teacher");
   return {sub, [a] {
             auto c = load(*a);
             open_run_directory(c);
             auto data = prepare_data(c, resolve_tokenizer(c));
-            auto r = train_from_scratch(c, data, a->dense, a->resume);
+            auto r = a->dense ? train_baseline(c, data, a->resume) : train_teacher(c, data, a->resume);
             std::cout << r.name << " model: " << r.model_dir << "\n";
           }};
 }
@@ -71,8 +71,9 @@ Command add_distill(CLI::App& app) {
   return {sub, [a] {
             auto c = load(*a);
             open_run_directory(c);
+            auto teacher = find_teacher(c);
             auto data = prepare_data(c, resolve_tokenizer(c));
-            auto r = distill_student(c, data, a->resume);
+            auto r = distill_student(c, data, teacher, a->resume);
             std::cout << "student model: " << r.model_dir << "\n";
           }};
 }
@@ -142,10 +143,14 @@ Command add_eval(CLI::App& app) {
             std::cout << fmt::format("neg_log_perplexity {:.4f} (+- {:.4f})  perplexity {:.3f}  accuracy {:.4f}  on {} target tokens\n",
                                      r.neg_log_perplexity, r.nll_stderr, r.perplexity, r.accuracy, r.tokens);
             for (const auto& l : r.routing) {
-              std::cout << fmt::format("{}: dropped {:.2f}%  load", l.layer, 100 * l.dropped_rate);
+              std::cout << fmt::format("{}: dropped {:.2f}% (at training capacity {:.2f}%)  load max {:.2f}% min {:.2f}%  "
+                                       "dead experts {}  mean gate {:.3f}  balance loss {:.3f}\n  load",
+                                       l.layer, 100 * l.dropped_rate, 100 * l.dropped_rate_train.value_or(l.dropped_rate),
+                                       100 * l.max_load, 100 * l.min_load, l.dead_experts, l.mean_gate, l.aux_loss);
               for (double x : l.load) std::cout << fmt::format(" {:.3f}", x);
               std::cout << "\n";
             }
+            for (const auto& w : routing_warnings(r.routing, a->model)) std::cerr << "warning: " << w << "\n";
           }};
 }
 

@@ -1,0 +1,29 @@
+#include "distill/budget.h"
+
+namespace distill {
+
+Budget& Budget::operator+=(const Budget& o) {
+  steps += o.steps;
+  examples += o.examples;
+  tokens += o.tokens;
+  train_flops += o.train_flops;
+  seconds += o.seconds;
+  return *this;
+}
+
+nlohmann::json Budget::to_json() const {
+  return {{"steps", steps}, {"examples", examples}, {"tokens", tokens}, {"train_flops", train_flops}, {"seconds", seconds}};
+}
+
+Budget Budget::from_json(const nlohmann::json& j) {
+  Budget b;
+  if (!j.is_object()) return b;
+  b.steps = j.value("steps", int64_t{0});
+  b.examples = j.value("examples", int64_t{0});
+  b.tokens = j.value("tokens", int64_t{0});
+  b.train_flops = j.value("train_flops", 0.0);
+  b.seconds = j.value("seconds", 0.0);
+  return b;
+}
+
+}  // namespace distill

@@ -1,0 +1,59 @@
+// A stage directory (teacher, baseline, student) and the record of what determined its model: a
+// finished stage is reused only when that record matches the current settings, and a stage that
+// is started afresh begins from an empty directory, so no report or resume mixes two runs.
+#pragma once
+
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "data/batching.h"
+#include "distill/budget.h"
+
+namespace distill {
+
+// A stage's model: where it is and what it cost.
+struct StageResult {
+  std::string name;          // teacher | baseline | student
+  std::string model_dir;     // where the model is
+  bool reused = false;       // a finished stage found on disk with the same settings (or a given checkpoint)
+  bool trained_here = true;  // false: a checkpoint given by path
+  Budget budget;             // what its training consumed (a given checkpoint: its stated trained_tokens)
+  bool budget_known = true;  // false: a given checkpoint whose training budget was not stated
+  DataPosition data_end;     // where its training stopped in the data stream
+  std::string identity;      // hash of what determined it (its settings, or a given checkpoint's bytes)
+};
+
+enum class StageAction {
+  kReuse,   // finished with the same settings: use its model as it is
+  kResume,  // unfinished with the same settings, and --resume: continue from its newest checkpoint
+  kTrain,   // train from the start in an emptied directory
+};
+
+// Decides what to do with `dir` for a stage whose model is determined by `fingerprint`, logs
+// why (naming the settings that changed), and for kTrain empties the directory and records the
+// fingerprint in dir/stage.json.
+StageAction prepare_stage(const std::string& name, const std::string& dir, const nlohmann::json& fingerprint, bool resume);
+
+// What a finished stage recorded in DONE.json.
+struct FinishedStage {
+  Budget budget;
+  DataPosition data_end;     // where its training stopped in the data stream
+  std::string fingerprint;   // hash of the fingerprint it was trained under
+};
+FinishedStage read_finished_stage(const std::string& dir);
+
+// Short stable hash of a fingerprint (hex), for naming a stage's identity in another's.
+std::string fingerprint_hash(const nlohmann::json& fingerprint);
+
+// Hash of a model directory's files (config.json and weights): the identity of a checkpoint that
+// was not trained here.
+std::string model_dir_hash(const std::string& dir);
+
+// Hash of a file's bytes (hex); throws InputError naming the file when it cannot be read.
+std::string file_hash(const std::string& path);
+
+// "a.b: 1 -> 2" for each leaf that differs between two fingerprints (at most `limit`).
+std::string fingerprint_diff(const nlohmann::json& before, const nlohmann::json& now, size_t limit = 6);
+
+}  // namespace distill
