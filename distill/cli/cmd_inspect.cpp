@@ -51,7 +51,8 @@ nlohmann::json inspect_json(const ModelConfig& c, const InspectArgs& a) {
                     {"capacity_factor_eval", c.capacity_factor_eval},
                     {"router_jitter_noise", c.router_jitter_noise},
                     {"router_z_loss_coef", c.router_z_loss_coef},
-                    {"router_aux_loss_coef", c.router_aux_loss_coef}};
+                    {"router_aux_loss_coef", c.router_aux_loss_coef},
+                    {"router_ignore_padding_tokens", c.router_ignore_padding_tokens}};
   }
   return j;
 }
@@ -85,12 +86,13 @@ void print_text(const ModelConfig& c, const InspectArgs& a) {
   std::cout << fmt::format("FLOPs (forward, {} source + {} target tokens)\n", a.src_len, a.tgt_len)
             << fmt::format("  per example {:.4g}   per token {:.4g}\n", flops, flops / (a.src_len + a.tgt_len));
   if (c.is_sparse()) {
-    std::cout << fmt::format("experts {} per sparse layer, top-{} routing, capacity {}\n", c.num_experts,
+    std::cout << fmt::format("experts {} per sparse layer, top-{} routing, capacity {}", c.num_experts,
                              c.router_top_k,
                              c.capacity_mode == CapacityMode::kFixed
                                  ? fmt::format("fixed {} tokens per expert and sequence", c.expert_capacity)
                                  : fmt::format("factor {} (train) / {} (eval) per batch",
-                                               c.capacity_factor_train, c.capacity_factor_eval));
+                                               c.capacity_factor_train, c.capacity_factor_eval))
+              << (c.router_ignore_padding_tokens ? ", padding not routed\n" : ", padding routed like any token\n");
     std::cout << "sparse layers:";
     for (const auto& l : sparse_layers(c)) std::cout << " " << l.name;
     std::cout << "\n";
