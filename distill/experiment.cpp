@@ -11,6 +11,7 @@
 #include <map>
 
 #include "distill/report.h"
+#include "distill/stage_jobs.h"
 #include "distill/stages.h"
 #include "distill/student_init.h"
 #include "distill/trainer.h"
@@ -49,6 +50,11 @@ uint64_t data_seed(const RunConfig& c) { return c.data.seed ? static_cast<uint64
 std::string stage_dir(const RunConfig& c, const std::string& stage) { return (fs::path(c.output_dir) / stage).string(); }
 
 int64_t teacher_steps(const RunConfig& c) { return c.teacher.steps ? *c.teacher.steps : c.training.steps; }
+
+// How logs name a stage: "student", or "student seed 2" when there are several seeds.
+std::string stage_label(const RunConfig& c, const std::string& name) {
+  return c.seeds > 1 ? name + " seed " + std::to_string(c.seed_index + 1) : name;
+}
 
 // The training settings that determine a model (not how often it logs, evaluates or checkpoints).
 json training_fingerprint(const TrainingConfig& t, int64_t steps) {
@@ -106,6 +112,33 @@ ModelConfig dense_shape(const RunConfig& c, int64_t vocab_size) {
   return student_config(teacher, c.student.d_ff, c.training.dropout);
 }
 
+// A baseline trained here (from scratch, or on from baseline.path) for `steps`.
+json baseline_fingerprint(const RunConfig& c, const PreparedData& data, int64_t steps) {
+  json f = {{"stage", "baseline"}, {"data", data.fingerprint}, {"seed", c.seed}};
+  if (!c.baseline.path.empty()) f["from"] = model_dir_hash(c.baseline.path);
+  else f["model"] = hf_config_json(dense_shape(c, data.tokenizer.vocab_size()));
+  f["training"] = training_fingerprint(c.training, steps);
+  return f;
+}
+
+DataPosition student_start(const StageResult& teacher) { return teacher.trained_here ? teacher.data_end : DataPosition{}; }
+
+json student_fingerprint(const RunConfig& c, const PreparedData& data, const StageResult& teacher) {
+  const json settings = run_config_json(c);
+  const DataPosition start = student_start(teacher);
+  return {{"stage", "student"},
+          {"data", data.fingerprint},
+          {"teacher", teacher.identity},
+          {"teacher_run", {{"bf16", c.teacher.bf16}, {"capacity_factor", settings["distillation"]["teacher_capacity_factor"]}}},
+          {"student", settings["student"]},
+          {"distillation", settings["distillation"]},
+          {"training", training_fingerprint(c.training, c.training.steps)},
+          {"seed", c.seed},
+          {"start", {{"epoch", start.epoch}, {"batch", start.batch}}}};
+}
+
+bool baseline_trained_here(const RunConfig& c) { return c.baseline.path.empty() || c.baseline.continue_steps > 0; }
+
 }  // namespace
 
 void open_run_directory(const RunConfig& config) {
@@ -141,7 +174,7 @@ Tokenizer resolve_tokenizer(const RunConfig& c) {
   return Tokenizer::load(dir);
 }
 
-PreparedData prepare_data(const RunConfig& c, Tokenizer tokenizer) {
+PreparedData prepare_data(const RunConfig& c, Tokenizer tokenizer, bool quiet) {
   PreparedData d{std::move(tokenizer), nullptr, {}, {}, 0, 0, 0, {}, {}};
   const auto& t = d.tokenizer;
   for (const char* f : {"spiece.model", "tokenizer_config.json"}) {
@@ -180,7 +213,8 @@ PreparedData prepare_data(const RunConfig& c, Tokenizer tokenizer) {
                                            : epoch.batches.size();
   for (size_t i = 0; i < n; ++i) d.eval.push_back(eval.collate_batch(epoch, i));
   d.fingerprint = data_fingerprint(c, t);
-  spdlog::info("data: {} training documents ({} tokens, {} lines not UTF-8 skipped), {} validation documents, {} eval batches",
+  if (!quiet)
+    spdlog::info("data: {} training documents ({} tokens, {} lines not UTF-8 skipped), {} validation documents, {} eval batches",
                d.train_documents, d.train_tokens, d.stats.skipped_invalid_utf8, d.validation_documents, d.eval.size());
   return d;
 }
@@ -234,6 +268,7 @@ RunConfig replica_config(const RunConfig& c, int64_t i) {
   RunConfig r = c;
   r.data.seed = static_cast<int64_t>(data_seed(c));
   r.seed = c.seed + 1000 * static_cast<uint64_t>(i);
+  r.seed_index = i;
   if (i > 0) r.output_dir = (fs::path(c.output_dir) / ("seed-" + std::to_string(i))).string();
   return r;
 }
@@ -244,7 +279,8 @@ StageResult train_teacher(const RunConfig& c, const PreparedData& data, bool res
   r.name = "teacher";
   const std::string dir = stage_dir(c, r.name);
   r.model_dir = (fs::path(dir) / "model").string();
-  const auto action = prepare_stage(r.name, dir, teacher_fingerprint(c, data), resume);
+  const std::string label = stage_label(c, r.name);
+  const auto action = prepare_stage(label, dir, teacher_fingerprint(c, data), resume);
   r.reused = action == StageAction::kReuse;
   if (!r.reused) {
     ModelConfig config = teacher_model_config(c, data.tokenizer.vocab_size(), /*dense_only=*/false);
@@ -253,8 +289,8 @@ StageResult train_teacher(const RunConfig& c, const PreparedData& data, bool res
     torch::manual_seed(c.seed + 1);
     Seq2SeqModel model(config);
     init_from_scratch(model, training.init_scale);
-    spdlog::info("[teacher] training a {} model from scratch for {} steps (seed {})", config.model_type, training.steps, c.seed);
-    TrainerOptions o{r.name, dir, training, c.seed, action == StageAction::kResume, data.tokenizer_files};
+    spdlog::info("[{}] training a {} model from scratch for {} steps (seed {})", label, config.model_type, training.steps, c.seed);
+    TrainerOptions o{label, dir, training, c.seed, action == StageAction::kResume, data.tokenizer_files, {}};
     Trainer(model, data.train, &data.eval, o).run();
   }
   read_stage(r, dir);
@@ -285,35 +321,28 @@ StageResult train_baseline(const RunConfig& c, const PreparedData& data, bool re
   const bool given = !c.baseline.path.empty();
   if (given && c.baseline.continue_steps == 0) return given_model(r.name, c.baseline.path, c.baseline.trained_tokens);
 
-  Seq2SeqModel model{nullptr};
   TrainingConfig training = c.training;
-  json fingerprint = {{"stage", "baseline"}, {"data", data.fingerprint}, {"seed", c.seed}};
-  if (given) {
-    training.steps = c.baseline.continue_steps;
-    fingerprint["from"] = model_dir_hash(c.baseline.path);
-  } else {
-    training.steps = baseline_steps(c, data);
-    fingerprint["model"] = hf_config_json(dense_shape(c, data.tokenizer.vocab_size()));
-  }
-  fingerprint["training"] = training_fingerprint(c.training, training.steps);
-  const auto action = prepare_stage(r.name, dir, fingerprint, resume);
+  training.steps = given ? c.baseline.continue_steps : baseline_steps(c, data);
+  const std::string label = stage_label(c, r.name);
+  const auto action = prepare_stage(label, dir, baseline_fingerprint(c, data, training.steps), resume);
   r.reused = action == StageAction::kReuse;
   if (!r.reused) {
     torch::manual_seed(c.seed + 2);
+    Seq2SeqModel model{nullptr};
     if (given) {
       model = load_model(c.baseline.path);
       if (model->config().is_sparse()) {
         throw ConfigError("baseline.path " + c.baseline.path + " is a sparse model; the baseline must be dense");
       }
       check_vocabulary(model->config(), data.tokenizer, "baseline " + c.baseline.path);
-      spdlog::info("[baseline] training {} on for {} steps", c.baseline.path, training.steps);
+      spdlog::info("[{}] training {} on for {} steps", label, c.baseline.path, training.steps);
     } else {
       model = Seq2SeqModel(dense_shape(c, data.tokenizer.vocab_size()));
       init_from_scratch(model, training.init_scale);
-      spdlog::info("[baseline] training a dense model of the student's shape from scratch for {} steps (seed {})",
+      spdlog::info("[{}] training a dense model of the student's shape from scratch for {} steps (seed {})", label,
                    training.steps, c.seed);
     }
-    TrainerOptions o{r.name, dir, training, c.seed, action == StageAction::kResume, data.tokenizer_files};
+    TrainerOptions o{label, dir, training, c.seed, action == StageAction::kResume, data.tokenizer_files, {}};
     Trainer(model, data.train, &data.eval, o).run();
   }
   read_stage(r, dir);
@@ -363,19 +392,9 @@ StageResult distill_student(const RunConfig& c, const PreparedData& data, const 
   r.name = "student";
   const std::string dir = stage_dir(c, r.name);
   r.model_dir = (fs::path(dir) / "model").string();
-  const DataPosition start = teacher_stage.trained_here ? teacher_stage.data_end : DataPosition{};
-  const json settings = run_config_json(c);
-  json teacher_run = {{"bf16", c.teacher.bf16}, {"capacity_factor", settings["distillation"]["teacher_capacity_factor"]}};
-  const json fingerprint = {{"stage", "student"},
-                            {"data", data.fingerprint},
-                            {"teacher", teacher_stage.identity},
-                            {"teacher_run", teacher_run},
-                            {"student", settings["student"]},
-                            {"distillation", settings["distillation"]},
-                            {"training", training_fingerprint(c.training, c.training.steps)},
-                            {"seed", c.seed},
-                            {"start", {{"epoch", start.epoch}, {"batch", start.batch}}}};
-  const auto action = prepare_stage(r.name, dir, fingerprint, resume);
+  const DataPosition start = student_start(teacher_stage);
+  const std::string label = stage_label(c, r.name);
+  const auto action = prepare_stage(label, dir, student_fingerprint(c, data, teacher_stage), resume);
   r.reused = action == StageAction::kReuse;
   if (!r.reused) {
     auto teacher = load_teacher(c, teacher_stage, data.tokenizer);
@@ -393,13 +412,13 @@ StageResult distill_student(const RunConfig& c, const PreparedData& data, const 
       frequency = routing_frequency(teacher, calibration);
     }
     auto init = init_student(student, teacher, mode, c.student.copy_non_expert, frequency);
-    spdlog::info("[student] from teacher {}: {} tensors copied, {} built from experts ({}), {} fresh; data from epoch {} batch {}",
-                 teacher_stage.model_dir, init.copied.size(), init.from_experts.size(), c.student.init, init.fresh.size(),
+    spdlog::info("[{}] from teacher {}: {} tensors copied, {} built from experts ({}), {} fresh; data from epoch {} batch {}",
+                 label, teacher_stage.model_dir, init.copied.size(), init.from_experts.size(), c.student.init, init.fresh.size(),
                  start.epoch, start.batch);
     TeacherSignal signal{teacher, {c.distillation.hard_weight, c.distillation.soft_weight, c.distillation.temperature,
                                    c.distillation.soft_loss == "kl"},
                          c.distillation.teacher_cache ? c.distillation.teacher_cache_top_k : 0};
-    TrainerOptions o{"student", dir, c.training, c.seed, action == StageAction::kResume, data.tokenizer_files, start};
+    TrainerOptions o{label, dir, c.training, c.seed, action == StageAction::kResume, data.tokenizer_files, start};
     Trainer(student, data.train, &data.eval, o, signal).run();
   }
   read_stage(r, dir);
@@ -426,13 +445,57 @@ class Evaluations {
 
 }  // namespace
 
+std::vector<StageJob> pending_stages(const RunConfig& c, const PreparedData& data) {
+  std::vector<StageJob> jobs;
+  std::vector<std::optional<size_t>> teacher_job(static_cast<size_t>(c.seeds));
+  for (int64_t i = 0; i < c.seeds; ++i) {
+    const RunConfig rc = replica_config(c, i);
+    const bool own_teacher = c.teacher.path.empty() && (i == 0 || !c.teacher.train_once);
+    if (own_teacher && !stage_is_done(stage_dir(rc, "teacher"), teacher_fingerprint(rc, data))) {
+      teacher_job[static_cast<size_t>(i)] = jobs.size();
+      jobs.push_back({i, "teacher", {}});
+    }
+    if (baseline_trained_here(c)) {
+      const int64_t steps = c.baseline.path.empty() ? baseline_steps(rc, data) : c.baseline.continue_steps;
+      if (!stage_is_done(stage_dir(rc, "baseline"), baseline_fingerprint(rc, data, steps))) jobs.push_back({i, "baseline", {}});
+    }
+    // A student can only be finished if its teacher is (its fingerprint names the teacher).
+    const auto& waits = teacher_job[static_cast<size_t>(own_teacher ? i : 0)];
+    if (waits) {
+      jobs.push_back({i, "student", {*waits}});
+    } else {
+      const StageResult teacher = find_teacher(own_teacher ? rc : replica_config(c, 0));
+      if (!stage_is_done(stage_dir(rc, "student"), student_fingerprint(rc, data, teacher))) jobs.push_back({i, "student", {}});
+    }
+  }
+  return jobs;
+}
+
+StageResult run_stage(const RunConfig& c, const PreparedData& data, int64_t i, const std::string& stage, bool resume) {
+  const RunConfig rc = replica_config(c, i);
+  if (stage == "teacher") return train_teacher(rc, data, resume);
+  if (stage == "baseline") return train_baseline(rc, data, resume);
+  if (stage == "student") {
+    const bool own_teacher = c.teacher.path.empty() && (i == 0 || !c.teacher.train_once);
+    return distill_student(rc, data, find_teacher(own_teacher ? rc : replica_config(c, 0)), resume);
+  }
+  throw Error("unknown stage \"" + stage + "\" (expected teacher, baseline or student)");
+}
+
 json run_experiment(const RunConfig& c, bool resume) {
   auto tokenizer = resolve_tokenizer(c);
   auto data = prepare_data(c, tokenizer);
+  // Independent stages train side by side in child processes; what they leave is reused below.
+  const auto jobs = pending_stages(c, data);
+  const int threads = at::get_num_threads();
+  const int workers = static_cast<int>(std::min<int64_t>(static_cast<int64_t>(jobs.size()),
+                                                         c.parallel_stages > 0 ? c.parallel_stages : threads));
+  if (workers > 1) {
+    run_stage_jobs(jobs, (fs::path(c.output_dir) / "config.yaml").string(), resume, workers, std::max(1, threads / workers));
+  }
   std::vector<SeedRun> runs;
   for (int64_t i = 0; i < c.seeds; ++i) {
     const RunConfig rc = replica_config(c, i);
-    if (c.seeds > 1) spdlog::info("seed {} of {}: model seed {}, into {}", i + 1, c.seeds, rc.seed, rc.output_dir);
     SeedRun run;
     run.seed = rc.seed;
     run.teacher = i > 0 && c.teacher.train_once ? runs[0].teacher : train_teacher(rc, data, resume);

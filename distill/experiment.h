@@ -35,7 +35,8 @@ struct PreparedData {
 Tokenizer resolve_tokenizer(const RunConfig& config);
 
 // Reads, tokenizes and splits the corpora; builds the training dataset and the evaluation batches.
-PreparedData prepare_data(const RunConfig& config, Tokenizer tokenizer);
+// `quiet` leaves the summary out of the log (child processes that each prepare the same data).
+PreparedData prepare_data(const RunConfig& config, Tokenizer tokenizer, bool quiet = false);
 
 // A model checkpoint's vocabulary must cover the tokenizer's with the same special ids.
 void check_vocabulary(const ModelConfig& model, const Tokenizer& tokenizer, const std::string& what);
@@ -69,6 +70,20 @@ Seq2SeqModel load_teacher(const RunConfig& config, const StageResult& teacher, c
 // here continues in the data where the teacher's training stopped, so the baseline, trained over
 // the same stream for the teacher's and the student's steps, sees exactly the batches they saw.
 StageResult distill_student(const RunConfig& config, const PreparedData& data, const StageResult& teacher, bool resume);
+
+// A stage of one seed that still has to be trained, and the jobs (indices) it waits for.
+struct StageJob {
+  int64_t seed_index = 0;
+  std::string stage;          // teacher | baseline | student
+  std::vector<size_t> after;  // jobs that must finish first (a student waits for its teacher)
+};
+
+// Every stage of every seed that is not finished with its current settings, in dependency order.
+std::vector<StageJob> pending_stages(const RunConfig& config, const PreparedData& data);
+
+// Trains (or reuses) one stage of one seed: what a `distill stage` child process does.
+StageResult run_stage(const RunConfig& config, const PreparedData& data, int64_t seed_index, const std::string& stage,
+                      bool resume);
 
 // The whole experiment, every seed; writes OUTPUT/report.json and OUTPUT/report.md and returns the report.
 nlohmann::json run_experiment(const RunConfig& config, bool resume);

@@ -156,6 +156,7 @@ void visit(V& v, RunConfig& c) {
   v.field("seed", c.seed);
   v.field("seeds", c.seeds);
   v.field("threads", c.threads);
+  v.field("parallel_stages", c.parallel_stages);
   v.section("data", c.data);
   v.section("teacher", c.teacher);
   v.section("baseline", c.baseline);
@@ -430,6 +431,7 @@ void check(ReadContext& ctx, const RunConfig& r) {
   c.need(!r.output_dir.empty(), "output_dir", "must not be empty");
   c.need(r.threads >= 0, "threads", "must be >= 0 (0 = cores available)");
   c.need(r.seeds >= 1 && r.seeds <= 100, "seeds", "must be in [1, 100]");
+  c.need(r.parallel_stages >= 0 && r.parallel_stages <= 64, "parallel_stages", "must be in [0, 64] (0 = one per thread)");
   const auto& d = r.data;
   check_corpus(c, d.train, "data.train", true);
   check_corpus(c, d.validation, "data.validation", false);

@@ -157,13 +157,17 @@ struct RunConfig {
   int64_t seeds = 1;                  // replicas of the baseline and student (and teacher, unless
                                       // teacher.train_once) with model seeds seed + 1000 i, same data
                                       // order; the report gives means, spreads and 95% intervals
-  int threads = 0;                    // 0 = cores available
+  int threads = 0;                    // 0 = cores available (--threads wins)
+  int64_t parallel_stages = 0;        // stages trained side by side, each in a process of its own with an
+                                      // equal share of the threads; 0 = one per thread; 1 = in turn, here
   DataConfig data;
   TeacherConfig teacher;
   BaselineConfig baseline;
   StudentConfig student;
   DistillationConfig distillation;
   TrainingConfig training;            // baseline and student (and teacher unless it has its own)
+
+  int64_t seed_index = 0;             // not a key: which seed replica this is (replica_config sets it)
 };
 
 // Reads `path`, applies `overrides` ("a.b=value"), and validates. Every unknown key (with a

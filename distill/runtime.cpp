@@ -60,8 +60,17 @@ void check_blas_kernels(const std::string& core) {
 }
 }  // namespace
 
+namespace {
+int g_cli_threads = 0;  // --threads as given; 0 = not given
+}  // namespace
+
+void apply_config_threads(int config_threads) {
+  if (g_cli_threads == 0 && config_threads > 0) at::set_num_threads(config_threads);
+}
+
 RuntimeInfo init_runtime(int threads) {
   RuntimeInfo info;
+  g_cli_threads = threads;
   info.threads = threads > 0 ? threads : available_cores();
   at::set_num_threads(info.threads);
   // Denormal floats (tiny Adam moments and gradients late in training) are ~100x slower on x86:

@@ -21,4 +21,8 @@ RuntimeInfo init_runtime(int threads = 0);
 // Cores available to this process (sched_getaffinity), at least 1.
 int available_cores();
 
+// A run configuration's `threads` key: applied when the command line gave no --threads (which
+// init_runtime received), so the command line wins.
+void apply_config_threads(int config_threads);
+
 }  // namespace distill

@@ -112,6 +112,13 @@ std::string fingerprint_diff(const json& before, const json& now, size_t limit) 
   return out;
 }
 
+bool stage_is_done(const std::string& dir, const json& fingerprint) {
+  const fs::path root(dir);
+  const auto recorded = recorded_fingerprint(root / "stage.json");
+  return recorded && *recorded == json::parse(fingerprint.dump()) && fs::exists(root / "DONE.json") &&
+         fs::exists(root / "model" / "config.json");
+}
+
 StageAction prepare_stage(const std::string& name, const std::string& dir, const json& fingerprint, bool resume) {
   const fs::path root(dir);
   const json now = json::parse(fingerprint.dump());  // as it reads back from stage.json

@@ -35,6 +35,9 @@ enum class StageAction {
 // fingerprint in dir/stage.json.
 StageAction prepare_stage(const std::string& name, const std::string& dir, const nlohmann::json& fingerprint, bool resume);
 
+// Whether `dir` holds a finished stage trained under `fingerprint` (prepare_stage would reuse it).
+bool stage_is_done(const std::string& dir, const nlohmann::json& fingerprint);
+
 // What a finished stage recorded in DONE.json.
 struct FinishedStage {
   Budget budget;

@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "distill/trainer.h"
 #include "models/atomic_file.h"
 #include "tests/test_util.h"
 
@@ -109,12 +110,17 @@ TEST(E2eRun, TinyExperimentWritesACompleteConsistentReport) {
 
   // Other distillation settings retrain the student only; a second seed trains its three stages
   // and the quality figures get intervals over seeds.
+  const std::string teacher_done = read_text_file(dir.file("run/teacher/DONE.json"));
+  const std::string baseline_done = read_text_file(dir.file("run/baseline/DONE.json"));
   ASSERT_EQ(run_distill("run configs/tiny.yaml --output " + dir.file("run") +
-                            " --set distillation.hard_weight=0.5 --set distillation.soft_weight=0.5 --set seeds=2",
+                            " --set distillation.hard_weight=0.5 --set distillation.soft_weight=0.5 --set seeds=2 --set parallel_stages=2",
                         &out, &err), 0) << err;
-  EXPECT_NE(err.find("[teacher] finished earlier with the same settings"), std::string::npos) << err;
-  EXPECT_NE(err.find("[baseline] finished earlier with the same settings"), std::string::npos) << err;
+  EXPECT_EQ(read_text_file(dir.file("run/teacher/DONE.json")), teacher_done);  // not trained again
+  EXPECT_EQ(read_text_file(dir.file("run/baseline/DONE.json")), baseline_done);
+  EXPECT_EQ(err.find("[teacher seed 1] not reusing"), std::string::npos) << err;
+  EXPECT_NE(err.find("[student seed 1] not reusing"), std::string::npos) << err;
   EXPECT_NE(err.find("distillation.hard_weight: 0.75 -> 0.5"), std::string::npos) << err;
+  EXPECT_NE(err.find("started the teacher of seed 2"), std::string::npos) << err;  // side by side, in processes
   EXPECT_TRUE(fs::exists(dir.file("run/seed-1/teacher/DONE.json")));
   auto two = json::parse(read_text_file(dir.file("run/report.json")));
   EXPECT_EQ(two["seeds"], 2);
@@ -212,6 +218,45 @@ TEST(E2eInterrupt, CtrlCSavesACheckpointAndResumeFinishes) {
   EXPECT_NE(err2.find("resumed from"), std::string::npos) << err2;
   EXPECT_NE(err2.find("step 300/300"), std::string::npos) << err2;
   EXPECT_TRUE(fs::exists(dir.file("run/teacher/model/model.safetensors")));
+}
+
+// distill run trains the teacher and the baseline side by side in child processes: Ctrl-C reaches
+// them through the parent, each saves a checkpoint, and --resume finishes the experiment.
+TEST(E2eInterrupt, CtrlCStopsEveryStageProcessAndResumeFinishesTheRun) {
+  ASSERT_TRUE(have_sotu());
+  test::TempDir dir;
+  const std::string settings = " --set training.steps=150 --set training.checkpoint_interval=0";
+  const std::string script = "cd " + std::string(DISTILL_SOURCE_DIR) + " && (" + DISTILL_BINARY +
+                             " --threads 2 run configs/tiny.yaml --output " + dir.file("run") + settings +
+                             " --set training.log_interval=1 2>" + dir.file("err") +
+                             " & pid=$!; for i in $(seq 600); do grep -q 'baseline\] step 3/' " + dir.file("err") +
+                             " && break; sleep 0.1; done; kill -INT $pid; wait $pid; echo $? >" + dir.file("code") + ")";
+  ASSERT_EQ(std::system(script.c_str()), 0);
+  const std::string err = read_text_file(dir.file("err"));
+  EXPECT_EQ(read_text_file(dir.file("code")), "130\n") << err;
+  EXPECT_NE(err.find("started the teacher of seed 1"), std::string::npos) << err;
+  EXPECT_NE(err.find("every running stage saved a checkpoint"), std::string::npos) << err;
+  EXPECT_FALSE(latest_checkpoint(dir.file("run/baseline")).empty()) << err;
+  EXPECT_FALSE(fs::exists(dir.file("run/report.json")));
+  std::string out, err2;
+  ASSERT_EQ(run_distill("run configs/tiny.yaml --resume --output " + dir.file("run") + settings + " --set parallel_stages=2", &out, &err2), 0) << err2;
+  EXPECT_NE(err2.find("[baseline] resumed from"), std::string::npos) << err2;
+  EXPECT_TRUE(fs::exists(dir.file("run/report.json")));
+  auto r = json::parse(read_text_file(dir.file("run/report.json")));
+  EXPECT_EQ(r["baseline"]["budget"]["steps"], 300);  // the teacher's 150 plus the student's 150
+}
+
+TEST(E2eJobs, AFailedStageProcessIsOneClearErrorNamingTheStage) {
+  ASSERT_TRUE(have_sotu());
+  test::TempDir dir;
+  std::string out, err;
+  EXPECT_EQ(run_distill("run configs/tiny.yaml --output " + dir.file("run") +
+                            " --set training.optimizer.lr=1e9 --set parallel_stages=2",
+                        &out, &err), 1);
+  // The teacher or the baseline diverges first; the other is stopped.
+  EXPECT_NE(err.find("of seed 1 failed (exit 1): ["), std::string::npos) << err;
+  EXPECT_NE(err.find("training diverged"), std::string::npos) << err;
+  EXPECT_FALSE(fs::exists(dir.file("run/report.json")));
 }
 
 }  // namespace

@@ -11,7 +11,10 @@
 #include "distill/experiment.h"
 #include "distill/report.h"
 #include "distill/run_config.h"
+#include "distill/runtime.h"
+#include "distill/stage_jobs.h"
 #include "models/checkpoint.h"
+#include "models/errors.h"
 
 namespace distill::cli {
 namespace fs = std::filesystem;
@@ -36,8 +39,16 @@ void add_job_options(CLI::App* sub, JobArgs& a) {
 RunConfig load(const JobArgs& a) {
   auto overrides = a.set;
   if (!a.output.empty()) overrides.push_back("output_dir=" + a.output);
-  return load_run_config(a.config, overrides);
+  auto c = load_run_config(a.config, overrides);
+  apply_config_threads(c.threads);
+  return c;
 }
+
+struct StageArgs {
+  std::string config, stage;
+  int64_t seed_index = 0;
+  bool resume = false;
+};
 
 struct EvalArgs {
   std::string model, tokenizer, format = "text", objective = "span_corruption";
@@ -88,6 +99,25 @@ Command add_run(CLI::App& app) {
             auto report = run_experiment(c, a->resume);
             spdlog::default_logger()->flush();
             std::cout << report_summary(report) << "report: " << (fs::path(c.output_dir) / "report.md").string() << "\n";
+          }};
+}
+
+Command add_stage(CLI::App& app) {
+  auto a = std::make_shared<StageArgs>();
+  auto* sub = app.add_subcommand("stage", "Train one stage of one seed (distill run starts these as child processes)");
+  sub->group("");  // not listed in --help: an internal entry point
+  sub->add_option("config", a->config, "Resolved run configuration (OUTPUT/config.yaml)")->required();
+  sub->add_option("--seed-index", a->seed_index, "Which seed (0-based)")->check(CLI::NonNegativeNumber);
+  sub->add_option("--stage", a->stage, "teacher | baseline | student")->required()->check(CLI::IsMember({"teacher", "baseline", "student"}));
+  sub->add_flag("--resume", a->resume, "Continue from the newest checkpoint");
+  return {sub, [a] {
+            use_child_logging();
+            auto c = load_run_config(a->config);
+            if (a->seed_index >= c.seeds) {
+              throw ConfigError(a->config + ": --seed-index " + std::to_string(a->seed_index) + " but seeds is " + std::to_string(c.seeds));
+            }
+            auto data = prepare_data(c, resolve_tokenizer(c), /*quiet=*/true);
+            run_stage(c, data, a->seed_index, a->stage, a->resume);
           }};
 }
 
