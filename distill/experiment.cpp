@@ -286,9 +286,8 @@ StageResult train_teacher(const RunConfig& c, const PreparedData& data, bool res
     ModelConfig config = teacher_model_config(c, data.tokenizer.vocab_size(), /*dense_only=*/false);
     TrainingConfig training = c.training;
     training.steps = teacher_steps(c);
-    torch::manual_seed(c.seed + 1);
     Seq2SeqModel model(config);
-    init_from_scratch(model, training.init_scale);
+    init_from_scratch(model, training.init_scale, c.seed);  // paired with the baseline's
     spdlog::info("[{}] training a {} model from scratch for {} steps (seed {})", label, config.model_type, training.steps, c.seed);
     TrainerOptions o{label, dir, training, c.seed, action == StageAction::kResume, data.tokenizer_files, {}};
     Trainer(model, data.train, &data.eval, o).run();
@@ -327,7 +326,6 @@ StageResult train_baseline(const RunConfig& c, const PreparedData& data, bool re
   const auto action = prepare_stage(label, dir, baseline_fingerprint(c, data, training.steps), resume);
   r.reused = action == StageAction::kReuse;
   if (!r.reused) {
-    torch::manual_seed(c.seed + 2);
     Seq2SeqModel model{nullptr};
     if (given) {
       model = load_model(c.baseline.path);
@@ -338,7 +336,7 @@ StageResult train_baseline(const RunConfig& c, const PreparedData& data, bool re
       spdlog::info("[{}] training {} on for {} steps", label, c.baseline.path, training.steps);
     } else {
       model = Seq2SeqModel(dense_shape(c, data.tokenizer.vocab_size()));
-      init_from_scratch(model, training.init_scale);
+      init_from_scratch(model, training.init_scale, c.seed);  // paired with the teacher's
       spdlog::info("[{}] training a dense model of the student's shape from scratch for {} steps (seed {})", label,
                    training.steps, c.seed);
     }
@@ -399,9 +397,8 @@ StageResult distill_student(const RunConfig& c, const PreparedData& data, const 
   if (!r.reused) {
     auto teacher = load_teacher(c, teacher_stage, data.tokenizer);
     ModelConfig sc = student_config(teacher->config(), c.student.d_ff, c.training.dropout);
-    torch::manual_seed(c.seed + 3);
     Seq2SeqModel student(sc);
-    init_from_scratch(student, c.training.init_scale);
+    init_from_scratch(student, c.training.init_scale, c.seed + 3);
     const FfnInit mode = parse_ffn_init(c.student.init);
     std::map<std::string, at::Tensor> frequency;
     if (mode == FfnInit::kRouterWeighted || mode == FfnInit::kTopExpert) {

@@ -1,5 +1,6 @@
 #include "distill/student_init.h"
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 
 #include "distill/evaluate.h"
@@ -112,11 +113,23 @@ StudentInit init_student(Seq2SeqModel& student, const Seq2SeqModel& teacher, Ffn
   return report;
 }
 
-void init_from_scratch(Seq2SeqModel& model, double scale) {
+namespace {
+
+uint64_t name_hash(const std::string& s) {  // FNV-1a: the same on every platform
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (unsigned char ch : s) h = (h ^ ch) * 0x100000001b3ull;
+  return h;
+}
+
+}  // namespace
+
+void init_from_scratch(Seq2SeqModel& model, double scale, std::optional<uint64_t> seed) {
   torch::NoGradGuard ng;
   for (auto& item : model->named_parameters()) {
     auto& p = item.value();
     const std::string& name = item.key();
+    c10::optional<at::Generator> gen;
+    if (seed) gen = at::make_generator<at::CPUGeneratorImpl>(*seed * 0x9E3779B97F4A7C15ull ^ name_hash(name));
     if (name.find("layer_norm") != std::string::npos) {
       p.fill_(1.0);
       continue;
@@ -126,12 +139,12 @@ void init_from_scratch(Seq2SeqModel& model, double scale) {
     const double fan_in = embedding || p.dim() < 2 ? 1.0 : static_cast<double>(p.size(-1));
     const double std = std::sqrt(scale / fan_in);
     // Truncated at two standard deviations by redrawing what falls outside.
-    auto t = torch::empty_like(p).normal_(0.0, std);
+    auto t = torch::empty_like(p).normal_(0.0, std, gen);
     for (int round = 0; round < 20; ++round) {
       auto outside = t.abs() > 2 * std;
       const auto n = outside.sum().item<int64_t>();
       if (n == 0) break;
-      t.masked_scatter_(outside, torch::empty({n}, t.options()).normal_(0.0, std));
+      t.masked_scatter_(outside, torch::empty({n}, t.options()).normal_(0.0, std, gen));
     }
     p.copy_(t.clamp_(-2 * std, 2 * std));
   }

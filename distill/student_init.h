@@ -40,7 +40,12 @@ StudentInit init_student(Seq2SeqModel& student, const Seq2SeqModel& teacher, Ffn
                          const std::map<std::string, at::Tensor>& frequency = {});
 
 // From-scratch initialisation (Switch paper): truncated normal, std sqrt(scale / fan_in), cut at
-// two standard deviations; norms at 1; embeddings with fan_in 1 (std sqrt(scale)).
-void init_from_scratch(Seq2SeqModel& model, double scale);
+// two standard deviations; norms at 1; embeddings with fan_in 1 (std sqrt(scale)). With `seed`,
+// each tensor is drawn from its own generator seeded by the seed and the tensor's name, so two
+// models built with one seed start with the same tensors wherever their names and shapes agree:
+// a Switch teacher and its dense baseline then differ at the start only in their FFNs, which
+// pairs them (less of the gap between them is the luck of the draw). Without, from the global
+// generator.
+void init_from_scratch(Seq2SeqModel& model, double scale, std::optional<uint64_t> seed = std::nullopt);
 
 }  // namespace distill

@@ -354,6 +354,31 @@ TEST(Trainer, ResumeGivesTheSameLossTrajectory) {
   EXPECT_EQ(n, 2u);
 }
 
+TEST(StudentInit, SeededInitPairsATeacherWithItsDenseBaseline) {
+  const ModelConfig sparse = tiny_switch(), dense = sparse.dense_counterpart();
+  Seq2SeqModel a(sparse), b(dense), c(sparse);
+  init_from_scratch(a, 0.1, 5);
+  init_from_scratch(b, 0.1, 5);
+  init_from_scratch(c, 0.1, 6);
+  auto dense_params = b->named_parameters();
+  int shared = 0;
+  for (const auto& p : a->named_parameters()) {
+    const auto* q = dense_params.find(p.key());
+    if (q == nullptr) continue;  // experts, routers, and the Switch's dense FFNs ("mlp")
+    ++shared;
+    EXPECT_TRUE(torch::equal(p.value(), *q)) << p.key();  // the same draw in both models
+    if (p.key().find("layer_norm") == std::string::npos) {
+      EXPECT_FALSE(torch::equal(p.value(), c->named_parameters()[p.key()])) << p.key();  // another seed, another draw
+    }
+  }
+  EXPECT_GT(shared, 20);
+  // Tensors of one model are drawn independently of each other.
+  auto q = a->named_parameters()["encoder.block.0.layer.0.SelfAttention.q.weight"];
+  auto k = a->named_parameters()["encoder.block.0.layer.0.SelfAttention.k.weight"];
+  EXPECT_FALSE(torch::equal(q, k));
+  EXPECT_LE(q.abs().max().item<double>(), 2 * std::sqrt(0.1 / 16) + 1e-7);  // truncated at two sd
+}
+
 TEST(Trainer, ExpertGradientScalingTouchesOnlyExperts) {
   torch::manual_seed(4);
   Seq2SeqModel model(tiny_switch());
