@@ -248,7 +248,8 @@ ModelConfig teacher_model_config(const RunConfig& c, int64_t vocab_size, bool de
   m.dropout_rate = t.dropout;
   if (m.model_type == "switch_transformers") {
     m.num_experts = a.num_experts;
-    m.encoder_sparse_step = m.decoder_sparse_step = a.sparse_step;
+    m.encoder_sparse_step = a.encoder_sparse_step.value_or(a.sparse_step);
+    m.decoder_sparse_step = a.decoder_sparse_step.value_or(a.sparse_step);
     m.capacity_mode = a.capacity_mode == "fixed" ? CapacityMode::kFixed : CapacityMode::kFactor;
     m.expert_capacity = a.expert_capacity;
     m.capacity_factor_train = a.capacity_factor_train;

@@ -65,6 +65,8 @@ void visit(V& v, ArchConfig& c) {
   v.field("relative_attention_max_distance", c.relative_attention_max_distance);
   v.field("num_experts", c.num_experts);
   v.field("sparse_step", c.sparse_step);
+  v.field("encoder_sparse_step", c.encoder_sparse_step);
+  v.field("decoder_sparse_step", c.decoder_sparse_step);
   v.field("capacity_mode", c.capacity_mode);
   v.field("expert_capacity", c.expert_capacity);
   v.field("capacity_factor_train", c.capacity_factor_train);
@@ -470,6 +472,8 @@ void check(ReadContext& ctx, const RunConfig& r) {
   c.one_of(a.capacity_mode, "teacher.model.capacity_mode", {"factor", "fixed"});
   c.need(a.num_experts >= 0, "teacher.model.num_experts", "must be >= 0 (0 = dense)");
   c.need(a.sparse_step >= 0, "teacher.model.sparse_step", "must be >= 0");
+  if (a.encoder_sparse_step) c.need(*a.encoder_sparse_step >= 0, "teacher.model.encoder_sparse_step", "must be >= 0 (0 = dense encoder)");
+  if (a.decoder_sparse_step) c.need(*a.decoder_sparse_step >= 0, "teacher.model.decoder_sparse_step", "must be >= 0 (0 = dense decoder)");
   c.need(a.router_top_k >= 1 && a.router_top_k <= std::max<int64_t>(1, a.num_experts), "teacher.model.router_top_k", "must be in [1, num_experts]");
   c.need(a.capacity_factor_train > 0, "teacher.model.capacity_factor_train", "must be > 0");
   c.need(a.capacity_factor_eval > 0, "teacher.model.capacity_factor_eval", "must be > 0");

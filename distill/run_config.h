@@ -62,6 +62,8 @@ struct ArchConfig {
   int64_t relative_attention_max_distance = 128;   // saturation distance
   int64_t num_experts = 8;            // E (teacher); 0 = dense
   int64_t sparse_step = 2;            // every sparse_step-th block is sparse (HF rule), both stacks
+  std::optional<int64_t> encoder_sparse_step;  // the encoder's own; 0 = a dense encoder; null: sparse_step
+  std::optional<int64_t> decoder_sparse_step;  // the decoder's own; 0 = a dense decoder; null: sparse_step
   std::string capacity_mode = "factor";  // factor (paper, per batch) | fixed (HF, per sequence)
   int64_t expert_capacity = 64;       // fixed mode: tokens per expert and sequence
   double capacity_factor_train = 1.25;  // factor mode, training
