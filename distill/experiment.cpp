@@ -112,10 +112,11 @@ ModelConfig dense_shape(const RunConfig& c, int64_t vocab_size) {
   return student_config(teacher, c.student.d_ff, c.training.dropout);
 }
 
-// A baseline trained here (from scratch, or on from baseline.path) for `steps`.
-json baseline_fingerprint(const RunConfig& c, const PreparedData& data, int64_t steps) {
-  json f = {{"stage", "baseline"}, {"data", data.fingerprint}, {"seed", c.seed}};
-  if (!c.baseline.path.empty()) f["from"] = model_dir_hash(c.baseline.path);
+// A dense model trained here for `steps`: the baseline (from scratch, or on from baseline.path),
+// or the teacher's dense counterpart ("dense", from scratch).
+json baseline_fingerprint(const RunConfig& c, const PreparedData& data, int64_t steps, const std::string& stage = "baseline") {
+  json f = {{"stage", stage}, {"data", data.fingerprint}, {"seed", c.seed}};
+  if (stage == "baseline" && !c.baseline.path.empty()) f["from"] = model_dir_hash(c.baseline.path);
   else f["model"] = hf_config_json(dense_shape(c, data.tokenizer.vocab_size()));
   f["training"] = training_fingerprint(c.training, steps);
   return f;
@@ -313,22 +314,24 @@ int64_t baseline_steps(const RunConfig& c, const PreparedData& data) {
   return steps + c.training.steps;
 }
 
-StageResult train_baseline(const RunConfig& c, const PreparedData& data, bool resume) {
+namespace {
+
+// A dense model of the student's shape trained here into OUTPUT/<name>: from scratch, or on from
+// baseline.path for the baseline when given.
+StageResult train_dense(const RunConfig& c, const PreparedData& data, const std::string& name, int64_t steps, bool resume) {
   StageResult r;
-  r.name = "baseline";
+  r.name = name;
   const std::string dir = stage_dir(c, r.name);
   r.model_dir = (fs::path(dir) / "model").string();
-  const bool given = !c.baseline.path.empty();
-  if (given && c.baseline.continue_steps == 0) return given_model(r.name, c.baseline.path, c.baseline.trained_tokens);
-
+  const bool from_path = name == "baseline" && !c.baseline.path.empty();
   TrainingConfig training = c.training;
-  training.steps = given ? c.baseline.continue_steps : baseline_steps(c, data);
+  training.steps = steps;
   const std::string label = stage_label(c, r.name);
-  const auto action = prepare_stage(label, dir, baseline_fingerprint(c, data, training.steps), resume);
+  const auto action = prepare_stage(label, dir, baseline_fingerprint(c, data, training.steps, name), resume);
   r.reused = action == StageAction::kReuse;
   if (!r.reused) {
     Seq2SeqModel model{nullptr};
-    if (given) {
+    if (from_path) {
       model = load_model(c.baseline.path);
       if (model->config().is_sparse()) {
         throw ConfigError("baseline.path " + c.baseline.path + " is a sparse model; the baseline must be dense");
@@ -345,11 +348,31 @@ StageResult train_baseline(const RunConfig& c, const PreparedData& data, bool re
     Trainer(model, data.train, &data.eval, o).run();
   }
   read_stage(r, dir);
+  return r;
+}
+
+void require_teacher_trained_here(const RunConfig& c) {
+  if (!c.teacher.path.empty()) {
+    throw ConfigError("distill compare trains the teacher and its dense counterpart side by side: unset teacher.path");
+  }
+}
+
+}  // namespace
+
+StageResult train_baseline(const RunConfig& c, const PreparedData& data, bool resume) {
+  const bool given = !c.baseline.path.empty();
+  if (given && c.baseline.continue_steps == 0) return given_model("baseline", c.baseline.path, c.baseline.trained_tokens);
+  StageResult r = train_dense(c, data, "baseline", given ? c.baseline.continue_steps : baseline_steps(c, data), resume);
   if (given) {
     r.budget_known = c.baseline.trained_tokens.has_value();
     if (c.baseline.trained_tokens) r.budget.tokens += *c.baseline.trained_tokens;
   }
   return r;
+}
+
+StageResult train_dense_counterpart(const RunConfig& c, const PreparedData& data, bool resume) {
+  require_teacher_trained_here(c);
+  return train_dense(c, data, "dense", teacher_steps(c), resume);
 }
 
 StageResult find_teacher(const RunConfig& c) {
@@ -443,8 +466,19 @@ class Evaluations {
 
 }  // namespace
 
-std::vector<StageJob> pending_stages(const RunConfig& c, const PreparedData& data) {
+std::vector<StageJob> pending_stages(const RunConfig& c, const PreparedData& data, bool comparison) {
   std::vector<StageJob> jobs;
+  if (comparison) {
+    require_teacher_trained_here(c);
+    for (int64_t i = 0; i < c.seeds; ++i) {
+      const RunConfig rc = replica_config(c, i);
+      if (!stage_is_done(stage_dir(rc, "teacher"), teacher_fingerprint(rc, data))) jobs.push_back({i, "teacher", {}});
+      if (!stage_is_done(stage_dir(rc, "dense"), baseline_fingerprint(rc, data, teacher_steps(rc), "dense"))) {
+        jobs.push_back({i, "dense", {}});
+      }
+    }
+    return jobs;
+  }
   std::vector<std::optional<size_t>> teacher_job(static_cast<size_t>(c.seeds));
   for (int64_t i = 0; i < c.seeds; ++i) {
     const RunConfig rc = replica_config(c, i);
@@ -473,24 +507,66 @@ StageResult run_stage(const RunConfig& c, const PreparedData& data, int64_t i, c
   const RunConfig rc = replica_config(c, i);
   if (stage == "teacher") return train_teacher(rc, data, resume);
   if (stage == "baseline") return train_baseline(rc, data, resume);
+  if (stage == "dense") return train_dense_counterpart(rc, data, resume);
   if (stage == "student") {
     const bool own_teacher = c.teacher.path.empty() && (i == 0 || !c.teacher.train_once);
     return distill_student(rc, data, find_teacher(own_teacher ? rc : replica_config(c, 0)), resume);
   }
-  throw Error("unknown stage \"" + stage + "\" (expected teacher, baseline or student)");
+  throw Error("unknown stage \"" + stage + "\" (expected teacher, baseline, student or dense)");
 }
 
-json run_experiment(const RunConfig& c, bool resume) {
-  auto tokenizer = resolve_tokenizer(c);
-  auto data = prepare_data(c, tokenizer);
-  // Independent stages train side by side in child processes; what they leave is reused below.
-  const auto jobs = pending_stages(c, data);
+namespace {
+
+// Independent stages train side by side in child processes; what they leave is then reused.
+void train_side_by_side(const RunConfig& c, const std::vector<StageJob>& jobs, bool resume) {
   const int threads = at::get_num_threads();
   const int workers = static_cast<int>(std::min<int64_t>(static_cast<int64_t>(jobs.size()),
                                                          c.parallel_stages > 0 ? c.parallel_stages : threads));
   if (workers > 1) {
     run_stage_jobs(jobs, (fs::path(c.output_dir) / "config.yaml").string(), resume, workers, std::max(1, threads / workers));
   }
+}
+
+}  // namespace
+
+json run_comparison(const RunConfig& c, bool resume) {
+  require_teacher_trained_here(c);
+  auto tokenizer = resolve_tokenizer(c);
+  auto data = prepare_data(c, tokenizer);
+  train_side_by_side(c, pending_stages(c, data, /*comparison=*/true), resume);
+  std::vector<SeedRun> runs;
+  for (int64_t i = 0; i < c.seeds; ++i) {
+    const RunConfig rc = replica_config(c, i);
+    SeedRun run;
+    run.seed = rc.seed;
+    run.teacher = train_teacher(rc, data, resume);
+    run.baseline = train_dense_counterpart(rc, data, resume);
+    runs.push_back(std::move(run));
+  }
+  spdlog::info("evaluating {} model(s) on {} held-out batches", 2 * runs.size(), data.eval.size());
+  for (auto& run : runs) {
+    auto teacher = load_model(run.teacher.model_dir);
+    run.teacher_eval = evaluate(teacher, data.eval);
+    auto dense = load_model(run.baseline.model_dir);
+    run.baseline_eval = evaluate(dense, data.eval);
+  }
+  ComparisonInputs in;
+  in.teacher = read_hf_config((fs::path(runs[0].teacher.model_dir) / "config.json").string());
+  in.dense = read_hf_config((fs::path(runs[0].baseline.model_dir) / "config.json").string());
+  in.runs = runs;
+  in.src_len = c.data.input_length;
+  in.tgt_len = c.data.target_length;
+  in.config = c;
+  auto report = build_comparison(in);
+  write_text_atomic((fs::path(c.output_dir) / "compare.json").string(), report.dump(2) + "\n");
+  write_text_atomic((fs::path(c.output_dir) / "compare.md").string(), comparison_markdown(report));
+  return report;
+}
+
+json run_experiment(const RunConfig& c, bool resume) {
+  auto tokenizer = resolve_tokenizer(c);
+  auto data = prepare_data(c, tokenizer);
+  train_side_by_side(c, pending_stages(c, data, /*comparison=*/false), resume);
   std::vector<SeedRun> runs;
   for (int64_t i = 0; i < c.seeds; ++i) {
     const RunConfig rc = replica_config(c, i);

@@ -60,6 +60,10 @@ int64_t baseline_steps(const RunConfig& config, const PreparedData& data);
 // baseline.continue_steps into OUTPUT/baseline).
 StageResult train_baseline(const RunConfig& config, const PreparedData& data, bool resume);
 
+// The teacher's dense counterpart (the student's shape) trained from scratch for the teacher's
+// steps on the same batches into OUTPUT/dense: the Switch-vs-dense comparison at equal steps.
+StageResult train_dense_counterpart(const RunConfig& config, const PreparedData& data, bool resume);
+
 // The teacher a `distill distill` job uses: teacher.path, else the finished OUTPUT/teacher.
 StageResult find_teacher(const RunConfig& config);
 
@@ -78,15 +82,22 @@ struct StageJob {
   std::vector<size_t> after;  // jobs that must finish first (a student waits for its teacher)
 };
 
-// Every stage of every seed that is not finished with its current settings, in dependency order.
-std::vector<StageJob> pending_stages(const RunConfig& config, const PreparedData& data);
+// Every stage of every seed that is not finished with its current settings, in dependency order:
+// of the experiment, or with `comparison` of the Switch-vs-dense comparison (teacher and dense).
+std::vector<StageJob> pending_stages(const RunConfig& config, const PreparedData& data, bool comparison = false);
 
-// Trains (or reuses) one stage of one seed: what a `distill stage` child process does.
+// Trains (or reuses) one stage (teacher, baseline, student or dense) of one seed: what a
+// `distill stage` child process does.
 StageResult run_stage(const RunConfig& config, const PreparedData& data, int64_t seed_index, const std::string& stage,
                       bool resume);
 
 // The whole experiment, every seed; writes OUTPUT/report.json and OUTPUT/report.md and returns the report.
 nlohmann::json run_experiment(const RunConfig& config, bool resume);
+
+// Does the teacher earn its gap? Trains the Switch teacher and its dense counterpart for the same
+// steps on the same batches for every seed, evaluates both, and writes OUTPUT/compare.json and
+// OUTPUT/compare.md: the gap with its 95% interval, and the teacher's routing health.
+nlohmann::json run_comparison(const RunConfig& config, bool resume);
 
 // Starts logging to the console and OUTPUT/distill.log, and writes OUTPUT/config.yaml.
 void open_run_directory(const RunConfig& config);

@@ -83,6 +83,28 @@ json budget_json(const StageResult& s) {
   return j;
 }
 
+// The teacher's routing per sparse layer as a Markdown table.
+std::string routing_markdown(const json& layers) {
+  std::string md = "| layer | dropped at eval capacity | at training capacity | max load | min load | dead experts | mean gate | balance loss |\n";
+  md += "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n";
+  for (const auto& l : layers) {
+    md += fmt::format("| {} | {:.2f}% | {} | {:.2f}% | {:.2f}% | {} | {:.3f} | {:.3f} |\n", l["layer"].get<std::string>(),
+                      100 * l["dropped_rate"].get<double>(),
+                      l.contains("dropped_rate_train_capacity") ? fmt::format("{:.2f}%", 100 * l["dropped_rate_train_capacity"].get<double>()) : "",
+                      100 * l["max_load"].get<double>(), 100 * l["min_load"].get<double>(), l["dead_experts"].get<int64_t>(),
+                      l["mean_gate"].get<double>(), l["aux_loss"].get<double>());
+  }
+  return md;
+}
+
+// "mean (lo to hi)" with `decimals` places, signed when `sign`.
+std::string interval_text(const json& e, int decimals, bool sign) {
+  auto f = [&](double x) { return sign ? fmt::format("{:+.{}f}", x, decimals) : fmt::format("{:.{}f}", x, decimals); };
+  std::string s = f(e["mean"].get<double>());
+  if (!e["ci95"].is_null()) s += " (" + f(e["ci95"][0].get<double>()) + " to " + f(e["ci95"][1].get<double>()) + ")";
+  return s;
+}
+
 std::string si(double x) {
   const char* units[] = {"", "K", "M", "G", "T", "P", "E"};
   int u = 0;
@@ -262,13 +284,7 @@ json build_report(const ReportInputs& in) {
 
 std::string report_markdown(const json& r) {
   const size_t N = r["seeds"].get<size_t>();
-  // "mean (lo to hi)" with `decimals` places, signed when `sign`.
-  auto interval = [](const json& e, int decimals, bool sign) {
-    auto f = [&](double x) { return sign ? fmt::format("{:+.{}f}", x, decimals) : fmt::format("{:.{}f}", x, decimals); };
-    std::string s = f(e["mean"].get<double>());
-    if (!e["ci95"].is_null()) s += " (" + f(e["ci95"][0].get<double>()) + " to " + f(e["ci95"][1].get<double>()) + ")";
-    return s;
-  };
+  const auto interval = interval_text;
   auto row = [&](const char* who) {
     const auto& m = r[who];
     const auto& q = m["quality"];
@@ -341,15 +357,7 @@ std::string report_markdown(const json& r) {
                     s["steps"].get<int64_t>(), s["batch_size"].get<int64_t>(), s["objective"].get<std::string>());
   if (r.contains("routing")) {
     md += "\nTeacher routing per sparse layer (first seed, held-out batches; loads are shares of the layer's real tokens):\n\n";
-    md += "| layer | dropped at eval capacity | at training capacity | max load | min load | dead experts | mean gate | balance loss |\n";
-    md += "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n";
-    for (const auto& l : r["routing"]) {
-      md += fmt::format("| {} | {:.2f}% | {} | {:.2f}% | {:.2f}% | {} | {:.3f} | {:.3f} |\n", l["layer"].get<std::string>(),
-                        100 * l["dropped_rate"].get<double>(),
-                        l.contains("dropped_rate_train_capacity") ? fmt::format("{:.2f}%", 100 * l["dropped_rate_train_capacity"].get<double>()) : "",
-                        100 * l["max_load"].get<double>(), 100 * l["min_load"].get<double>(), l["dead_experts"].get<int64_t>(),
-                        l["mean_gate"].get<double>(), l["aux_loss"].get<double>());
-    }
+    md += routing_markdown(r["routing"]);
   }
   if (!r["warnings"].empty()) md += "\n";
   for (const auto& w : r["warnings"]) md += "- **Warning:** " + w.get<std::string>() + "\n";
@@ -371,6 +379,90 @@ std::string report_summary(const json& r) {
                        ? std::string("undefined")
                        : fmt::format("{:.1f}% ({:.1f}% to {:.1f}%)", q["gain_preserved_percent"].get<double>(),
                                      q["gain_preserved_ci95"][0].get<double>(), q["gain_preserved_ci95"][1].get<double>()));
+  for (const auto& w : r["warnings"]) s += "warning: " + w.get<std::string>() + "\n";
+  return s;
+}
+
+json build_comparison(const ComparisonInputs& in) {
+  const auto& runs = in.runs;
+  const int64_t S = in.src_len, T = in.tgt_len;
+  const size_t N = runs.size();
+  json r;
+  r["seeds"] = N;
+  r["steps"] = runs.front().teacher.budget.steps;
+  r["teacher"] = model_json(in.teacher, S, T);
+  r["dense"] = model_json(in.dense, S, T);
+  for (const auto& [who, of] : std::vector<std::pair<const char*, EvalOf>>{{"teacher", teacher_of}, {"dense", baseline_of}}) {
+    json evals = json::array();
+    for (const auto& run : runs) evals.push_back(of(run).to_json());
+    r[who]["evals"] = evals;
+    const auto nlp = nlp_estimate(runs, {{of, 1.0}});
+    r[who]["quality"] = {{"neg_log_perplexity", estimate_json(nlp)},
+                         {"perplexity", std::exp(-nlp.mean)},
+                         {"accuracy", estimate_json(accuracy_estimate(runs, of))}};
+  }
+  r["teacher"]["budget"] = budget_json(runs.front().teacher);
+  r["dense"]["budget"] = budget_json(runs.front().baseline);
+  r["flops_per_token_ratio"] = forward_flops(in.teacher, S, T) / forward_flops(in.dense, S, T);
+  const auto gap = nlp_estimate(runs, {{teacher_of, 1.0}, {baseline_of, -1.0}});
+  r["gap"] = estimate_json(gap);
+  json per_seed = json::array();
+  for (const auto& run : runs) per_seed.push_back(run.teacher_eval.neg_log_perplexity - run.baseline_eval.neg_log_perplexity);
+  r["gap_per_seed"] = per_seed;
+  std::string verdict = "no measurable difference: the gap's 95% interval includes zero";
+  if (gap.se > 0 && gap.lo > 0) verdict = "the teacher beats its dense counterpart";
+  if (gap.se > 0 && gap.hi < 0) verdict = "the dense counterpart beats the teacher";
+  r["verdict"] = verdict;
+  json warnings = json::array();
+  if (N == 1) {
+    warnings.push_back("one seed: the interval covers the held-out sample's noise only, not the spread between training "
+                       "runs, which is often larger; set seeds: 3 or more to measure it");
+  }
+  if (!runs.front().teacher_eval.routing.empty()) {
+    json layers = json::array();
+    for (const auto& l : runs.front().teacher_eval.routing) layers.push_back(l.to_json());
+    r["routing"] = layers;
+    for (const auto& w : routing_warnings(runs.front().teacher_eval.routing, "teacher")) warnings.push_back(w);
+  }
+  r["warnings"] = warnings;
+  r["settings"] = {{"steps", runs.front().teacher.budget.steps}, {"batch_size", in.config.data.batch_size},
+                   {"objective", in.config.data.objective}, {"seed", in.config.seed}, {"seeds", N},
+                   {"eval_tokens", runs.front().teacher_eval.tokens}};
+  return r;
+}
+
+std::string comparison_markdown(const json& r) {
+  const size_t N = r["seeds"].get<size_t>();
+  std::string md = "# Switch teacher vs its dense counterpart at equal steps\n\n";
+  md += fmt::format("{} seed{}, {} steps each on the same batches; 95% intervals from {}.\n\n", N, N > 1 ? "s" : "",
+                    r["steps"].get<int64_t>(), N > 1 ? "the seeds' spread and the held-out sample's noise" : "the held-out sample's noise only");
+  md += "| model | parameters | active per token | FLOPs per token | neg. log perplexity (95% interval) | per seed |\n";
+  md += "| --- | ---: | ---: | ---: | ---: | --- |\n";
+  for (const char* who : {"teacher", "dense"}) {
+    const auto& m = r[who];
+    std::string per;
+    for (const auto& e : m["evals"]) per += (per.empty() ? "" : ", ") + fmt::format("{:.4f}", e["neg_log_perplexity"].get<double>());
+    md += fmt::format("| {} | {} | {} | {:.3g} | {} | {} |\n", std::string(who) == "dense" ? "dense counterpart" : who,
+                      m["parameters"]["total"].get<int64_t>(), m["parameters"]["active_per_token"].get<int64_t>(),
+                      m["flops_per_token"].get<double>(), interval_text(m["quality"]["neg_log_perplexity"], 4, false), per);
+  }
+  md += fmt::format("\n- Gap (teacher - dense): **{}** nats: {}.\n", interval_text(r["gap"], 4, true), r["verdict"].get<std::string>());
+  md += fmt::format("- FLOPs per token: the teacher's are {:.2f}x the dense counterpart's.\n", r["flops_per_token_ratio"].get<double>());
+  if (r.contains("routing")) {
+    md += "\nTeacher routing per sparse layer (first seed, held-out batches):\n\n" + routing_markdown(r["routing"]);
+  }
+  if (!r["warnings"].empty()) md += "\n";
+  for (const auto& w : r["warnings"]) md += "- **Warning:** " + w.get<std::string>() + "\n";
+  return md;
+}
+
+std::string comparison_summary(const json& r) {
+  std::string s;
+  for (const char* who : {"teacher", "dense"}) {
+    s += fmt::format("{:<8} {:>10} params  neg-log-ppl {}\n", who, r[who]["parameters"]["total"].get<int64_t>(),
+                     interval_text(r[who]["quality"]["neg_log_perplexity"], 4, false));
+  }
+  s += "gap " + interval_text(r["gap"], 4, true) + ": " + r["verdict"].get<std::string>() + "\n";
   for (const auto& w : r["warnings"]) s += "warning: " + w.get<std::string>() + "\n";
   return s;
 }

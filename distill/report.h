@@ -45,4 +45,20 @@ std::string report_markdown(const nlohmann::json& report);
 // A few lines for the console.
 std::string report_summary(const nlohmann::json& report);
 
+// The Switch-vs-dense comparison at equal steps: the teacher and its dense counterpart per seed
+// (SeedRun's teacher and baseline; no student).
+struct ComparisonInputs {
+  ModelConfig teacher, dense;
+  std::vector<SeedRun> runs;
+  int64_t src_len = 0, tgt_len = 0;
+  RunConfig config;
+};
+
+// compare.json: both models' parameters, FLOPs per token, budgets, every seed's evaluation and the
+// quality over seeds; the gap (teacher - dense) with its 95% interval and whether it excludes zero;
+// the teacher's routing per sparse layer; warnings.
+nlohmann::json build_comparison(const ComparisonInputs& in);
+std::string comparison_markdown(const nlohmann::json& comparison);
+std::string comparison_summary(const nlohmann::json& comparison);
+
 }  // namespace distill

@@ -32,7 +32,9 @@ struct Child {
   std::string last_error;    // its last "error: ..." line
 };
 
-std::string job_name(const StageJob& j) { return j.stage + " of seed " + std::to_string(j.seed_index + 1); }
+std::string job_name(const StageJob& j) {
+  return (j.stage == "dense" ? std::string("dense counterpart") : j.stage) + " of seed " + std::to_string(j.seed_index + 1);
+}
 
 // One relayed line: "level<TAB>message" from a child's logger, anything else as it is.
 void relay(Child& child, const std::string& line) {

@@ -246,6 +246,35 @@ TEST(E2eInterrupt, CtrlCStopsEveryStageProcessAndResumeFinishesTheRun) {
   EXPECT_EQ(r["baseline"]["budget"]["steps"], 300);  // the teacher's 150 plus the student's 150
 }
 
+TEST(E2eCompare, TeacherAgainstItsDenseCounterpartAtEqualSteps) {
+  ASSERT_TRUE(have_sotu());
+  test::TempDir dir;
+  std::string out, err;
+  ASSERT_EQ(run_distill("compare configs/tiny.yaml --output " + dir.file("run") + " --set seeds=2 --set parallel_stages=2", &out, &err), 0) << err;
+  EXPECT_NE(out.find("gap "), std::string::npos) << out;
+  EXPECT_NE(err.find("started the dense counterpart of seed 2"), std::string::npos) << err;
+  auto r = json::parse(read_text_file(dir.file("run/compare.json")));
+  EXPECT_EQ(r["seeds"], 2);
+  EXPECT_EQ(r["teacher"]["budget"]["steps"], r["dense"]["budget"]["steps"]);  // equal steps
+  EXPECT_EQ(r["teacher"]["budget"]["tokens"], r["dense"]["budget"]["tokens"]);  // on the same batches
+  ASSERT_EQ(r["gap_per_seed"].size(), 2u);
+  EXPECT_NEAR(r["gap"]["mean"].get<double>(), (r["gap_per_seed"][0].get<double>() + r["gap_per_seed"][1].get<double>()) / 2, 1e-12);
+  ASSERT_TRUE(r["gap"]["ci95"].is_array());
+  const double lo = r["gap"]["ci95"][0], hi = r["gap"]["ci95"][1];
+  const std::string verdict = r["verdict"];
+  if (lo > 0) EXPECT_NE(verdict.find("teacher beats"), std::string::npos);
+  else if (hi < 0) EXPECT_NE(verdict.find("dense counterpart beats"), std::string::npos);
+  else EXPECT_NE(verdict.find("includes zero"), std::string::npos);
+  EXPECT_EQ(r["routing"].size(), 2u);
+  EXPECT_TRUE(fs::exists(dir.file("run/compare.md")));
+  // The experiment in the same directory reuses the teacher the comparison trained.
+  ASSERT_EQ(run_distill("run configs/tiny.yaml --output " + dir.file("run"), &out, &err), 0) << err;
+  EXPECT_NE(err.find("[teacher] finished earlier with the same settings"), std::string::npos) << err;
+  // A given teacher has no dense counterpart trained alongside it.
+  EXPECT_EQ(run_distill("compare configs/tiny.yaml --output " + dir.file("other") + " --set teacher.path=" + dir.file("run/teacher/model"), &out, &err), 1);
+  EXPECT_NE(err.find("unset teacher.path"), std::string::npos) << err;
+}
+
 TEST(E2eJobs, AFailedStageProcessIsOneClearErrorNamingTheStage) {
   ASSERT_TRUE(have_sotu());
   test::TempDir dir;

@@ -102,13 +102,30 @@ Command add_run(CLI::App& app) {
           }};
 }
 
+Command add_compare(CLI::App& app) {
+  auto a = std::make_shared<JobArgs>();
+  auto* sub = app.add_subcommand(
+      "compare", "Does the teacher earn its gap? Train the Switch teacher and its dense counterpart for the same steps on "
+                 "the same batches (every seed) and report the gap with its 95% interval");
+  add_job_options(sub, *a);
+  return {sub, [a] {
+            auto c = load(*a);
+            open_run_directory(c);
+            auto report = run_comparison(c, a->resume);
+            spdlog::default_logger()->flush();
+            std::cout << comparison_summary(report) << "report: " << (fs::path(c.output_dir) / "compare.md").string() << "\n";
+          }};
+}
+
 Command add_stage(CLI::App& app) {
   auto a = std::make_shared<StageArgs>();
   auto* sub = app.add_subcommand("stage", "Train one stage of one seed (distill run starts these as child processes)");
   sub->group("");  // not listed in --help: an internal entry point
   sub->add_option("config", a->config, "Resolved run configuration (OUTPUT/config.yaml)")->required();
   sub->add_option("--seed-index", a->seed_index, "Which seed (0-based)")->check(CLI::NonNegativeNumber);
-  sub->add_option("--stage", a->stage, "teacher | baseline | student")->required()->check(CLI::IsMember({"teacher", "baseline", "student"}));
+  sub->add_option("--stage", a->stage, "teacher | baseline | student | dense")
+      ->required()
+      ->check(CLI::IsMember({"teacher", "baseline", "student", "dense"}));
   sub->add_flag("--resume", a->resume, "Continue from the newest checkpoint");
   return {sub, [a] {
             use_child_logging();
