@@ -194,7 +194,8 @@ json build_report(const ReportInputs& in) {
   for (const auto& run : runs) {
     const double d = run.teacher_eval.neg_log_perplexity - run.baseline_eval.neg_log_perplexity;
     const double a = run.student_eval.neg_log_perplexity - run.baseline_eval.neg_log_perplexity;
-    gains.push_back(d != 0 ? json(100.0 * a / d) : json(nullptr));
+    // A seed whose teacher is no better than its baseline has no gain to preserve.
+    gains.push_back(d > 0 ? json(100.0 * a / d) : json(nullptr));
   }
   quality["gain_preserved_per_seed"] = gains;
 
@@ -331,8 +332,14 @@ std::string report_markdown(const json& r) {
   }
   if (N > 1) {
     std::string per;
-    for (const auto& g : q["gain_preserved_per_seed"]) per += (per.empty() ? "" : ", ") + (g.is_null() ? "-" : fmt::format("{:.1f}%", g.get<double>()));
-    md += "- Gain preserved seed by seed: " + per + ".\n";
+    for (size_t i = 0; i < q["gain_preserved_per_seed"].size(); ++i) {
+      const auto& g = q["gain_preserved_per_seed"][i];
+      per += fmt::format("{}gap {:+.4f}, gain {}", per.empty() ? "" : "; ",
+                         r["teacher"]["evals"][i]["neg_log_perplexity"].get<double>() -
+                             r["baseline"]["evals"][i]["neg_log_perplexity"].get<double>(),
+                         g.is_null() ? std::string("-") : fmt::format("{:.1f}%", g.get<double>()));
+    }
+    md += "- Seed by seed (\"-\": the teacher is no better than the baseline): " + per + ".\n";
   }
   md += fmt::format("- Plain retention: {:.1f}% of the teacher's per-token likelihood (teacher NLL / student NLL), {:.1f}% of "
                     "its token accuracy.\n",

@@ -190,5 +190,19 @@ TEST(CliGenerate, TextInTextOut) {
   EXPECT_EQ(out, t.decode(std::vector<int64_t>(8, 418)) + "\n");
 }
 
+TEST(CliConfig, ShippedConfigsAreValid) {
+  // The README's commands run these; a renamed key must not break them silently.
+  for (const char* config : {"configs/demo.yaml", "configs/tiny.yaml"}) {
+    std::string out, err;
+    EXPECT_EQ(run_distill(std::string("config check ") + config, &out, &err), 0) << config << ": " << err;
+  }
+  // The Hugging Face example needs the downloaded checkpoint; without it, the one error names it.
+  std::string out, err;
+  if (!fs::exists(std::string(DISTILL_SOURCE_DIR) + "/models/switch-base-8/config.json")) {
+    EXPECT_EQ(run_distill("config check configs/switch-base-8-to-t5-base.yaml", &out, &err), 1);
+    EXPECT_NE(err.find("teacher.path names models/switch-base-8"), std::string::npos) << err;
+  }
+}
+
 }  // namespace
 }  // namespace distill

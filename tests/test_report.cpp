@@ -177,6 +177,10 @@ TEST(Report, GainPreservedIsUndefinedWhenTheGapIsWithinNoise) {
   EXPECT_NE(q["gain_preserved_undefined"].get<std::string>().find("includes zero"), std::string::npos);
   EXPECT_NE(report_markdown(r).find("**undefined**"), std::string::npos);
   EXPECT_NE(report_summary(r).find("gain preserved undefined"), std::string::npos);
+  // The seed whose teacher is worse than its baseline has no gain of its own.
+  EXPECT_NEAR(q["gain_preserved_per_seed"][0].get<double>(), 100.0 * 0.03 / 0.05, 1e-6);
+  EXPECT_TRUE(q["gain_preserved_per_seed"][1].is_null());
+  EXPECT_NE(report_markdown(r).find("gap -0.0500, gain -"), std::string::npos);
   // A teacher clearly worse than the baseline: undefined too, for that reason.
   auto worse = build_report(inputs({{5.5, 5.0, 5.2}, {5.6, 5.0, 5.3}, {5.5, 5.1, 5.2}}));
   EXPECT_NE(worse["quality"]["gain_preserved_undefined"].get<std::string>().find("worse than the dense baseline"), std::string::npos);
