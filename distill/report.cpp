@@ -67,6 +67,20 @@ stats::Estimate accuracy_estimate(const std::vector<SeedRun>& runs, const EvalOf
   return stats::estimate(values, stats::ratio_se(sums), sample_dof(runs));
 }
 
+// Per model: each seed's evaluation ("evals") and its quality over seeds ("quality").
+void add_evals_and_quality(json& r, const std::vector<SeedRun>& runs,
+                           const std::vector<std::pair<const char*, EvalOf>>& roles) {
+  for (const auto& [who, of] : roles) {
+    json evals = json::array();
+    for (const auto& run : runs) evals.push_back(of(run).to_json());
+    r[who]["evals"] = evals;
+    const auto nlp = nlp_estimate(runs, {{of, 1.0}});
+    r[who]["quality"] = {{"neg_log_perplexity", estimate_json(nlp)},
+                         {"perplexity", std::exp(-nlp.mean)},
+                         {"accuracy", estimate_json(accuracy_estimate(runs, of))}};
+  }
+}
+
 json model_json(const ModelConfig& c, int64_t S, int64_t T) {
   const auto p = count_parameters(c);
   return {{"model_type", c.model_type},
@@ -135,16 +149,7 @@ json build_report(const ReportInputs& in) {
   r["teacher"] = model_json(in.teacher, S, T);
   r["baseline"] = model_json(in.baseline, S, T);
   r["student"] = model_json(in.student, S, T);
-  const std::vector<std::pair<const char*, EvalOf>> roles{{"teacher", teacher_of}, {"baseline", baseline_of}, {"student", student_of}};
-  for (const auto& [who, of] : roles) {
-    json evals = json::array();
-    for (const auto& run : runs) evals.push_back(of(run).to_json());
-    r[who]["evals"] = evals;
-    const auto nlp = nlp_estimate(runs, {{of, 1.0}});
-    r[who]["quality"] = {{"neg_log_perplexity", estimate_json(nlp)},
-                         {"perplexity", std::exp(-nlp.mean)},
-                         {"accuracy", estimate_json(accuracy_estimate(runs, of))}};
-  }
+  add_evals_and_quality(r, runs, {{"teacher", teacher_of}, {"baseline", baseline_of}, {"student", student_of}});
   r["teacher"]["budget"] = budget_json(first.teacher);
   r["baseline"]["budget"] = budget_json(first.baseline);
   r["student"]["budget"] = budget_json(first.student);
@@ -399,15 +404,7 @@ json build_comparison(const ComparisonInputs& in) {
   r["steps"] = runs.front().teacher.budget.steps;
   r["teacher"] = model_json(in.teacher, S, T);
   r["dense"] = model_json(in.dense, S, T);
-  for (const auto& [who, of] : std::vector<std::pair<const char*, EvalOf>>{{"teacher", teacher_of}, {"dense", baseline_of}}) {
-    json evals = json::array();
-    for (const auto& run : runs) evals.push_back(of(run).to_json());
-    r[who]["evals"] = evals;
-    const auto nlp = nlp_estimate(runs, {{of, 1.0}});
-    r[who]["quality"] = {{"neg_log_perplexity", estimate_json(nlp)},
-                         {"perplexity", std::exp(-nlp.mean)},
-                         {"accuracy", estimate_json(accuracy_estimate(runs, of))}};
-  }
+  add_evals_and_quality(r, runs, {{"teacher", teacher_of}, {"dense", baseline_of}});
   r["teacher"]["budget"] = budget_json(runs.front().teacher);
   r["dense"]["budget"] = budget_json(runs.front().baseline);
   r["flops_per_token_ratio"] = forward_flops(in.teacher, S, T) / forward_flops(in.dense, S, T);
