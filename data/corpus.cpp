@@ -3,6 +3,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "models/atomic_file.h"
 #include "models/errors.h"
 
 namespace distill {
@@ -79,6 +80,7 @@ CorpusStats read_corpus(const CorpusOptions& o, const std::function<void(Documen
     sink(std::move(d));
   };
   for (const auto& file : o.files) {
+    if (const auto kind = non_regular_kind(file); !kind.empty()) throw InputError(file + ": is " + kind + ", not a corpus file");
     std::ifstream in(file);
     if (!in) throw InputError(file + ": cannot open corpus file");
     std::string line, pending;

@@ -205,6 +205,7 @@ void train_tokenizer(const TokenizerTrainOptions& o) {
   {
     std::ofstream out(sentences);
     for (const auto& input : o.inputs) {
+      if (const auto kind = non_regular_kind(input); !kind.empty()) throw InputError(input + ": is " + kind + ", not a text file");
       std::ifstream in(input);
       if (!in) throw InputError(input + ": cannot open tokenizer training input");
       std::string line;

@@ -11,6 +11,7 @@
 #include <map>
 
 #include "distill/report.h"
+#include "distill/run_lock.h"
 #include "distill/stage_jobs.h"
 #include "distill/stages.h"
 #include "distill/student_init.h"
@@ -144,6 +145,7 @@ bool baseline_trained_here(const RunConfig& c) { return c.baseline.path.empty() 
 
 void open_run_directory(const RunConfig& config) {
   fs::create_directories(config.output_dir);
+  lock_run_directory(config.output_dir);  // before anything in it is written
   auto console = std::make_shared<spdlog::sinks::stderr_color_sink_mt>();
   auto file = std::make_shared<spdlog::sinks::basic_file_sink_mt>((fs::path(config.output_dir) / "distill.log").string());
   auto logger = std::make_shared<spdlog::logger>("distill", spdlog::sinks_init_list{console, file});

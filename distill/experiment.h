@@ -99,7 +99,8 @@ nlohmann::json run_experiment(const RunConfig& config, bool resume);
 // OUTPUT/compare.md: the gap with its 95% interval, and the teacher's routing health.
 nlohmann::json run_comparison(const RunConfig& config, bool resume);
 
-// Starts logging to the console and OUTPUT/distill.log, and writes OUTPUT/config.yaml.
+// Takes OUTPUT for this process (OUTPUT/.lock: a second run into it is refused), starts logging to
+// the console and OUTPUT/distill.log, and writes OUTPUT/config.yaml.
 void open_run_directory(const RunConfig& config);
 
 }  // namespace distill

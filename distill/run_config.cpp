@@ -3,6 +3,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <map>
 #include <set>
@@ -11,6 +12,8 @@
 #include "models/errors.h"
 
 namespace distill {
+
+namespace fs = std::filesystem;
 
 // ---- the one list of fields ----------------------------------------------------------------
 
@@ -203,7 +206,7 @@ template <> const char* type_name<bool>() { return "true or false"; }
 template <> const char* type_name<int64_t>() { return "an integer"; }
 template <> const char* type_name<uint64_t>() { return "a non-negative integer"; }
 template <> const char* type_name<int>() { return "an integer"; }
-template <> const char* type_name<double>() { return "a number"; }
+template <> const char* type_name<double>() { return "a finite number"; }
 
 class Reader {
  public:
@@ -235,10 +238,20 @@ class Reader {
     sub.finish();
   }
 
-  // Every key the visitor did not ask for is an error, with the closest known key.
+  // Every key the visitor did not ask for is an error, with the closest known key; so is a key
+  // given twice (YAML would silently keep one of them).
   void finish() {
+    std::map<std::string, std::string> seen;  // key -> file:line of its first occurrence
     for (auto it = node_.begin(); it != node_.end(); ++it) {
       const std::string key = it->first.as<std::string>("");
+      const auto mark = it->first.Mark();
+      const std::string at = mark.line >= 0 ? ctx_.file + ":" + std::to_string(mark.line + 1) : ctx_.file;
+      const auto [first, fresh] = seen.emplace(key, at);
+      if (!fresh) {
+        ctx_.errors.push_back(at + ": duplicate key \"" + prefix_ + key + "\" (first at " + first->second +
+                              "); a key may be given once");
+        continue;
+      }
       if (std::find(known_.begin(), known_.end(), key) != known_.end()) continue;
       std::string best;
       size_t best_d = 4;
@@ -300,6 +313,7 @@ class Reader {
           ok = n.Scalar().find('-') == std::string::npos;
         }
         if (ok) value = n.as<T>();
+        if constexpr (std::is_same_v<T, double>) ok = ok && std::isfinite(value);
       } catch (const YAML::Exception&) {
         ok = false;
       }
@@ -506,12 +520,13 @@ void check(ReadContext& ctx, const RunConfig& r) {
   if (s.d_ff) c.need(*s.d_ff >= 1, "student.d_ff", "must be >= 1");
 
   const auto& x = r.distillation;
-  c.need(x.hard_weight >= 0, "distillation.hard_weight", "must be >= 0");
-  c.need(x.soft_weight >= 0, "distillation.soft_weight", "must be >= 0");
+  c.need(x.hard_weight >= 0 && x.hard_weight <= 1000, "distillation.hard_weight", "must be in [0, 1000]");
+  c.need(x.soft_weight >= 0 && x.soft_weight <= 1000, "distillation.soft_weight", "must be in [0, 1000]");
   if (x.hard_weight >= 0 && x.soft_weight >= 0) {
     c.need(x.hard_weight + x.soft_weight > 0, "distillation.soft_weight", "and hard_weight must not both be 0");
   }
-  c.need(x.temperature > 0, "distillation.temperature", "must be > 0");
+  // Beyond these, logits / T or the T^2 factor overflow float32.
+  c.need(x.temperature >= 0.01 && x.temperature <= 100, "distillation.temperature", "must be in [0.01, 100]");
   c.one_of(x.soft_loss, "distillation.soft_loss", {"ce", "kl"});
   if (x.teacher_capacity_factor) c.need(*x.teacher_capacity_factor > 0, "distillation.teacher_capacity_factor", "must be > 0");
   c.need(x.teacher_cache_top_k >= 1, "distillation.teacher_cache_top_k", "must be >= 1");
@@ -562,6 +577,9 @@ void apply_override(YAML::Node root, const std::string& assignment, ReadContext&
 RunConfig load_run_config(const std::string& path, const std::vector<std::string>& overrides) {
   ReadContext ctx;
   ctx.file = path;
+  std::error_code ec;
+  if (!fs::exists(path, ec)) throw ConfigError(path + ": no such config file");
+  if (!fs::is_regular_file(path, ec)) throw ConfigError(path + ": not a config file (a directory or a special file)");
   YAML::Node root;
   try {
     root = YAML::LoadFile(path);

@@ -26,17 +26,23 @@ namespace {
 std::atomic<bool> g_interrupted{false};
 extern "C" void on_sigint(int) { g_interrupted = true; }
 
-// Installs the Ctrl-C handler for the lifetime of a training run.
+// Installs the Ctrl-C handler for the lifetime of a training run; SIGTERM (kill, a job scheduler,
+// a container stopping) is handled the same way: checkpoint, then exit 130.
 class SigintScope {
  public:
   SigintScope() {
     g_interrupted = false;
-    previous_ = std::signal(SIGINT, on_sigint);
+    previous_int_ = std::signal(SIGINT, on_sigint);
+    previous_term_ = std::signal(SIGTERM, on_sigint);
   }
-  ~SigintScope() { std::signal(SIGINT, previous_); }
+  ~SigintScope() {
+    std::signal(SIGINT, previous_int_);
+    std::signal(SIGTERM, previous_term_);
+  }
 
  private:
-  void (*previous_)(int);
+  void (*previous_int_)(int);
+  void (*previous_term_)(int);
 };
 
 std::string format_duration(double s) {
@@ -158,7 +164,22 @@ void Trainer::log_routing(json& metrics) {
   routing_.clear();
 }
 
+TrainingError Trainer::diverged(const std::string& what) const {
+  const auto last = latest_checkpoint(o_.dir);
+  return TrainingError(fmt::format("[{}] {}: training diverged; {}", o_.stage, what,
+                                   last.empty() ? "no checkpoint was written yet" : "the last good checkpoint is " + last));
+}
+
 void Trainer::save_checkpoint(int64_t step, const DataPosition& next) {
+  // A checkpoint is written only from finite state: resuming must never start from poison.
+  const auto first_non_finite = [](const NamedParams& tensors) -> std::string {
+    for (const auto& [name, tensor] : tensors)
+      if (tensor.defined() && tensor.is_floating_point() && !torch::isfinite(tensor).all().item<bool>()) return name;
+    return "";
+  };
+  std::string bad = first_non_finite(params_);
+  if (bad.empty()) bad = first_non_finite(optimizer_->state());
+  if (!bad.empty()) throw diverged(fmt::format("{} is not finite at step {}, so no checkpoint is written", bad, step));
   const fs::path root = fs::path(o_.dir) / "checkpoints";
   fs::create_directories(root);
   const std::string name = fmt::format("step-{:08d}", step);
@@ -246,11 +267,7 @@ TrainResult Trainer::run() {
       auto item = stream.next();
       position = item.next;
       auto l = train_step(item.batch, 1.0 / static_cast<double>(t.grad_accumulation));
-      if (!std::isfinite(l.total)) {
-        const auto last = latest_checkpoint(o_.dir);
-        throw TrainingError(fmt::format("[{}] loss is {} at step {}: training diverged; {}", o_.stage, l.total, step + 1,
-                                        last.empty() ? "no checkpoint was written yet" : "the last good checkpoint is " + last));
-      }
+      if (!std::isfinite(l.total)) throw diverged(fmt::format("loss is {} at step {}", l.total, step + 1));
       const double k = 1.0 / static_cast<double>(t.grad_accumulation);
       sl.total += l.total * k;
       sl.hard += l.hard * k;
@@ -264,6 +281,8 @@ TrainResult Trainer::run() {
     }
     if (expert_grad_scale != 1.0) scale_expert_gradients(params_, expert_grad_scale);
     const double grad_norm = clip_grad_norm(params_, t.grad_clip);
+    // Checked before the update, so the weights and optimizer state stay those of the last good step.
+    if (!std::isfinite(grad_norm)) throw diverged(fmt::format("gradient norm is {} at step {}", grad_norm, step + 1));
     const double lr = schedule_lr(t.schedule, t.optimizer.lr, step + 1, t.steps);
     optimizer_->step(lr);
     ++step;

@@ -70,6 +70,8 @@ class Trainer {
   struct StepLosses;
   StepLosses train_step(const Batch& batch, double scale);
   void save_checkpoint(int64_t step, const DataPosition& next);
+  // The error for non-finite training state, naming the last good checkpoint.
+  TrainingError diverged(const std::string& what) const;
   bool restore_checkpoint(int64_t& step, DataPosition& next);
   void log_routing(nlohmann::json& metrics);
 

@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -41,7 +42,22 @@ void write_text_atomic(const std::string& path, const std::string& text) {
   write_file_atomic(path, [&](std::ostream& out) { out.write(text.data(), text.size()); });
 }
 
+std::string non_regular_kind(const std::string& path) {
+  std::error_code ec;
+  const auto st = std::filesystem::status(path, ec);
+  if (ec) return "";
+  switch (st.type()) {
+    case std::filesystem::file_type::directory: return "a directory";
+    case std::filesystem::file_type::fifo: return "a FIFO";
+    case std::filesystem::file_type::socket: return "a socket";
+    case std::filesystem::file_type::block:
+    case std::filesystem::file_type::character: return "a device";
+    default: return "";
+  }
+}
+
 std::string read_text_file(const std::string& path) {
+  if (const auto kind = non_regular_kind(path); !kind.empty()) throw InputError(path + ": is " + kind + ", not a file");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw InputError(path + ": cannot open file: " + std::strerror(errno));
   std::ostringstream ss;

@@ -50,6 +50,9 @@ void load_state(Seq2SeqModel& model, const std::map<std::string, at::Tensor>& te
     } else if (!at::isFloatingType(t.scalar_type())) {
       problems.push_back("tensor " + name + " has dtype " + std::string(c10::toString(t.scalar_type())) +
                          ", expected a floating-point type");
+    } else if (!at::isfinite(t).all().item<bool>()) {
+      // One pass over the weights: a NaN would otherwise surface as null losses or a "diverged" step 1.
+      problems.push_back("tensor " + name + " holds NaN or infinite values");
     }
   }
   const bool tied = model->config().tie_word_embeddings;

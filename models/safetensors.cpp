@@ -12,6 +12,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <set>
 
 #include "models/atomic_file.h"
@@ -72,6 +73,33 @@ void pread_all(int fd, void* buf, uint64_t n, uint64_t offset, const std::string
   }
 }
 
+// Finds a key given twice at the top level of a JSON object, without building anything.
+struct TopLevelKeys : nlohmann::json_sax<json> {
+  int depth = 0;
+  std::set<std::string> seen;
+  std::string duplicate;
+  bool null() override { return true; }
+  bool boolean(bool) override { return true; }
+  bool number_integer(number_integer_t) override { return true; }
+  bool number_unsigned(number_unsigned_t) override { return true; }
+  bool number_float(number_float_t, const string_t&) override { return true; }
+  bool string(string_t&) override { return true; }
+  bool binary(binary_t&) override { return true; }
+  bool start_object(std::size_t) override { return ++depth, true; }
+  bool end_object() override { return --depth, true; }
+  bool start_array(std::size_t) override { return ++depth, true; }
+  bool end_array() override { return --depth, true; }
+  bool key(string_t& k) override {
+    if (depth == 1 && !seen.insert(k).second && duplicate.empty()) duplicate = k;
+    return true;
+  }
+  std::string error;  // the parser's message, when the header is not JSON
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception& e) override {
+    error = e.what();
+    return false;
+  }
+};
+
 class Fd {
  public:
   explicit Fd(const std::string& path) : fd_(::open(path.c_str(), O_RDONLY | O_CLOEXEC)) {
@@ -89,6 +117,7 @@ class Fd {
 }  // namespace
 
 SafetensorsFile::SafetensorsFile(std::string path) : path_(std::move(path)) {
+  if (const auto kind = non_regular_kind(path_); !kind.empty()) throw CheckpointError(path_ + ": is " + kind + ", not a safetensors file");
   Fd fd(path_);
   struct stat st {};
   if (::fstat(fd.get(), &st) != 0) throw CheckpointError(path_ + ": cannot stat");
@@ -99,7 +128,11 @@ SafetensorsFile::SafetensorsFile(std::string path) : path_(std::move(path)) {
   }
   uint64_t header_len = 0;
   pread_all(fd.get(), &header_len, 8, 0, path_);
-  if (header_len > kMaxHeaderBytes || 8 + header_len > file_size) {
+  if (header_len > kMaxHeaderBytes) {
+    throw CheckpointError(path_ + ": header length " + std::to_string(header_len) + " is over the cap of " +
+                          std::to_string(kMaxHeaderBytes) + " bytes: not a safetensors file, or a corrupt one");
+  }
+  if (8 + header_len > file_size) {
     throw CheckpointError(path_ + ": header length " + std::to_string(header_len) +
                           " runs past the end of the file (" + std::to_string(file_size) +
                           " bytes): truncated or not a safetensors file");
@@ -109,22 +142,17 @@ SafetensorsFile::SafetensorsFile(std::string path) : path_(std::move(path)) {
   data_start_ = 8 + header_len;
   const uint64_t data_size = file_size - data_start_;
 
-  // nlohmann keeps the last of duplicate keys; the callback sees every top-level key first.
-  std::set<std::string> seen;
-  std::vector<std::string> duplicates;
+  // nlohmann keeps the last of duplicate keys, so a SAX pass looks for them first (linear; the
+  // callback parser is quadratic in the number of tensors).
   json j;
   try {
-    j = json::parse(header, [&](int depth, json::parse_event_t event, json& parsed) {
-      if (depth == 1 && event == json::parse_event_t::key) {
-        auto key = parsed.get<std::string>();
-        if (!seen.insert(key).second) duplicates.push_back(key);
-      }
-      return true;
-    });
+    TopLevelKeys keys;
+    if (!json::sax_parse(header, &keys)) throw CheckpointError(path_ + ": header is not valid JSON: " + keys.error);
+    if (!keys.duplicate.empty()) throw CheckpointError(path_ + ": tensor " + keys.duplicate + " appears twice in the header");
+    j = json::parse(header);
   } catch (const json::exception& e) {
     throw CheckpointError(path_ + ": header is not valid JSON: " + e.what());
   }
-  if (!duplicates.empty()) throw CheckpointError(path_ + ": tensor " + duplicates[0] + " appears twice in the header");
   if (!j.is_object()) throw CheckpointError(path_ + ": header is not a JSON object");
 
   for (auto it = j.begin(); it != j.end(); ++it) {
@@ -153,8 +181,17 @@ SafetensorsFile::SafetensorsFile(std::string path) : path_(std::move(path)) {
     uint64_t numel = 1;
     for (const auto& d : v["shape"]) {
       if (!d.is_number_unsigned()) throw CheckpointError(where + ": shape must hold non-negative integers");
-      e.shape.push_back(d.get<int64_t>());
-      numel *= d.get<uint64_t>();
+      const uint64_t n = d.get<uint64_t>();
+      // Every dimension and the byte count must fit int64 (LibTorch's sizes) without wrapping.
+      if (n > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) || __builtin_mul_overflow(numel, n, &numel)) {
+        throw CheckpointError(where + ": shape " + v["shape"].dump() + " is too large (its element count overflows 64 bits)");
+      }
+      e.shape.push_back(static_cast<int64_t>(n));
+    }
+    uint64_t bytes = 0;
+    if (__builtin_mul_overflow(numel, static_cast<uint64_t>(info->bytes), &bytes) ||
+        bytes > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
+      throw CheckpointError(where + ": shape " + v["shape"].dump() + " is too large (" + e.dtype + " bytes overflow 64 bits)");
     }
     const auto& off = v["data_offsets"];
     if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() || !off[1].is_number_unsigned()) {
@@ -167,10 +204,9 @@ SafetensorsFile::SafetensorsFile(std::string path) : path_(std::move(path)) {
                             std::to_string(e.end) + "] out of bounds of the " +
                             std::to_string(data_size) + "-byte data section");
     }
-    if (e.end - e.begin != numel * info->bytes) {
+    if (e.end - e.begin != bytes) {
       throw CheckpointError(where + ": " + std::to_string(e.end - e.begin) + " bytes do not match " +
-                            e.dtype + " " + v["shape"].dump() + " (" +
-                            std::to_string(numel * info->bytes) + " bytes)");
+                            e.dtype + " " + v["shape"].dump() + " (" + std::to_string(bytes) + " bytes)");
     }
     entries_.emplace(name, std::move(e));
   }
@@ -279,7 +315,14 @@ std::map<std::string, at::Tensor> load_model_tensors(const std::string& dir) {
     std::map<std::string, std::vector<std::string>> by_shard;
     for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
       if (!it.value().is_string()) throw CheckpointError(index.string() + ": weight_map[" + it.key() + "] must be a file name");
-      by_shard[it.value().get<std::string>()].push_back(it.key());
+      const std::string shard = it.value().get<std::string>();
+      // A shard is a plain file beside the index: no path may lead out of the model directory.
+      if (shard.empty() || shard == "." || shard == ".." || shard.find('/') != std::string::npos ||
+          shard.find('\\') != std::string::npos) {
+        throw CheckpointError(index.string() + ": weight_map[" + it.key() + "] is \"" + shard +
+                              "\"; a shard must be a plain file name in the model directory");
+      }
+      by_shard[shard].push_back(it.key());
     }
     std::map<std::string, at::Tensor> out;
     for (const auto& [shard, names] : by_shard) {

@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include <filesystem>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -130,6 +131,25 @@ TEST(Checkpoint, EveryMismatchIsReportedAtOnceByName) {
     EXPECT_NE(m.find("missing tensor decoder.final_layer_norm.weight"), std::string::npos) << m;
     EXPECT_NE(m.find("unexpected tensor encoder.block.9.layer.0.SelfAttention.q.weight"), std::string::npos) << m;
     EXPECT_NE(m.find("tensor shared.weight has shape [500, 64], expected [512, 64]"), std::string::npos) << m;
+  }
+}
+
+TEST(Checkpoint, NonFiniteWeightsAreNamed) {
+  // Issue 13, class 8: NaN or Inf weights are refused at load, by tensor.
+  auto config = read_hf_config(test::fixture("switch-tiny-4/config.json"));
+  auto tensors = load_model_tensors(test::fixture("switch-tiny-4"));
+  tensors["decoder.final_layer_norm.weight"] = tensors["decoder.final_layer_norm.weight"].clone();
+  tensors["decoder.final_layer_norm.weight"][3] = std::numeric_limits<float>::quiet_NaN();
+  tensors["shared.weight"] = tensors["shared.weight"].clone();
+  tensors["shared.weight"][0][0] = std::numeric_limits<float>::infinity();
+  Seq2SeqModel model(config);
+  try {
+    load_state(model, tensors, "some/model.safetensors");
+    FAIL();
+  } catch (const CheckpointError& e) {
+    std::string m = e.what();
+    EXPECT_NE(m.find("tensor decoder.final_layer_norm.weight holds NaN or infinite values"), std::string::npos) << m;
+    EXPECT_NE(m.find("tensor shared.weight holds NaN or infinite values"), std::string::npos) << m;
   }
 }
 

@@ -1,5 +1,6 @@
 // Tokenizer, corpora, objectives and batching.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <torch/torch.h>
 
 #include <cstdlib>
@@ -116,6 +117,22 @@ std::string corpus_error(CorpusFormat format, const std::string& content, Corpus
     return e.what();
   }
   return "";
+}
+
+TEST(Corpus, AFifoOrADirectoryIsRefusedByName) {
+  // Issue 13, class 7: reading a FIFO would block until something writes to it.
+  test::TempDir dir;
+  ASSERT_EQ(::mkfifo(dir.file("fifo").c_str(), 0600), 0);
+  for (const auto& [path, kind] : std::vector<std::pair<std::string, std::string>>{{dir.file("fifo"), "a FIFO"}, {dir.path(), "a directory"}}) {
+    CorpusOptions o;
+    o.files = {path};
+    try {
+      read_corpus(o, [](Document&&) {});
+      FAIL() << path;
+    } catch (const InputError& e) {
+      EXPECT_NE(std::string(e.what()).find(path + ": is " + kind + ", not a corpus file"), std::string::npos) << e.what();
+    }
+  }
 }
 
 TEST(Corpus, ReadsEveryFormat) {
@@ -388,6 +405,25 @@ TEST(Batching, StreamResumesExactlyWhereItStopped) {
   for (int64_t i = per_epoch - 1; i < per_epoch + 3; ++i) {
     EXPECT_TRUE(torch::equal(resumed.next().batch.input_ids, straight[static_cast<size_t>(i)])) << i;
   }
+}
+
+TEST(Batching, LongDocumentsAreEncodedInPiecesWithTheSameIds) {
+  // Issue 13, class 1: a document of hundreds of kilobytes is cut at whitespace before SentencePiece
+  // (whose memory grows ~100x the text); the ids are those of the whole text.
+  test::TempDir dir;
+  std::string text;
+  for (int i = 0; text.size() < 300000; ++i) text += "The licensee may copy, modify and share the work number " + std::to_string(i) + ". ";
+  std::string no_space(200000, 'a');
+  no_space += "\xc3\xa9";  // a two-byte character, so a cut must respect UTF-8 boundaries
+  no_space += std::string(70000, 'b');
+  write_text_atomic(dir.file("long.txt"), text + "\n" + no_space + "\n");
+  auto t = Tokenizer::load(test::fixture("switch-tiny-4"));
+  CorpusOptions c;
+  c.files = {dir.file("long.txt")};
+  auto corpus = tokenize_corpus(c, t);
+  ASSERT_EQ(corpus.train.size(), 2u);
+  EXPECT_EQ(corpus.train[0].text, t.encode(text, /*add_eos=*/false));
+  EXPECT_FALSE(corpus.train[1].text.empty());
 }
 
 TEST(Batching, PairsBecomeModelTensors) {

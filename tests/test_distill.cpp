@@ -583,7 +583,7 @@ TEST(RunConfig, WrongTypesAndRangesAllAtOnce) {
                           "  hard_weight: -1\n  soft_loss: mse\ntraining:\n  steps: 0\n");
   EXPECT_NE(err.find("4 problems"), std::string::npos) << err;
   EXPECT_NE(err.find("c.yaml:4: data.batch_size must be an integer, got \"many\""), std::string::npos) << err;
-  EXPECT_NE(err.find("c.yaml:6: distillation.hard_weight must be >= 0"), std::string::npos) << err;
+  EXPECT_NE(err.find("c.yaml:6: distillation.hard_weight must be in [0, 1000]"), std::string::npos) << err;
   EXPECT_NE(err.find("c.yaml:7: distillation.soft_loss must be one of ce, kl, got \"mse\""), std::string::npos) << err;
   EXPECT_NE(err.find("c.yaml:9: training.steps must be >= 1"), std::string::npos) << err;
 }
@@ -605,6 +605,32 @@ TEST(RunConfig, MissingTeacherAndDataAndBadOverrides) {
   EXPECT_NE(err.find("--set training.steps: training.steps must be an integer"), std::string::npos) << err;
   EXPECT_NE(err.find("--set nonsense: expected KEY=VALUE"), std::string::npos) << err;
   EXPECT_NE(config_error("a: [unclosed\n").find("not valid YAML"), std::string::npos);
+}
+
+TEST(RunConfig, DuplicateKeysNonFiniteAndAbsurdValuesAreRejected) {
+  // Issue 13, class 9: YAML keeps one of two equal keys silently; .inf and 1e300 are numbers to YAML.
+  auto err = config_error("data:\n  train:\n    files: [" + kTrainFile + "]\ntraining:\n  steps: 5\n  steps: 7\n"
+                          "  optimizer: {lr: .inf}\ndistillation:\n  temperature: 1e-300\n  hard_weight: 1e300\n"
+                          "  soft_weight: .nan\ntraining:\n  steps: 9\n");
+  EXPECT_NE(err.find("c.yaml:6: duplicate key \"training.steps\" (first at "), std::string::npos) << err;
+  EXPECT_NE(err.find("c.yaml:12: duplicate key \"training\" (first at "), std::string::npos) << err;
+  EXPECT_NE(err.find("c.yaml:7: training.optimizer.lr must be a finite number, got \".inf\""), std::string::npos) << err;
+  EXPECT_NE(err.find("c.yaml:9: distillation.temperature must be in [0.01, 100]"), std::string::npos) << err;
+  EXPECT_NE(err.find("c.yaml:10: distillation.hard_weight must be in [0, 1000]"), std::string::npos) << err;
+  EXPECT_NE(err.find("c.yaml:11: distillation.soft_weight must be a finite number, got \".nan\""), std::string::npos) << err;
+}
+
+TEST(RunConfig, AConfigPathThatIsNoFileIsNamed) {
+  test::TempDir dir;
+  for (const auto& [path, what] : std::vector<std::pair<std::string, std::string>>{
+           {dir.path(), "not a config file"}, {dir.file("missing.yaml"), "no such config file"}}) {
+    try {
+      load_run_config(path);
+      FAIL() << path;
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find(path + ": " + what), std::string::npos) << e.what();
+    }
+  }
 }
 
 TEST(RunConfig, VocabularyMismatchIsCaughtAtStart) {

@@ -1,5 +1,6 @@
 // The jobs end to end through the binary, on configs/tiny.yaml and the SOTU data set-up fetches.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cmath>
@@ -7,9 +8,12 @@
 #include <fstream>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
+#include <set>
 
+#include "distill/run_lock.h"
 #include "distill/trainer.h"
 #include "models/atomic_file.h"
+#include "models/safetensors.h"
 #include "tests/test_util.h"
 
 namespace distill {
@@ -192,22 +196,30 @@ TEST(E2eJobs, TrainThenDistillSeparatelyAndConfigCheck) {
 namespace distill {
 namespace {
 
-TEST(E2eInterrupt, CtrlCSavesACheckpointAndResumeFinishes) {
-  ASSERT_TRUE(have_sotu());
-  test::TempDir dir;
-  // Start a long run, wait for its third logged step, then send SIGINT as Ctrl-C would.
+// Starts a long `distill train`, waits for its third logged step, sends `signal` (INT as Ctrl-C
+// would, TERM as a scheduler would), checks that it exited with 130 having saved a checkpoint, and
+// returns the step it stopped at (-1 if it did not say).
+int64_t interrupt_training(const test::TempDir& dir, const std::string& signal) {
   const std::string script = "cd " + std::string(DISTILL_SOURCE_DIR) + " && (" + DISTILL_BINARY +
                              " --threads 1 train configs/tiny.yaml --output " + dir.file("run") +
                              " --set training.steps=300 --set training.log_interval=1 --set training.checkpoint_interval=0 2>" +
                              dir.file("err") + " & pid=$!; for i in $(seq 600); do grep -q 'step 3/' " + dir.file("err") +
-                             " && break; sleep 0.1; done; kill -INT $pid; wait $pid; echo $? >" + dir.file("code") + ")";
-  ASSERT_EQ(std::system(script.c_str()), 0);
-  EXPECT_EQ(read_text_file(dir.file("code")), "130\n") << read_text_file(dir.file("err"));
+                             " && break; sleep 0.1; done; kill -" + signal + " $pid; wait $pid; echo $? >" + dir.file("code") + ")";
+  EXPECT_EQ(std::system(script.c_str()), 0);
   const std::string err = read_text_file(dir.file("err"));
-  auto at = err.find("interrupted at step ");
-  ASSERT_NE(at, std::string::npos) << err;
+  EXPECT_EQ(read_text_file(dir.file("code")), "130\n") << err;
+  const auto at = err.find("interrupted at step ");
+  EXPECT_NE(at, std::string::npos) << err;
+  if (at == std::string::npos) return -1;
   const int64_t step = std::stoll(err.substr(at + 20));
   EXPECT_TRUE(fs::exists(dir.file("run/teacher/checkpoints/step-" + fmt::format("{:08d}", step) + "/trainer_state.json")));
+  return step;
+}
+
+TEST(E2eInterrupt, CtrlCSavesACheckpointAndResumeFinishes) {
+  ASSERT_TRUE(have_sotu());
+  test::TempDir dir;
+  ASSERT_GE(interrupt_training(dir, "INT"), 0);
   EXPECT_FALSE(fs::exists(dir.file("run/teacher/model")));
   std::string out, err2;
   // The same settings resume (how often it logs is not a setting of the model).
@@ -220,6 +232,13 @@ TEST(E2eInterrupt, CtrlCSavesACheckpointAndResumeFinishes) {
   EXPECT_TRUE(fs::exists(dir.file("run/teacher/model/model.safetensors")));
 }
 
+TEST(E2eInterrupt, SigtermSavesACheckpointLikeCtrlC) {
+  // Issue 13, class 11: a job scheduler's or a container's stop is SIGTERM.
+  ASSERT_TRUE(have_sotu());
+  test::TempDir dir;
+  EXPECT_GE(interrupt_training(dir, "TERM"), 0);
+}
+
 // distill run trains the teacher and the baseline side by side in child processes: Ctrl-C reaches
 // them through the parent, each saves a checkpoint, and --resume finishes the experiment.
 TEST(E2eInterrupt, CtrlCStopsEveryStageProcessAndResumeFinishesTheRun) {
@@ -229,7 +248,7 @@ TEST(E2eInterrupt, CtrlCStopsEveryStageProcessAndResumeFinishesTheRun) {
   const std::string script = "cd " + std::string(DISTILL_SOURCE_DIR) + " && (" + DISTILL_BINARY +
                              " --threads 2 run configs/tiny.yaml --output " + dir.file("run") + settings +
                              " --set training.log_interval=1 2>" + dir.file("err") +
-                             " & pid=$!; for i in $(seq 600); do grep -q 'baseline\] step 3/' " + dir.file("err") +
+                             " & pid=$!; for i in $(seq 600); do grep -q 'baseline\\] step 3/' " + dir.file("err") +
                              " && break; sleep 0.1; done; kill -INT $pid; wait $pid; echo $? >" + dir.file("code") + ")";
   ASSERT_EQ(std::system(script.c_str()), 0);
   const std::string err = read_text_file(dir.file("err"));
@@ -286,6 +305,77 @@ TEST(E2eJobs, AFailedStageProcessIsOneClearErrorNamingTheStage) {
   EXPECT_NE(err.find("of seed 1 failed (exit 1): ["), std::string::npos) << err;
   EXPECT_NE(err.find("training diverged"), std::string::npos) << err;
   EXPECT_FALSE(fs::exists(dir.file("run/report.json")));
+}
+
+TEST(E2eJobs, DivergenceLeavesOnlyFiniteCheckpoints) {
+  // Issue 13, class 3: a huge learning rate; every step is checkpointed until training diverges.
+  // Whatever was written must be finite (the gradient is checked before the update, the state before
+  // a checkpoint), so --resume never starts from poison.
+  ASSERT_TRUE(have_sotu());
+  test::TempDir dir;
+  std::string out, err;
+  EXPECT_EQ(run_distill("train configs/tiny.yaml --output " + dir.file("run") +
+                            " --set training.optimizer.lr=1e4 --set training.grad_clip=0 --set training.steps=30"
+                            " --set training.checkpoint_interval=1 --set training.keep_checkpoints=100",
+                        &out, &err), 1);
+  EXPECT_NE(err.find("training diverged"), std::string::npos) << err;
+  const fs::path checkpoints = dir.file("run/teacher/checkpoints");
+  int seen = 0;
+  if (fs::exists(checkpoints)) {
+    for (const auto& entry : fs::directory_iterator(checkpoints)) {
+      for (const char* file : {"model.safetensors", "optimizer.safetensors"}) {
+        const auto path = entry.path() / file;
+        if (!fs::exists(path)) continue;
+        for (const auto& [name, tensor] : SafetensorsFile(path.string()).load_all()) {
+          if (tensor.is_floating_point()) {
+            EXPECT_TRUE(torch::isfinite(tensor).all().item<bool>()) << path << " " << name;
+          }
+        }
+        ++seen;
+      }
+    }
+  }
+  EXPECT_FALSE(fs::exists(dir.file("run/teacher/model")));
+  std::cerr << "checked " << seen << " checkpoint files\n";
+}
+
+TEST(E2eJobs, AFreshRunNeverInheritsAnOlderRunsCheckpoints) {
+  // Issue 13, class 2: an older run's checkpoints must not survive a new run into the same
+  // directory, whether that run was left unfinished with the same settings or its settings changed.
+  ASSERT_TRUE(have_sotu());
+  test::TempDir dir;
+  std::string out, err;
+  const std::string base = "train configs/tiny.yaml --output " + dir.file("run") + " --set training.keep_checkpoints=100";
+  const auto steps_checkpointed = [&] {
+    std::set<int64_t> steps;
+    for (const auto& entry : fs::directory_iterator(dir.file("run/teacher/checkpoints")))
+      steps.insert(std::stoll(entry.path().filename().string().substr(5)));
+    return steps;
+  };
+  ASSERT_EQ(run_distill(base + " --set training.steps=28 --set training.checkpoint_interval=7", &out, &err), 0) << err;
+  EXPECT_EQ(steps_checkpointed(), (std::set<int64_t>{7, 14, 21, 28}));
+  fs::remove(dir.file("run/teacher/DONE.json"));  // as if killed before it finished
+  fs::remove_all(dir.file("run/teacher/model"));
+  ASSERT_EQ(run_distill(base + " --set training.steps=28 --set training.checkpoint_interval=5", &out, &err), 0) << err;
+  EXPECT_NE(err.find("starting afresh"), std::string::npos) << err;
+  EXPECT_EQ(steps_checkpointed(), (std::set<int64_t>{5, 10, 15, 20, 25, 28}));
+  ASSERT_EQ(run_distill(base + " --set training.steps=30 --set training.checkpoint_interval=10", &out, &err), 0) << err;
+  EXPECT_NE(err.find("its settings changed"), std::string::npos) << err;
+  EXPECT_EQ(steps_checkpointed(), (std::set<int64_t>{10, 20, 30}));
+}
+
+TEST(E2eJobs, ASecondRunIntoALockedDirectoryIsRefused) {
+  // Issue 13, class 4. This test process takes the lock the way a running distill does.
+  ASSERT_TRUE(have_sotu());
+  test::TempDir dir;
+  fs::create_directories(dir.file("run"));
+  lock_run_directory(dir.file("run"));
+  EXPECT_NO_THROW(lock_run_directory(dir.file("run")));  // again from the holder: fine
+  std::string out, err;
+  EXPECT_EQ(run_distill("train configs/tiny.yaml --output " + dir.file("run"), &out, &err), 1);
+  EXPECT_NE(err.find("is in use by another distill (pid " + std::to_string(getpid()) + " on "), std::string::npos) << err;
+  EXPECT_FALSE(fs::exists(dir.file("run/config.yaml")));  // nothing written
+  EXPECT_FALSE(fs::exists(dir.file("run/distill.log")));
 }
 
 }  // namespace

@@ -1,7 +1,9 @@
 // safetensors reader/writer: round trips, sharding and every malformed file we reject.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <torch/torch.h>
 
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -97,6 +99,33 @@ TEST(Safetensors, ShardIndexNamingAMissingTensorIsAnError) {
   }
 }
 
+TEST(Safetensors, ShardIndexMayNotLeadOutOfTheModelDirectory) {
+  // Issue 13, class 7: an index naming ../x or /etc/passwd is refused before anything is opened.
+  TempDir dir;
+  save_safetensors(dir.file("a.safetensors"), {{"x", torch::zeros({2})}});
+  for (const std::string shard : {"../a.safetensors", "/etc/passwd", "..", "sub/a.safetensors", ""}) {
+    write_text_atomic(dir.file("model.safetensors.index.json"), R"({"weight_map": {"x": ")" + shard + R"("}})");
+    try {
+      load_model_tensors(dir.path());
+      FAIL() << shard;
+    } catch (const CheckpointError& e) {
+      EXPECT_NE(std::string(e.what()).find("a shard must be a plain file name in the model directory"), std::string::npos)
+          << e.what();
+    }
+  }
+}
+
+TEST(Safetensors, AFifoOrADirectoryIsRefusedByName) {
+  // Issue 13, class 7: opening a FIFO would block forever.
+  TempDir dir;
+  ASSERT_EQ(::mkfifo(dir.file("f.safetensors").c_str(), 0600), 0);
+  EXPECT_NE(error_of(dir.file("f.safetensors")).find("f.safetensors: is a FIFO, not a safetensors file"), std::string::npos)
+      << error_of(dir.file("f.safetensors"));
+  std::filesystem::create_directories(dir.file("d.safetensors"));
+  EXPECT_NE(error_of(dir.file("d.safetensors")).find("d.safetensors: is a directory"), std::string::npos);
+  EXPECT_THROW(read_text_file(dir.file("f.safetensors")), InputError);
+}
+
 TEST(Safetensors, TruncatedFile) {
   TempDir dir;
   save_safetensors(dir.file("t.safetensors"), {{"x", torch::randn({100})}});
@@ -112,6 +141,43 @@ TEST(Safetensors, HeaderLengthPastTheEnd) {
   auto err = error_of(dir.file("t.safetensors"));
   EXPECT_NE(err.find("runs past the end"), std::string::npos) << err;
   EXPECT_NE(err.find("t.safetensors"), std::string::npos) << err;
+}
+
+TEST(Safetensors, HeaderLengthOverTheCapSaysSo) {
+  TempDir dir;
+  write_raw(dir.file("t.safetensors"), "{}", 0, int64_t{1} << 40);
+  auto err = error_of(dir.file("t.safetensors"));
+  EXPECT_NE(err.find("is over the cap"), std::string::npos) << err;
+}
+
+TEST(Safetensors, ShapesWhoseSizeOverflowsAreRefusedByName) {
+  // Issue 13, class 6: the element count wrapped and passed the byte check.
+  TempDir dir;
+  for (const std::string shape : {"[2147483648, 2147483648, 4]", "[18446744073709551615, 0]", "[4611686018427391999]",
+                                  "[4294967296, 4294967296]"}) {
+    write_raw(dir.file("t.safetensors"), R"({"w":{"dtype":"F32","shape":)" + shape + R"(,"data_offsets":[0,0]}})", 0);
+    auto err = error_of(dir.file("t.safetensors"));
+    EXPECT_NE(err.find("tensor w: shape "), std::string::npos) << shape << ": " << err;
+    EXPECT_NE(err.find("is too large"), std::string::npos) << shape << ": " << err;
+  }
+}
+
+TEST(Safetensors, ManyTinyTensorsParseInLinearTime) {
+  // Issue 13, class 5: 200k entries took minutes with the callback parser.
+  TempDir dir;
+  std::string header = "{";
+  const int n = 200000;
+  for (int i = 0; i < n; ++i) {
+    header += (i ? "," : "") + std::string("\"t") + std::to_string(i) + R"(":{"dtype":"U8","shape":[1],"data_offsets":[)" +
+              std::to_string(i) + "," + std::to_string(i + 1) + "]}";
+  }
+  header += "}";
+  write_raw(dir.file("t.safetensors"), header, n);
+  const auto start = std::chrono::steady_clock::now();
+  SafetensorsFile f(dir.file("t.safetensors"));
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_EQ(f.entries().size(), static_cast<size_t>(n));
+  EXPECT_LT(seconds, 20.0);  // ~1 s here; the quadratic parser took minutes
 }
 
 TEST(Safetensors, OverlappingOffsets) {

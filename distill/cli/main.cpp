@@ -4,6 +4,7 @@
 
 #include <CLI/CLI.hpp>
 #include <c10/util/Exception.h>
+#include <filesystem>
 #include <iostream>
 
 #include "distill/cli/commands.h"
@@ -46,6 +47,11 @@ int main(int argc, char** argv) {
     return 130;
   } catch (const distill::Error& e) {
     std::cerr << "error: " << e.what() << "\n";
+    return 1;
+  } catch (const std::filesystem::filesystem_error& e) {
+    // An output or input path the system refuses (read-only, a file where a directory must be):
+    // bad input, named by the path.
+    std::cerr << "error: " << e.path1().string() << ": " << e.code().message() << " (" << e.what() << ")\n";
     return 1;
   } catch (const c10::Error& e) {
     std::cerr << "error: LibTorch: " << e.what_without_backtrace() << "\n";
