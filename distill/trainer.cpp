@@ -3,12 +3,17 @@
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <csignal>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "distill/optim.h"
 #include "models/atomic_file.h"
@@ -55,6 +60,21 @@ std::string format_duration(double s) {
 void append_jsonl(const std::string& path, const json& j) {
   std::ofstream out(path, std::ios::app);
   out << j.dump() << "\n";
+  out.flush();
+  if (!out) throw Error(path + ": cannot append the metrics (" + std::strerror(errno) + "); is the disk full?");
+}
+
+// After a resume from `step`, the lines a killed run logged past it would appear twice: keep
+// only those up to it (and drop a line cut short by the kill).
+void truncate_metrics(const std::string& path, int64_t step) {
+  if (!fs::exists(path)) return;
+  std::istringstream in(read_text_file(path));
+  std::string kept;
+  for (std::string line; std::getline(in, line);) {
+    const auto j = json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (j.is_object() && j.value("step", int64_t{0}) <= step) kept += line + "\n";
+  }
+  write_text_atomic(path, kept);
 }
 
 at::Generator& cpu_generator() {
@@ -76,17 +96,25 @@ void scale_expert_gradients(const NamedParams& params, double factor) {
     if (is_expert_parameter(name) && p.grad().defined()) p.grad().mul_(factor);
 }
 
-std::string latest_checkpoint(const std::string& dir) {
+std::vector<std::string> finished_checkpoints(const std::string& dir) {
   const fs::path root = fs::path(dir) / "checkpoints";
-  if (!fs::is_directory(root)) return "";
-  std::string best;
+  std::vector<std::string> names;
+  if (!fs::is_directory(root)) return {};
   for (const auto& e : fs::directory_iterator(root)) {
     const std::string name = e.path().filename().string();
     if (name.rfind("step-", 0) != 0 || name.find('.') != std::string::npos) continue;
     if (!fs::exists(e.path() / "trainer_state.json")) continue;
-    if (name > best) best = name;
+    names.push_back(name);
   }
-  return best.empty() ? "" : (root / best).string();
+  std::sort(names.begin(), names.end(), std::greater<>());  // step-%08d: newest first
+  std::vector<std::string> out;
+  for (const auto& n : names) out.push_back((root / n).string());
+  return out;
+}
+
+std::string latest_checkpoint(const std::string& dir) {
+  const auto all = finished_checkpoints(dir);
+  return all.empty() ? "" : all.front();
 }
 
 Trainer::Trainer(Seq2SeqModel model, std::shared_ptr<const Dataset> data, const std::vector<Batch>* eval_batches,
@@ -210,8 +238,19 @@ void Trainer::save_checkpoint(int64_t step, const DataPosition& next) {
 }
 
 bool Trainer::restore_checkpoint(int64_t& step, DataPosition& next) {
-  const std::string dir = latest_checkpoint(o_.dir);
-  if (dir.empty()) return false;
+  // The newest checkpoint that reads back whole; a damaged one is skipped with a warning.
+  for (const auto& dir : finished_checkpoints(o_.dir)) {
+    try {
+      restore_checkpoint_from(dir, step, next);
+      return true;
+    } catch (const Error& e) {
+      spdlog::warn("[{}] checkpoint {} cannot be restored ({}); trying the one before it", o_.stage, dir, e.what());
+    }
+  }
+  return false;
+}
+
+void Trainer::restore_checkpoint_from(const std::string& dir, int64_t& step, DataPosition& next) {
   auto tensors = load_model_tensors(dir);
   load_state(model_, tensors, dir + "/model.safetensors");
   auto opt = SafetensorsFile(dir + "/optimizer.safetensors").load_all();
@@ -231,7 +270,6 @@ bool Trainer::restore_checkpoint(int64_t& step, DataPosition& next) {
     throw CheckpointError(dir + "/trainer_state.json: " + e.what());
   }
   spdlog::info("[{}] resumed from {} (step {})", o_.stage, dir, step);
-  return true;
 }
 
 TrainResult Trainer::run() {
@@ -241,7 +279,9 @@ TrainResult Trainer::run() {
   int64_t step = 0;
   DataPosition position = o_.start;
   budget_ = {};
-  if (!(o_.resume && restore_checkpoint(step, position))) {
+  if (o_.resume && restore_checkpoint(step, position)) {
+    truncate_metrics(metrics, step);
+  } else {
     torch::manual_seed(o_.seed);
     std::ofstream(metrics, std::ios::trunc);
   }

@@ -73,6 +73,7 @@ class Trainer {
   // The error for non-finite training state, naming the last good checkpoint.
   TrainingError diverged(const std::string& what) const;
   bool restore_checkpoint(int64_t& step, DataPosition& next);
+  void restore_checkpoint_from(const std::string& dir, int64_t& step, DataPosition& next);
   void log_routing(nlohmann::json& metrics);
 
   Seq2SeqModel model_;
@@ -90,6 +91,9 @@ class Trainer {
 // Artetxe et al.'s expert-gradient scaling: multiplies the gradients of expert parameters by
 // `factor` (1/sqrt(E)) and leaves every other gradient alone.
 void scale_expert_gradients(const NamedParams& params, double factor);
+
+// The finished checkpoint directories in `dir`/checkpoints, newest first.
+std::vector<std::string> finished_checkpoints(const std::string& dir);
 
 // The newest finished checkpoint directory in `dir`/checkpoints, or "".
 std::string latest_checkpoint(const std::string& dir);

@@ -7,8 +7,10 @@
 #include <filesystem>
 #include <fstream>
 #include <fmt/format.h>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <sstream>
 
 #include "distill/run_lock.h"
 #include "distill/trainer.h"
@@ -362,6 +364,32 @@ TEST(E2eJobs, AFreshRunNeverInheritsAnOlderRunsCheckpoints) {
   ASSERT_EQ(run_distill(base + " --set training.steps=30 --set training.checkpoint_interval=10", &out, &err), 0) << err;
   EXPECT_NE(err.find("its settings changed"), std::string::npos) << err;
   EXPECT_EQ(steps_checkpointed(), (std::set<int64_t>{10, 20, 30}));
+}
+
+TEST(E2eJobs, ResumeSkipsADamagedCheckpointAndLogsEachStepOnce) {
+  // Issue 13, class 11: a run killed after step 10's checkpoint was damaged resumes from step 5 with
+  // a warning, and metrics.jsonl holds every step once (not the killed run's steps 6-10 twice).
+  ASSERT_TRUE(have_sotu());
+  test::TempDir dir;
+  std::string out, err;
+  const std::string cmd = "train configs/tiny.yaml --output " + dir.file("run") +
+                          " --set training.steps=10 --set training.checkpoint_interval=5 --set training.log_interval=1";
+  ASSERT_EQ(run_distill(cmd, &out, &err), 0) << err;
+  fs::remove(dir.file("run/teacher/DONE.json"));  // as if killed at the very end
+  fs::remove_all(dir.file("run/teacher/model"));
+  const std::string damaged = dir.file("run/teacher/checkpoints/step-00000010/model.safetensors");
+  fs::resize_file(damaged, fs::file_size(damaged) / 2);
+  ASSERT_EQ(run_distill(cmd + " --resume", &out, &err), 0) << err;
+  EXPECT_NE(err.find("step-00000010 cannot be restored"), std::string::npos) << err;
+  EXPECT_NE(err.find("resumed from " + dir.file("run/teacher/checkpoints/step-00000005")), std::string::npos) << err;
+  std::map<int64_t, int> logged;  // step -> training lines
+  std::istringstream metrics(read_text_file(dir.file("run/teacher/metrics.jsonl")));
+  for (std::string line; std::getline(metrics, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.contains("loss")) ++logged[j.at("step").get<int64_t>()];
+  }
+  ASSERT_EQ(logged.size(), 10u);
+  for (const auto& [step, n] : logged) EXPECT_EQ(n, 1) << "step " << step;
 }
 
 TEST(E2eJobs, ASecondRunIntoALockedDirectoryIsRefused) {
