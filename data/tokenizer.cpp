@@ -3,6 +3,7 @@
 #include <dlfcn.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <mutex>
@@ -190,6 +191,9 @@ std::string Tokenizer::piece(int64_t id) const {
 void train_tokenizer(const TokenizerTrainOptions& o) {
   if (o.inputs.empty()) throw InputError("tokenizer train: no input files given");
   if (o.num_sentinels < 0) throw InputError("tokenizer train: the number of sentinels must be >= 0");
+  if (o.model_type != "unigram" && o.model_type != "bpe") {
+    throw InputError("tokenizer train: model type \"" + o.model_type + "\" is not unigram or bpe");
+  }
   // SentencePiece needs room for its 3 special pieces and some characters beyond the sentinels.
   const int64_t pieces = o.vocab_size - o.num_sentinels;
   if (pieces < 16) {
@@ -198,9 +202,25 @@ void train_tokenizer(const TokenizerTrainOptions& o) {
                      " sentinels; need at least 16");
   }
   fs::create_directories(o.output_dir);
+  // SentencePiece reads its options from one string split at spaces (and its input list at
+  // commas), so its files live in a directory whose name we choose, never in the user's path.
+  const fs::path work = fs::temp_directory_path() / ("distill-spm-" + std::to_string(::getpid()) + "-" +
+                                                     std::to_string(std::chrono::steady_clock::now().time_since_epoch().count()));
+  if (work.string().find_first_of(" ,\t\n\"'") != std::string::npos) {
+    throw InputError("tokenizer train: the temporary directory " + work.parent_path().string() +
+                     " holds a space, comma or quote, which SentencePiece cannot take; set TMPDIR to a plain path");
+  }
+  fs::create_directories(work);
+  struct RemoveWork {
+    fs::path dir;
+    ~RemoveWork() {
+      std::error_code ec;
+      fs::remove_all(dir, ec);
+    }
+  } remove_work{work};
   // SentencePiece skips "sentences" over 4192 bytes, and our documents are whole speeches: cut
   // them at sentence ends into a temporary training file.
-  const fs::path sentences = fs::path(o.output_dir) / (".spm-train-" + std::to_string(::getpid()) + ".txt");
+  const fs::path sentences = work / "sentences.txt";
   int64_t n_sentences = 0;
   {
     std::ofstream out(sentences);
@@ -228,11 +248,8 @@ void train_tokenizer(const TokenizerTrainOptions& o) {
       }
     }
   }
-  if (n_sentences == 0) {
-    fs::remove(sentences);
-    throw InputError("tokenizer train: the inputs hold no text");
-  }
-  const fs::path prefix = fs::path(o.output_dir) / (".spm-model-" + std::to_string(::getpid()));
+  if (n_sentences == 0) throw InputError("tokenizer train: the inputs hold no text");
+  const fs::path prefix = work / "spm";
   std::string args = "--input=" + sentences.string() + " --model_prefix=" + prefix.string() +
                      " --vocab_size=" + std::to_string(pieces) + " --model_type=" + o.model_type +
                      " --pad_id=0 --eos_id=1 --unk_id=2 --bos_id=-1 --character_coverage=1.0" +
@@ -240,15 +257,11 @@ void train_tokenizer(const TokenizerTrainOptions& o) {
                      " --shuffle_input_sentence=true --num_threads=" + std::to_string(o.threads) +
                      " --minloglevel=2";
   char err[2048] = {0};
-  int rc = spm().train(args.c_str(), err, sizeof err);
-  fs::remove(sentences);
-  if (rc != 0) {
-    fs::remove(prefix.string() + ".model");
-    fs::remove(prefix.string() + ".vocab");
+  if (spm().train(args.c_str(), err, sizeof err) != 0) {
     throw InputError("tokenizer train: SentencePiece failed: " + std::string(err));
   }
-  fs::rename(prefix.string() + ".model", fs::path(o.output_dir) / "spiece.model");
-  fs::remove(prefix.string() + ".vocab");
+  // A copy, not a rename: the temporary directory may be on another file system.
+  write_text_atomic((fs::path(o.output_dir) / "spiece.model").string(), read_text_file(prefix.string() + ".model"));
   nlohmann::json specials = nlohmann::json::array();
   for (int64_t i = 0; i < o.num_sentinels; ++i) specials.push_back("<extra_id_" + std::to_string(i) + ">");
   nlohmann::json cfg = {{"tokenizer_class", "T5Tokenizer"}, {"extra_ids", o.num_sentinels},

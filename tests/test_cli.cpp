@@ -166,6 +166,15 @@ TEST(CliTokenizer, TrainWritesAModelAndRejectsTinyVocabularies) {
             1);
   EXPECT_NE(err.find("need at least 16"), std::string::npos) << err;
   EXPECT_NE(run_distill("tokenizer train --input /nonexistent.txt --vocab-size 500 --output " + dir.file("t3"), &out, &err), 0);
+  // Issue 13, class 7: an output directory with spaces and an option-like name cannot reach
+  // SentencePiece's option string.
+  const std::string odd = dir.file("my tokenizer --vocab_size=5");
+  ASSERT_EQ(run_distill("tokenizer train --input " + dir.file("c.txt") + " --vocab-size 60 --sentinels 10 --output '" + odd + "'",
+                        &out, &err),
+            0)
+      << err;
+  EXPECT_TRUE(fs::exists(odd + "/spiece.model"));
+  EXPECT_NE(out.find("50 pieces + 10 sentinels = 60 ids"), std::string::npos) << out;
 }
 
 TEST(CliTokenizer, BrokenWrapperIsAClearError) {
