@@ -1,8 +1,11 @@
 #include "models/model_config.h"
 
+#include <unistd.h>
+
 #include <sstream>
 
 #include "models/errors.h"
+#include "models/model_stats.h"
 
 namespace distill {
 
@@ -17,14 +20,32 @@ std::vector<std::string> ModelConfig::problems() const {
   };
   need(model_type == "t5" || model_type == "switch_transformers",
        "model_type must be \"t5\" or \"switch_transformers\", got \"" + model_type + "\"");
-  need(vocab_size > 0, "vocab_size must be > 0");
-  need(d_model > 0, "d_model must be > 0");
-  need(d_kv > 0, "d_kv must be > 0");
-  need(d_ff > 0, "d_ff must be > 0");
-  need(num_heads > 0, "num_heads must be > 0");
-  need(num_layers > 0, "num_layers must be > 0");
-  need(num_decoder_layers > 0, "num_decoder_layers must be > 0");
-  need(relative_attention_num_buckets >= 2, "relative_attention_num_buckets must be >= 2");
+  // Bounds far past any real T5 or Switch model, so that a typo (d_model: 1e9) is an error here
+  // instead of terabytes asked of the allocator, and parameter counts cannot overflow.
+  auto in_range = [&](int64_t v, int64_t lo, int64_t hi, const char* name) {
+    need(v >= lo && v <= hi, std::string(name) + " must be in [" + std::to_string(lo) + ", " + std::to_string(hi) +
+                                 "], got " + std::to_string(v));
+    return v >= lo && v <= hi;
+  };
+  bool sane = in_range(vocab_size, 1, int64_t{1} << 24, "vocab_size");
+  sane &= in_range(d_model, 1, 65536, "d_model");
+  sane &= in_range(d_kv, 1, 65536, "d_kv");
+  sane &= in_range(d_ff, 1, 262144, "d_ff");
+  sane &= in_range(num_heads, 1, 1024, "num_heads");
+  sane &= in_range(num_layers, 1, 512, "num_layers");
+  sane &= in_range(num_decoder_layers, 1, 512, "num_decoder_layers");
+  sane &= in_range(num_experts, 0, 16384, "num_experts");
+  sane &= in_range(relative_attention_num_buckets, 2, 4096, "relative_attention_num_buckets");
+  sane &= in_range(relative_attention_max_distance, 1, int64_t{1} << 20, "relative_attention_max_distance");
+  if (sane) {
+    const double gib = 4.0 * static_cast<double>(count_parameters(*this).total) / double(1 << 30);
+    const double machine = static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGE_SIZE)) / double(1 << 30);
+    std::ostringstream msg;
+    msg.precision(1);
+    msg << std::fixed << "the model's float32 weights alone take " << gib << " GiB, more than this machine's " << machine
+        << " GiB of memory";
+    need(machine <= 0 || gib <= machine, msg.str());
+  }
   need(relative_attention_max_distance > relative_attention_num_buckets / 2,
        "relative_attention_max_distance must exceed relative_attention_num_buckets / 2");
   need(dropout_rate >= 0 && dropout_rate < 1, "dropout_rate must be in [0, 1)");

@@ -105,6 +105,25 @@ TEST(HfConfig, MissingRequiredKeyAndBadValues) {
   EXPECT_NE(config_error(j.dump()).find("dropout_rate must be in [0, 1)"), std::string::npos);
 }
 
+TEST(HfConfig, AbsurdSizesAreRefusedBeforeAnythingIsAllocated) {
+  // Issue 13, class 5: sizes that would ask for gigabytes to terabytes, or overflow a count.
+  auto j = json::parse(read_text_file(test::fixture("switch-tiny-4/config.json")));
+  j["d_model"] = 1000000000;
+  j["num_experts"] = 1000000;
+  j["relative_attention_num_buckets"] = 1000000000;
+  auto err = config_error(j.dump());
+  EXPECT_NE(err.find("d_model must be in [1, 65536], got 1000000000"), std::string::npos) << err;
+  EXPECT_NE(err.find("num_experts must be in [0, 16384], got 1000000"), std::string::npos) << err;
+  EXPECT_NE(err.find("relative_attention_num_buckets must be in [2, 4096]"), std::string::npos) << err;
+  // Each size in range, together past this machine's memory.
+  j = json::parse(read_text_file(test::fixture("switch-tiny-4/config.json")));
+  j["d_model"] = 65536;
+  j["d_ff"] = 262144;
+  j["num_experts"] = 16384;
+  err = config_error(j.dump());
+  EXPECT_NE(err.find("float32 weights alone take"), std::string::npos) << err;
+}
+
 TEST(HfConfig, NotJsonOrMissing) {
   EXPECT_NE(config_error("{\"d_model\": ").find("not valid JSON"), std::string::npos);
   EXPECT_THROW(read_hf_config("/nonexistent/config.json"), CheckpointError);
