@@ -61,7 +61,7 @@ ModelConfig read_hf_config(const std::string& path) {
   json j;
   try {
     j = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // a parse_error, or out_of_range for a number past a double
     throw CheckpointError(path + ": not valid JSON: " + e.what());
   }
   if (!j.is_object()) throw CheckpointError(path + ": expected a JSON object");

@@ -124,6 +124,16 @@ TEST(HfConfig, AbsurdSizesAreRefusedBeforeAnythingIsAllocated) {
   EXPECT_NE(err.find("float32 weights alone take"), std::string::npos) << err;
 }
 
+TEST(HfConfig, ANumberPastADoubleIsAClearError) {
+  // Found by tools/fuzz.sh (hf_config): nlohmann throws out_of_range, not parse_error, for 1e4000;
+  // it escaped as std::terminate. The input is kept in tests/fuzz/seeds/hf_config.
+  auto j = read_text_file(test::fixture("switch-tiny-4/config.json"));
+  const auto at = j.find("\"layer_norm_epsilon\": 1e-06");
+  ASSERT_NE(at, std::string::npos);
+  j.replace(at, std::string("\"layer_norm_epsilon\": 1e-06").size(), "\"layer_norm_epsilon\": 1e4000");
+  EXPECT_NE(config_error(j).find("not valid JSON"), std::string::npos) << config_error(j);
+}
+
 TEST(HfConfig, NotJsonOrMissing) {
   EXPECT_NE(config_error("{\"d_model\": ").find("not valid JSON"), std::string::npos);
   EXPECT_THROW(read_hf_config("/nonexistent/config.json"), CheckpointError);

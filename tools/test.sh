@@ -6,5 +6,6 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$root/tools/setup.sh"
 cmake -S "$root" -B "$root/build" -DCMAKE_BUILD_TYPE=Release
 cmake --build "$root/build" -j"$(nproc)"
-cd "$root/build"
-ctest --output-on-failure "$@"
+(cd "$root/build" && ctest --output-on-failure "$@")
+# Each fuzz target for a minute (tools/fuzz.sh SECONDS runs them longer).
+"$root/tools/fuzz.sh" "${DISTILL_FUZZ_SECONDS:-60}"
