@@ -87,6 +87,8 @@ const SpmLibrary& spm() {
   return lib;
 }
 
+constexpr int64_t kMaxExtraIds = 1 << 20;
+
 int64_t extra_ids_from_config(const fs::path& dir) {
   const fs::path cfg = dir / "tokenizer_config.json";
   if (!fs::exists(cfg)) return 100;  // Hugging Face T5Tokenizer's default
@@ -97,8 +99,9 @@ int64_t extra_ids_from_config(const fs::path& dir) {
     throw InputError(cfg.string() + ": not valid JSON: " + e.what());
   }
   if (!j.contains("extra_ids")) return 100;
-  if (!j["extra_ids"].is_number_integer() || j["extra_ids"].get<int64_t>() < 0) {
-    throw InputError(cfg.string() + ": \"extra_ids\" must be a non-negative integer");
+  // Bounded: the sentinels become vocabulary rows and lookup tables.
+  if (!j["extra_ids"].is_number_integer() || j["extra_ids"].get<int64_t>() < 0 || j["extra_ids"].get<int64_t>() > kMaxExtraIds) {
+    throw InputError(cfg.string() + ": \"extra_ids\" must be an integer in [0, " + std::to_string(kMaxExtraIds) + "]");
   }
   return j["extra_ids"].get<int64_t>();
 }
@@ -123,6 +126,9 @@ Tokenizer Tokenizer::load(const std::string& model, int64_t extra_ids) {
     extra_ids = extra_ids_from_config(file.parent_path());
   }
   if (!fs::exists(file)) throw InputError(file.string() + ": SentencePiece model not found");
+  if (extra_ids > kMaxExtraIds) {
+    throw InputError(file.string() + ": " + std::to_string(extra_ids) + " sentinels, more than " + std::to_string(kMaxExtraIds));
+  }
   const auto& lib = spm();
   Tokenizer t;
   t.handle_ = std::make_shared<Handle>();

@@ -55,6 +55,20 @@ TEST(Tokenizer, MissingModelIsAnError) {
   }
 }
 
+TEST(Tokenizer, AbsurdSentinelCountsAreRefused) {
+  // Issue 13, class 5: tokenizer_config.json's extra_ids: 1e12 would size the vocabulary.
+  test::TempDir dir;
+  fs::copy_file(test::fixture("switch-tiny-4/spiece.model"), dir.file("spiece.model"));
+  write_text_atomic(dir.file("tokenizer_config.json"), R"({"extra_ids": 1000000000000})");
+  try {
+    Tokenizer::load(dir.path());
+    FAIL();
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("\"extra_ids\" must be an integer in [0, 1048576]"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(Tokenizer::load(dir.file("spiece.model"), int64_t{1} << 40), InputError);
+}
+
 TEST(Tokenizer, VocabularyTooSmallForTheSentinels) {
   test::TempDir dir;
   write_text_atomic(dir.file("c.txt"), "some text\n");
