@@ -147,7 +147,13 @@ void open_run_directory(const RunConfig& config) {
   fs::create_directories(config.output_dir);
   lock_run_directory(config.output_dir);  // before anything in it is written
   auto console = std::make_shared<spdlog::sinks::stderr_color_sink_mt>();
-  auto file = std::make_shared<spdlog::sinks::basic_file_sink_mt>((fs::path(config.output_dir) / "distill.log").string());
+  const std::string log_path = (fs::path(config.output_dir) / "distill.log").string();
+  std::shared_ptr<spdlog::sinks::basic_file_sink_mt> file;
+  try {
+    file = std::make_shared<spdlog::sinks::basic_file_sink_mt>(log_path);
+  } catch (const spdlog::spdlog_ex& e) {
+    throw Error(log_path + ": cannot write the run log (" + e.what() + "); is the output directory writable?");
+  }
   auto logger = std::make_shared<spdlog::logger>("distill", spdlog::sinks_init_list{console, file});
   logger->set_pattern("%H:%M:%S %^%l%$ %v");
   spdlog::set_default_logger(logger);

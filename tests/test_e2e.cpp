@@ -392,6 +392,19 @@ TEST(E2eJobs, ResumeSkipsADamagedCheckpointAndLogsEachStepOnce) {
   for (const auto& [step, n] : logged) EXPECT_EQ(n, 1) << "step " << step;
 }
 
+TEST(E2eJobs, AnOutputThatCannotBeWrittenIsExitOneNamingThePath) {
+  // Issue 13, class 10 (as root, a read-only directory does not stop writes; these paths do).
+  ASSERT_TRUE(have_sotu());
+  test::TempDir dir;
+  std::string out, err;
+  write_text_atomic(dir.file("file"), "x");
+  EXPECT_EQ(run_distill("train configs/tiny.yaml --output " + dir.file("file/run"), &out, &err), 1);
+  EXPECT_NE(err.find(dir.file("file")), std::string::npos) << err;
+  fs::create_directories(dir.file("run/distill.log"));  // the log cannot be opened
+  EXPECT_EQ(run_distill("train configs/tiny.yaml --output " + dir.file("run"), &out, &err), 1);
+  EXPECT_NE(err.find("distill.log: cannot write the run log"), std::string::npos) << err;
+}
+
 TEST(E2eJobs, ASecondRunIntoALockedDirectoryIsRefused) {
   // Issue 13, class 4. This test process takes the lock the way a running distill does.
   ASSERT_TRUE(have_sotu());
