@@ -324,6 +324,21 @@ int64_t baseline_steps(const RunConfig& c, const PreparedData& data) {
 
 namespace {
 
+// The steps a baseline trained here takes: its default budget, or continue_steps on top of
+// baseline.path.
+int64_t baseline_train_steps(const RunConfig& c, const PreparedData& data) {
+  return c.baseline.path.empty() ? baseline_steps(c, data) : c.baseline.continue_steps;
+}
+
+// Whether seed i trains a teacher of its own (else it uses teacher.path or the first seed's).
+bool trains_own_teacher(const RunConfig& c, int64_t i) {
+  return c.teacher.path.empty() && (i == 0 || !c.teacher.train_once);
+}
+
+}  // namespace
+
+namespace {
+
 // A dense model of the student's shape trained here into OUTPUT/<name>: from scratch, or on from
 // baseline.path for the baseline when given.
 StageResult train_dense(const RunConfig& c, const PreparedData& data, const std::string& name, int64_t steps, bool resume) {
@@ -370,7 +385,7 @@ void require_teacher_trained_here(const RunConfig& c) {
 StageResult train_baseline(const RunConfig& c, const PreparedData& data, bool resume) {
   const bool given = !c.baseline.path.empty();
   if (given && c.baseline.continue_steps == 0) return given_model("baseline", c.baseline.path, c.baseline.trained_tokens);
-  StageResult r = train_dense(c, data, "baseline", given ? c.baseline.continue_steps : baseline_steps(c, data), resume);
+  StageResult r = train_dense(c, data, "baseline", baseline_train_steps(c, data), resume);
   if (given) {
     r.budget_known = c.baseline.trained_tokens.has_value();
     if (c.baseline.trained_tokens) r.budget.tokens += *c.baseline.trained_tokens;
@@ -488,16 +503,16 @@ std::vector<StageJob> pending_stages(const RunConfig& c, const PreparedData& dat
     return jobs;
   }
   std::vector<std::optional<size_t>> teacher_job(static_cast<size_t>(c.seeds));
+  const int64_t steps = baseline_trained_here(c) ? baseline_train_steps(c, data) : 0;  // the same for every seed
   for (int64_t i = 0; i < c.seeds; ++i) {
     const RunConfig rc = replica_config(c, i);
-    const bool own_teacher = c.teacher.path.empty() && (i == 0 || !c.teacher.train_once);
+    const bool own_teacher = trains_own_teacher(c, i);
     if (own_teacher && !stage_is_done(stage_dir(rc, "teacher"), teacher_fingerprint(rc, data))) {
       teacher_job[static_cast<size_t>(i)] = jobs.size();
       jobs.push_back({i, "teacher", {}});
     }
-    if (baseline_trained_here(c)) {
-      const int64_t steps = c.baseline.path.empty() ? baseline_steps(rc, data) : c.baseline.continue_steps;
-      if (!stage_is_done(stage_dir(rc, "baseline"), baseline_fingerprint(rc, data, steps))) jobs.push_back({i, "baseline", {}});
+    if (baseline_trained_here(c) && !stage_is_done(stage_dir(rc, "baseline"), baseline_fingerprint(rc, data, steps))) {
+      jobs.push_back({i, "baseline", {}});
     }
     // A student can only be finished if its teacher is (its fingerprint names the teacher).
     const auto& waits = teacher_job[static_cast<size_t>(own_teacher ? i : 0)];
@@ -517,8 +532,7 @@ StageResult run_stage(const RunConfig& c, const PreparedData& data, int64_t i, c
   if (stage == "baseline") return train_baseline(rc, data, resume);
   if (stage == "dense") return train_dense_counterpart(rc, data, resume);
   if (stage == "student") {
-    const bool own_teacher = c.teacher.path.empty() && (i == 0 || !c.teacher.train_once);
-    return distill_student(rc, data, find_teacher(own_teacher ? rc : replica_config(c, 0)), resume);
+    return distill_student(rc, data, find_teacher(trains_own_teacher(c, i) ? rc : replica_config(c, 0)), resume);
   }
   throw Error("unknown stage \"" + stage + "\" (expected teacher, baseline, student or dense)");
 }
@@ -602,7 +616,7 @@ json run_experiment(const RunConfig& c, bool resume) {
   in.src_len = c.data.input_length;
   in.tgt_len = c.data.target_length;
   in.config = c;
-  in.baseline_steps = c.baseline.path.empty() ? baseline_steps(c, data) : c.baseline.continue_steps;
+  in.baseline_steps = baseline_train_steps(c, data);
   auto report = build_report(in);
   write_text_atomic((fs::path(c.output_dir) / "report.json").string(), report.dump(2) + "\n");
   write_text_atomic((fs::path(c.output_dir) / "report.md").string(), report_markdown(report));
