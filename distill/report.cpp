@@ -81,6 +81,15 @@ void add_evals_and_quality(json& r, const std::vector<SeedRun>& runs,
   }
 }
 
+// A sparse teacher's routing per layer ("routing") and a warning for each unhealthy layer.
+void add_teacher_routing(json& r, json& warnings, const EvalResult& teacher_eval) {
+  if (teacher_eval.routing.empty()) return;
+  json layers = json::array();
+  for (const auto& l : teacher_eval.routing) layers.push_back(l.to_json());
+  r["routing"] = layers;
+  for (const auto& w : routing_warnings(teacher_eval.routing, "teacher")) warnings.push_back(w);
+}
+
 json model_json(const ModelConfig& c, int64_t S, int64_t T) {
   const auto p = count_parameters(c);
   return {{"model_type", c.model_type},
@@ -195,22 +204,18 @@ json build_report(const ReportInputs& in) {
                   // Plain retention on the positive NLL: below 100% when the student is worse.
                   {"retention_percent", 100.0 * mean_nll_t / mean_nll_s},
                   {"accuracy_retention_percent", 100.0 * mean_acc_s / mean_acc_t}};
+  std::vector<double> gaps, lifts;  // per seed
   json gains = json::array();
   for (const auto& run : runs) {
-    const double d = run.teacher_eval.neg_log_perplexity - run.baseline_eval.neg_log_perplexity;
-    const double a = run.student_eval.neg_log_perplexity - run.baseline_eval.neg_log_perplexity;
+    gaps.push_back(run.teacher_eval.neg_log_perplexity - run.baseline_eval.neg_log_perplexity);
+    lifts.push_back(run.student_eval.neg_log_perplexity - run.baseline_eval.neg_log_perplexity);
     // A seed whose teacher is no better than its baseline has no gain to preserve.
-    gains.push_back(d > 0 ? json(100.0 * a / d) : json(nullptr));
+    gains.push_back(gaps.back() > 0 ? json(100.0 * lifts.back() / gaps.back()) : json(nullptr));
   }
   quality["gain_preserved_per_seed"] = gains;
 
   // Fieller's interval for lift / gap, at the t quantile of the less certain of the two.
   const auto lift_sums = seed_mean(runs, {{student_of, -1.0}, {baseline_of, 1.0}}, &EvalResult::batch_nll);
-  std::vector<double> gaps, lifts;
-  for (const auto& run : runs) {
-    gaps.push_back(run.teacher_eval.neg_log_perplexity - run.baseline_eval.neg_log_perplexity);
-    lifts.push_back(run.student_eval.neg_log_perplexity - run.baseline_eval.neg_log_perplexity);
-  }
   const double cov = (N >= 2 ? stats::covariance(lifts, gaps) / static_cast<double>(N) : 0.0) +
                      stats::ratio_covariance(lift_sums, gap_sums);
   const double dof = std::min(gap.dof, lift.dof);
@@ -268,12 +273,7 @@ json build_report(const ReportInputs& in) {
     warnings.push_back("one seed: the intervals cover the held-out sample's noise only, not the spread between training "
                        "runs, which is often larger; set seeds: 3 or more to measure it");
   }
-  if (!first.teacher_eval.routing.empty()) {
-    json layers = json::array();
-    for (const auto& l : first.teacher_eval.routing) layers.push_back(l.to_json());
-    r["routing"] = layers;
-    for (const auto& w : routing_warnings(first.teacher_eval.routing, "teacher")) warnings.push_back(w);
-  }
+  add_teacher_routing(r, warnings, first.teacher_eval);
   r["warnings"] = warnings;
 
   r["settings"] = {{"hard_weight", c.distillation.hard_weight}, {"soft_weight", c.distillation.soft_weight},
@@ -422,12 +422,7 @@ json build_comparison(const ComparisonInputs& in) {
     warnings.push_back("one seed: the interval covers the held-out sample's noise only, not the spread between training "
                        "runs, which is often larger; set seeds: 3 or more to measure it");
   }
-  if (!runs.front().teacher_eval.routing.empty()) {
-    json layers = json::array();
-    for (const auto& l : runs.front().teacher_eval.routing) layers.push_back(l.to_json());
-    r["routing"] = layers;
-    for (const auto& w : routing_warnings(runs.front().teacher_eval.routing, "teacher")) warnings.push_back(w);
-  }
+  add_teacher_routing(r, warnings, runs.front().teacher_eval);
   r["warnings"] = warnings;
   r["settings"] = {{"steps", runs.front().teacher.budget.steps}, {"batch_size", in.config.data.batch_size},
                    {"objective", in.config.data.objective}, {"seed", in.config.seed}, {"seeds", N},
