@@ -9,6 +9,7 @@
 #include <set>
 #include <sstream>
 
+#include "models/atomic_file.h"
 #include "models/errors.h"
 
 namespace distill {
@@ -579,7 +580,7 @@ RunConfig load_run_config(const std::string& path, const std::vector<std::string
   ctx.file = path;
   std::error_code ec;
   if (!fs::exists(path, ec)) throw ConfigError(path + ": no such config file");
-  if (!fs::is_regular_file(path, ec)) throw ConfigError(path + ": not a config file (a directory or a special file)");
+  if (const auto kind = non_regular_kind(path); !kind.empty()) throw ConfigError(path + ": is " + kind + ", not a config file");
   YAML::Node root;
   try {
     root = YAML::LoadFile(path);

@@ -623,7 +623,7 @@ TEST(RunConfig, DuplicateKeysNonFiniteAndAbsurdValuesAreRejected) {
 TEST(RunConfig, AConfigPathThatIsNoFileIsNamed) {
   test::TempDir dir;
   for (const auto& [path, what] : std::vector<std::pair<std::string, std::string>>{
-           {dir.path(), "not a config file"}, {dir.file("missing.yaml"), "no such config file"}}) {
+           {dir.path(), "is a directory, not a config file"}, {dir.file("missing.yaml"), "no such config file"}}) {
     try {
       load_run_config(path);
       FAIL() << path;
