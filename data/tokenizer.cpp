@@ -149,7 +149,8 @@ Tokenizer Tokenizer::load(const std::string& model, int64_t extra_ids) {
   return t;
 }
 
-std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_eos) const {
+void Tokenizer::encode_pieces(std::string_view text, std::vector<int32_t>& out) const {
+  if (text.empty()) return;
   const auto& lib = spm();
   std::vector<int> ids(text.size() + 8);  // a piece covers at least one byte
   size_t n = 0;
@@ -161,7 +162,56 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_eos) cons
     ids.resize(n);
     lib.encode(handle_->spm, text.data(), text.size(), ids.data(), ids.size(), &n, err, sizeof err);
   }
-  std::vector<int32_t> out(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(n));
+  out.insert(out.end(), ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(n));
+}
+
+Tokenizer::Special Tokenizer::special_at(std::string_view text) const {
+  // text starts with '<'.
+  static constexpr std::pair<std::string_view, int64_t Tokenizer::*> kFixed[] = {
+      {"<pad>", &Tokenizer::pad_id_}, {"</s>", &Tokenizer::eos_id_}, {"<unk>", &Tokenizer::unk_id_}};
+  for (const auto& [s, id] : kFixed) {
+    if (text.substr(0, s.size()) == s) return {this->*id, s.size(), false};
+  }
+  constexpr std::string_view kSentinel = "<extra_id_";
+  if (extra_ids_ == 0 || text.substr(0, kSentinel.size()) != kSentinel) return {};
+  size_t end = kSentinel.size();
+  int64_t n = 0;
+  while (end < text.size() && end - kSentinel.size() < 8 && text[end] >= '0' && text[end] <= '9') {
+    n = n * 10 + (text[end] - '0');
+    ++end;
+  }
+  const size_t digits = end - kSentinel.size();
+  if (digits == 0 || end >= text.size() || text[end] != '>') return {};
+  if (digits > 1 && text[kSentinel.size()] == '0') return {};  // "<extra_id_01>" is not a sentinel
+  if (n >= extra_ids_) return {};
+  return {sentinel(n), end + 1, true};
+}
+
+std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_eos) const {
+  // Hugging Face's T5Tokenizer (legacy mode): special-token strings are cut out of the text and
+  // become their ids; each stretch between them is encoded on its own. A sentinel also takes the
+  // whitespace on both sides with it (its AddedToken has lstrip and rstrip).
+  auto is_space = [](char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; };
+  std::vector<int32_t> out;
+  out.reserve(text.size() / 3 + 2);
+  size_t start = 0;  // first byte not yet encoded
+  for (size_t pos = text.find('<'); pos != std::string_view::npos; pos = text.find('<', pos)) {
+    const Special s = special_at(text.substr(pos));
+    if (s.length == 0) {
+      ++pos;
+      continue;
+    }
+    size_t end = pos;
+    if (s.strip)
+      while (end > start && is_space(text[end - 1])) --end;
+    encode_pieces(text.substr(start, end - start), out);
+    out.push_back(static_cast<int32_t>(s.id));
+    pos += s.length;
+    if (s.strip)
+      while (pos < text.size() && is_space(text[pos])) ++pos;
+    start = pos;
+  }
+  encode_pieces(text.substr(start), out);
   if (add_eos) out.push_back(static_cast<int32_t>(eos_id_));
   return out;
 }

@@ -17,7 +17,9 @@ class Tokenizer {
   // ids; 100 when absent, as in Hugging Face) or a .model file. `extra_ids` >= 0 overrides.
   static Tokenizer load(const std::string& model, int64_t extra_ids = -1);
 
-  // Ids of `text`, followed by </s> when add_eos (as Hugging Face's T5 tokenizer does).
+  // Ids of `text`, followed by </s> when add_eos, as Hugging Face's T5Tokenizer gives them:
+  // "<pad>", "</s>", "<unk>" and "<extra_id_N>" (N < num_sentinels) written in the text are their
+  // ids, and the whitespace around a sentinel is dropped.
   std::vector<int32_t> encode(std::string_view text, bool add_eos = true) const;
   // Text of `ids`, skipping pad, </s> and sentinels.
   std::string decode(const std::vector<int64_t>& ids) const;
@@ -33,6 +35,14 @@ class Tokenizer {
   std::string piece(int64_t id) const;
 
  private:
+  struct Special {
+    int64_t id = -1;
+    size_t length = 0;   // bytes of its text; 0 = no special token here
+    bool strip = false;  // takes the whitespace around it (sentinels)
+  };
+  Special special_at(std::string_view text) const;
+  void encode_pieces(std::string_view text, std::vector<int32_t>& out) const;  // SentencePiece only
+
   struct Handle;
   std::shared_ptr<Handle> handle_;
   std::string model_file_;

@@ -116,6 +116,49 @@ TEST(Tokenizer, TrainsWithT5ConventionsAndRoundTrips) {
   auto cfg = json::parse(read_text_file(dir.file("tok/tokenizer_config.json")));
   EXPECT_EQ(cfg["extra_ids"], 20);
   EXPECT_EQ(cfg["additional_special_tokens"].size(), 20u);
+  // Issue 14: sentinels written in text are their ids, as Hugging Face's T5Tokenizer gives them
+  // (its <extra_id_N> AddedTokens strip the whitespace on both sides; every stretch between
+  // special tokens is encoded on its own).
+  auto plain = [&](const std::string& s) { return t.encode(s, /*add_eos=*/false); };
+  auto cat = [](std::initializer_list<std::vector<int32_t>> parts) {
+    std::vector<int32_t> out;
+    for (const auto& p : parts) out.insert(out.end(), p.begin(), p.end());
+    return out;
+  };
+  const int32_t s0 = 119, s1 = 118, s19 = 100;
+  EXPECT_EQ(t.encode("<extra_id_0>"), (std::vector<int32_t>{s0, 1}));  // HF: [7999, 1] for t5's 8000
+  EXPECT_EQ(t.encode("The <extra_id_0> of the <extra_id_1> address"),
+            cat({plain("The"), {s0}, plain("of the"), {s1}, plain("address"), {1}}));
+  EXPECT_EQ(t.encode("<extra_id_0><extra_id_19> navy"), cat({{s0, s19}, plain("navy"), {1}}));
+  EXPECT_EQ(t.encode("budget<extra_id_1>"), cat({plain("budget"), {s1}, {1}}));
+  // Not sentinels: beyond the 20 there are, a leading zero, no closing bracket.
+  for (const std::string text : {"<extra_id_20>", "<extra_id_01>", "<extra_id_1", "<extra_id_>"}) {
+    auto ids = t.encode(text, false);
+    EXPECT_GT(ids.size(), 1u) << text;
+    for (auto id : ids) EXPECT_LT(id, 100) << text;
+  }
+}
+
+TEST(Tokenizer, SpecialTokenStringsAreTheirIdsLikeHuggingFace) {
+  // switch-tiny-4 has no sentinels (extra_ids 0): <pad>, </s> and <unk> are its special tokens;
+  // they keep the whitespace around them (lstrip/rstrip false in its tokenizer_config.json).
+  auto t = Tokenizer::load(test::fixture("switch-tiny-4"));
+  auto plain = [&](const std::string& s) { return t.encode(s, /*add_eos=*/false); };
+  auto cat = [](std::initializer_list<std::vector<int32_t>> parts) {
+    std::vector<int32_t> out;
+    for (const auto& p : parts) out.insert(out.end(), p.begin(), p.end());
+    return out;
+  };
+  EXPECT_EQ(t.encode("</s>"), (std::vector<int32_t>{1, 1}));
+  EXPECT_EQ(t.encode("You may copy.</s> Free software."), cat({plain("You may copy."), {1}, plain(" Free software."), {1}}));
+  EXPECT_EQ(t.encode("<pad>You may"), cat({{0}, plain("You may"), {1}}));
+  EXPECT_EQ(t.encode("copy <unk>"), cat({plain("copy "), {2}, {1}}));
+  EXPECT_EQ(t.encode("<pad></s><unk>"), (std::vector<int32_t>{0, 1, 2, 1}));
+  for (auto id : plain("a < b <s> </ s> <pad")) EXPECT_GT(id, 1);  // nothing special here
+  // Without sentinels <extra_id_0> is text, as in Hugging Face.
+  auto ids = plain("<extra_id_0>");
+  EXPECT_GT(ids.size(), 1u);
+  for (auto id : ids) EXPECT_GT(id, 2);
 }
 
 // ---- corpora ----
