@@ -10,19 +10,16 @@
 
 #include <atomic>
 #include <cerrno>
-#include <csignal>
 #include <cstring>
 #include <filesystem>
 #include <map>
 
+#include "distill/interrupt.h"
 #include "distill/trainer.h"
 #include "models/errors.h"
 
 namespace distill {
 namespace {
-
-std::atomic<bool> g_stop{false};
-extern "C" void on_stop_signal(int) { g_stop = true; }
 
 struct Child {
   size_t job = 0;
@@ -117,12 +114,7 @@ void use_child_logging() {
 
 void run_stage_jobs(const std::vector<StageJob>& jobs, const std::string& config, bool resume, int workers, int threads) {
   const std::string exe = self_executable();
-  g_stop = false;
-  struct sigaction stop {}, old_int {}, old_term {};
-  stop.sa_handler = on_stop_signal;
-  sigemptyset(&stop.sa_mask);
-  sigaction(SIGINT, &stop, &old_int);
-  sigaction(SIGTERM, &stop, &old_term);
+  const interrupt::Scope interruptible;
 
   std::vector<int> state(jobs.size(), 0);  // 0 waiting, 1 running, 2 done
   std::map<pid_t, Child> running;
@@ -135,7 +127,7 @@ void run_stage_jobs(const std::vector<StageJob>& jobs, const std::string& config
   };
   try {
     for (;;) {
-      if (g_stop) stop_all();
+      if (interrupt::requested()) stop_all();
       // Start what may start.
       for (size_t j = 0; !stopping && j < jobs.size() && static_cast<int>(running.size()) < workers; ++j) {
         if (state[j] != 0) continue;
@@ -166,7 +158,7 @@ void run_stage_jobs(const std::vector<StageJob>& jobs, const std::string& config
       if (code == 0) {
         state[child.job] = 2;
         spdlog::info("the {} finished", job_name(job));
-      } else if (code == 130 && (stopping || g_stop)) {
+      } else if (code == 130 && (stopping || interrupt::requested())) {
         state[child.job] = 2;  // stopped on request, checkpoint saved
       } else {
         if (failure.empty()) {
@@ -179,14 +171,10 @@ void run_stage_jobs(const std::vector<StageJob>& jobs, const std::string& config
   } catch (...) {
     stop_all();
     for (auto& [pid, c] : running) waitpid(pid, nullptr, 0);
-    sigaction(SIGINT, &old_int, nullptr);
-    sigaction(SIGTERM, &old_term, nullptr);
     throw;
   }
-  sigaction(SIGINT, &old_int, nullptr);
-  sigaction(SIGTERM, &old_term, nullptr);
   if (!failure.empty()) throw Error(failure);
-  if (g_stop) throw InterruptedError("interrupted: every running stage saved a checkpoint; continue with --resume");
+  if (interrupt::requested()) throw InterruptedError("interrupted: every running stage saved a checkpoint; continue with --resume");
 }
 
 }  // namespace distill

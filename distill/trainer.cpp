@@ -7,7 +7,6 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
-#include <csignal>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -15,6 +14,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "distill/interrupt.h"
 #include "distill/optim.h"
 #include "models/atomic_file.h"
 #include "models/checkpoint.h"
@@ -27,28 +27,6 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 namespace {
-
-std::atomic<bool> g_interrupted{false};
-extern "C" void on_sigint(int) { g_interrupted = true; }
-
-// Installs the Ctrl-C handler for the lifetime of a training run; SIGTERM (kill, a job scheduler,
-// a container stopping) is handled the same way: checkpoint, then exit 130.
-class SigintScope {
- public:
-  SigintScope() {
-    g_interrupted = false;
-    previous_int_ = std::signal(SIGINT, on_sigint);
-    previous_term_ = std::signal(SIGTERM, on_sigint);
-  }
-  ~SigintScope() {
-    std::signal(SIGINT, previous_int_);
-    std::signal(SIGTERM, previous_term_);
-  }
-
- private:
-  void (*previous_int_)(int);
-  void (*previous_term_)(int);
-};
 
 std::string format_duration(double s) {
   const auto t = static_cast<int64_t>(s);
@@ -286,7 +264,7 @@ TrainResult Trainer::run() {
     std::ofstream(metrics, std::ios::trunc);
   }
   const double seconds_before = budget_.seconds;
-  SigintScope sigint;
+  const interrupt::Scope interruptible;  // Ctrl-C or SIGTERM: checkpoint at the end of the step, then exit 130
   model_->train();
   BatchStream stream(data_, position, 16);
   const int64_t E = model_->config().num_experts;
@@ -391,7 +369,7 @@ TrainResult Trainer::run() {
       spdlog::info("[{}] eval at step {}: nll {:.4f} ppl {:.2f} acc {:.3f}", o_.stage, step, e.nll, e.perplexity, e.accuracy);
     }
     const bool checkpoint_due = t.checkpoint_interval > 0 && step % t.checkpoint_interval == 0;
-    if (g_interrupted) {
+    if (interrupt::requested()) {
       save_checkpoint(step, position);
       throw InterruptedError(fmt::format("[{}] interrupted at step {}; checkpoint saved in {}; continue with --resume",
                                          o_.stage, step, latest_checkpoint(o_.dir)));

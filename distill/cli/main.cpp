@@ -8,11 +8,13 @@
 #include <iostream>
 
 #include "distill/cli/commands.h"
+#include "distill/interrupt.h"
 #include "distill/runtime.h"
 #include "distill/trainer.h"
 #include "models/errors.h"
 
 int main(int argc, char** argv) {
+  distill::interrupt::start_watcher();  // before any thread starts: see distill/interrupt.h
   CLI::App app{"distill: compress a sparse Switch Transformer into a dense T5 and report what was kept"};
   app.require_subcommand(1);
   int threads = 0;
