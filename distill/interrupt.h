@@ -1,7 +1,8 @@
 // Ctrl-C (SIGINT) and SIGTERM as a request to stop, received by one watcher thread.
 //
-// Why not a signal handler: oneDNN's JIT sgemm points the stack pointer into a heap buffer while
-// it runs, and a handler delivered to that thread pushes its frame there, corrupting the heap.
+// Why not a signal handler: oneDNN's JIT sgemm moves the stack pointer off the thread's stack while
+// it runs (valgrind reports a switch to a heap address), and a handler delivered to that thread
+// pushes its frame there, corrupting memory.
 // Measured with a no-op SIGUSR1 handler signalled every 2 ms during training: wrong losses, NaN
 // gradients, "index out of range" and segfaults in autograd; none with OpenBLAS's sgemm. So the
 // signals are blocked in every thread and taken with sigwait by a thread that computes nothing.
