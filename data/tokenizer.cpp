@@ -11,7 +11,7 @@
 #include <random>
 
 #include "data/spm/spm_c.h"
-#include "models/atomic_file.h"
+#include "models/io/atomic_file.h"
 #include "models/errors.h"
 
 namespace distill {

@@ -17,11 +17,11 @@
 #include "distill/runtime.h"
 #include "distill/student_init.h"
 #include "distill/teacher_cache.h"
-#include "models/checkpoint.h"
-#include "models/mixed_precision.h"
+#include "models/io/checkpoint.h"
+#include "models/kernels/mixed_precision.h"
 #include "models/errors.h"
-#include "models/model_stats.h"
-#include "models/sgemm.h"
+#include "models/arch/model_stats.h"
+#include "models/kernels/sgemm.h"
 
 namespace distill {
 using nlohmann::json;

@@ -11,7 +11,7 @@
 #include "data/batching.h"
 #include "distill/routing_health.h"
 #include "distill/stats.h"
-#include "models/seq2seq.h"
+#include "models/arch/seq2seq.h"
 
 namespace distill {
 

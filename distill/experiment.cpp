@@ -16,10 +16,10 @@
 #include "distill/stages.h"
 #include "distill/student_init.h"
 #include "distill/trainer.h"
-#include "models/atomic_file.h"
-#include "models/checkpoint.h"
-#include "models/hf_config.h"
-#include "models/safetensors.h"
+#include "models/io/atomic_file.h"
+#include "models/io/checkpoint.h"
+#include "models/io/hf_config.h"
+#include "models/io/safetensors.h"
 #include "models/errors.h"
 
 namespace distill {
@@ -261,6 +261,12 @@ ModelConfig teacher_model_config(const RunConfig& c, int64_t vocab_size, bool de
     m.decoder_sparse_step = a.decoder_sparse_step.value_or(a.sparse_step);
     m.capacity_mode = a.capacity_mode == "fixed" ? CapacityMode::kFixed : CapacityMode::kFactor;
     m.expert_capacity = a.expert_capacity;
+    if (m.capacity_mode == CapacityMode::kFactor) {
+      // distill ignores it; Hugging Face applies it to each sequence. Its per-sequence share of the
+      // evaluation capacity, at the longer of the two stacks, is the closest fixed rule.
+      const double longest = static_cast<double>(std::max(c.data.input_length, c.data.target_length));
+      m.expert_capacity = static_cast<int64_t>(std::ceil(a.capacity_factor_eval * longest / static_cast<double>(a.num_experts)));
+    }
     m.capacity_factor_train = a.capacity_factor_train;
     m.capacity_factor_eval = a.capacity_factor_eval;
     m.router_top_k = a.router_top_k;

@@ -16,7 +16,7 @@
 #include "distill/evaluate.h"
 #include "distill/run_config.h"
 #include "distill/stages.h"
-#include "models/seq2seq.h"
+#include "models/arch/seq2seq.h"
 
 namespace distill {
 

@@ -4,7 +4,7 @@
 
 #include <limits>
 
-#include "models/seq2seq.h"  // token_cross_entropy
+#include "models/arch/seq2seq.h"  // token_cross_entropy
 
 namespace distill {
 namespace {

@@ -6,7 +6,7 @@
 #include <functional>
 
 #include "distill/stats.h"
-#include "models/model_stats.h"
+#include "models/arch/model_stats.h"
 
 namespace distill {
 using nlohmann::json;

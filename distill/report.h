@@ -11,7 +11,7 @@
 #include "distill/evaluate.h"
 #include "distill/run_config.h"
 #include "distill/stages.h"
-#include "models/model_config.h"
+#include "models/arch/model_config.h"
 
 namespace distill {
 

@@ -11,8 +11,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "models/routing.h"
-#include "models/switch_moe.h"
+#include "models/arch/routing.h"
+#include "models/arch/switch_moe.h"
 
 namespace distill {
 

@@ -9,7 +9,7 @@
 #include <set>
 #include <sstream>
 
-#include "models/atomic_file.h"
+#include "models/io/atomic_file.h"
 #include "models/errors.h"
 
 namespace distill {

@@ -65,7 +65,9 @@ struct ArchConfig {
   std::optional<int64_t> encoder_sparse_step;  // the encoder's own; 0 = a dense encoder; null: sparse_step
   std::optional<int64_t> decoder_sparse_step;  // the decoder's own; 0 = a dense decoder; null: sparse_step
   std::string capacity_mode = "factor";  // factor (paper, per batch) | fixed (HF, per sequence)
-  int64_t expert_capacity = 64;       // fixed mode: tokens per expert and sequence
+  int64_t expert_capacity = 64;       // fixed mode: tokens per expert and sequence. Factor mode saves
+                                      // ceil(capacity_factor_eval * max(input, target length) / E) in
+                                      // config.json, the rule Hugging Face applies per sequence
   double capacity_factor_train = 1.25;  // factor mode, training
   double capacity_factor_eval = 2.0;    // factor mode, evaluation
   int64_t router_top_k = 1;           // experts per token

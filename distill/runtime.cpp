@@ -11,7 +11,7 @@
 #include <mutex>
 #include <string>
 
-#include "models/sgemm.h"
+#include "models/kernels/sgemm.h"
 
 namespace distill {
 

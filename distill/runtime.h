@@ -9,7 +9,7 @@ struct RuntimeInfo {
   int threads = 1;     // intra-op threads LibTorch will use
   std::string blas;    // BLAS library found in the process ("openblas", "reference", "unknown")
   std::string blas_kernels;  // OpenBLAS's kernel set ("SkylakeX", "Haswell", ...); empty if unknown
-  std::string sgemm;   // library behind the models' float32 products ("oneDNN" or "OpenBLAS"), see models/sgemm.h
+  std::string sgemm;   // library behind the models' float32 products ("oneDNN" or "OpenBLAS"), see models/kernels/sgemm.h
 };
 
 // Sets LibTorch's thread count to `threads` (0: the cores this process may run on; Debian's

@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "distill/trainer.h"
-#include "models/atomic_file.h"
+#include "models/io/atomic_file.h"
 #include "models/errors.h"
 
 namespace distill {

@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "data/batching.h"
-#include "models/seq2seq.h"
+#include "models/arch/seq2seq.h"
 
 namespace distill {
 

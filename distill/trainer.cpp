@@ -16,11 +16,11 @@
 
 #include "distill/interrupt.h"
 #include "distill/optim.h"
-#include "models/atomic_file.h"
-#include "models/checkpoint.h"
-#include "models/mixed_precision.h"
-#include "models/model_stats.h"
-#include "models/safetensors.h"
+#include "models/io/atomic_file.h"
+#include "models/io/checkpoint.h"
+#include "models/kernels/mixed_precision.h"
+#include "models/arch/model_stats.h"
+#include "models/io/safetensors.h"
 
 namespace distill {
 namespace fs = std::filesystem;

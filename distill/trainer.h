@@ -15,7 +15,7 @@
 #include "distill/run_config.h"
 #include "distill/teacher_cache.h"
 #include "models/errors.h"
-#include "models/seq2seq.h"
+#include "models/arch/seq2seq.h"
 
 namespace distill {
 

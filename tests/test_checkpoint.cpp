@@ -9,11 +9,11 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
-#include "models/atomic_file.h"
-#include "models/checkpoint.h"
+#include "models/io/atomic_file.h"
+#include "models/io/checkpoint.h"
 #include "models/errors.h"
-#include "models/hf_config.h"
-#include "models/safetensors.h"
+#include "models/io/hf_config.h"
+#include "models/io/safetensors.h"
 #include "tests/test_util.h"
 
 namespace distill {

@@ -7,8 +7,8 @@
 #include <nlohmann/json.hpp>
 
 #include "data/tokenizer.h"
-#include "models/atomic_file.h"
-#include "models/safetensors.h"
+#include "models/io/atomic_file.h"
+#include "models/io/safetensors.h"
 #include "tests/test_util.h"
 
 namespace distill {

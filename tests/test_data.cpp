@@ -14,7 +14,7 @@
 #include "data/objectives.h"
 #include "data/tokenized_corpus.h"
 #include "data/tokenizer.h"
-#include "models/atomic_file.h"
+#include "models/io/atomic_file.h"
 #include "models/errors.h"
 #include "tests/test_util.h"
 

@@ -16,9 +16,9 @@
 #include "distill/student_init.h"
 #include "distill/teacher_cache.h"
 #include "distill/trainer.h"
-#include "models/atomic_file.h"
-#include "models/checkpoint.h"
-#include "models/hf_config.h"
+#include "models/io/atomic_file.h"
+#include "models/io/checkpoint.h"
+#include "models/io/hf_config.h"
 #include "tests/test_util.h"
 
 namespace distill {

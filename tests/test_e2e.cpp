@@ -14,8 +14,8 @@
 
 #include "distill/run_lock.h"
 #include "distill/trainer.h"
-#include "models/atomic_file.h"
-#include "models/safetensors.h"
+#include "models/io/atomic_file.h"
+#include "models/io/safetensors.h"
 #include "tests/test_util.h"
 
 namespace distill {

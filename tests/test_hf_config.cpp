@@ -3,9 +3,9 @@
 
 #include <nlohmann/json.hpp>
 
-#include "models/atomic_file.h"
+#include "models/io/atomic_file.h"
 #include "models/errors.h"
-#include "models/hf_config.h"
+#include "models/io/hf_config.h"
 #include "tests/test_util.h"
 
 namespace distill {

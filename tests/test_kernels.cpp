@@ -3,12 +3,12 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
-#include "models/attention_core.h"
-#include "models/batched_matmul.h"
-#include "models/fast_dropout.h"
-#include "models/projection.h"
-#include "models/row_kernels.h"
-#include "models/sgemm.h"
+#include "models/kernels/attention_core.h"
+#include "models/kernels/batched_matmul.h"
+#include "models/kernels/fast_dropout.h"
+#include "models/kernels/projection.h"
+#include "models/kernels/row_kernels.h"
+#include "models/kernels/sgemm.h"
 #include "tests/test_util.h"
 
 namespace distill {

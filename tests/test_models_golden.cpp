@@ -4,10 +4,10 @@
 
 #include <nlohmann/json.hpp>
 
-#include "models/atomic_file.h"
-#include "models/checkpoint.h"
-#include "models/generate.h"
-#include "models/t5_layers.h"
+#include "models/io/atomic_file.h"
+#include "models/io/checkpoint.h"
+#include "models/arch/generate.h"
+#include "models/arch/t5_layers.h"
 #include "tests/test_util.h"
 
 namespace distill {

@@ -10,7 +10,7 @@
 #include "distill/report.h"
 #include "distill/stages.h"
 #include "distill/stats.h"
-#include "models/atomic_file.h"
+#include "models/io/atomic_file.h"
 #include "models/errors.h"
 #include "tests/test_util.h"
 

@@ -8,9 +8,10 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "models/atomic_file.h"
+#include "models/io/atomic_file.h"
 #include "models/errors.h"
-#include "models/safetensors.h"
+#include "models/io/safetensors.h"
+#include "models/io/torch_bin.h"
 #include "tests/test_util.h"
 
 namespace distill {
@@ -231,15 +232,86 @@ TEST(Safetensors, HeaderNotJson) {
   EXPECT_NE(error_of(dir.file("t.safetensors")).find("not valid JSON"), std::string::npos);
 }
 
-TEST(Safetensors, PytorchBinGetsConversionAdvice) {
-  TempDir dir;
-  std::ofstream(dir.file("pytorch_model.bin")) << "PK";
+// ---- pytorch_model.bin (issue 14.3); fixtures from tools/make_torch_bin_fixtures.py ----
+
+void expect_same_tensors(const std::map<std::string, at::Tensor>& got, const std::map<std::string, at::Tensor>& want) {
+  ASSERT_EQ(got.size(), want.size());
+  for (const auto& [name, t] : want) {
+    ASSERT_TRUE(got.count(name)) << name;
+    EXPECT_EQ(got.at(name).scalar_type(), t.scalar_type()) << name;
+    EXPECT_TRUE(torch::equal(got.at(name), t)) << name;
+  }
+}
+
+TEST(TorchBin, ReadsTheSameTensorsAsTheSafetensorsCopy) {
+  const auto want = load_model_tensors(test::fixture("switch-tiny-4"));
+  EXPECT_EQ(model_weights_file(test::fixture("switch-tiny-4-bin")), test::fixture("switch-tiny-4-bin") + "/pytorch_model.bin");
+  expect_same_tensors(load_model_tensors(test::fixture("switch-tiny-4-bin")), want);
+  expect_same_tensors(load_model_tensors(test::fixture("torch-bin/sharded")), want);
+}
+
+TEST(TorchBin, ViewsIntoASharedStorageKeepTheirOffsetsAndStrides) {
+  const auto q = load_model_tensors(test::fixture("switch-tiny-4")).at("encoder.block.0.layer.0.SelfAttention.q.weight");
+  const auto v = load_torch_bin(test::fixture("torch-bin/views.bin"));
+  EXPECT_TRUE(torch::equal(v.at("whole"), q));
+  EXPECT_TRUE(torch::equal(v.at("rows_10_to_19"), q.slice(0, 10, 20)));
+  EXPECT_TRUE(torch::equal(v.at("rows_0_to_3_transposed"), q.slice(0, 0, 4).t()));
+  EXPECT_TRUE(torch::equal(v.at("column_5"), q.select(1, 5)));
+  // Each its own memory: changing one leaves the others as they were.
+  for (const auto& [name, t] : v) EXPECT_TRUE(t.is_contiguous()) << name;
+  v.at("rows_10_to_19").zero_();
+  EXPECT_TRUE(torch::equal(v.at("whole"), q));
+}
+
+TEST(TorchBin, AMaliciousPickleIsRefusedByItsGlobalAndNothingRuns) {
+  const std::string marker = "/tmp/distill-pickle-ran";
+  std::filesystem::remove(marker);
   try {
-    load_model_tensors(dir.path());
+    load_torch_bin(test::fixture("torch-bin/evil.bin"));
     FAIL();
   } catch (const CheckpointError& e) {
-    EXPECT_NE(std::string(e.what()).find("safe_serialization=True"), std::string::npos) << e.what();
+    const std::string m = e.what();
+    EXPECT_NE(m.find("evil.bin: archive/data.pkl: refused global posix.system"), std::string::npos) << m;
+    EXPECT_NE(m.find("nothing was run"), std::string::npos) << m;
   }
+  EXPECT_FALSE(std::filesystem::exists(marker));
+}
+
+std::string bin_error(const std::string& bytes) {
+  TempDir dir;
+  write_text_atomic(dir.file("pytorch_model.bin"), bytes);
+  try {
+    load_model_tensors(dir.path());
+  } catch (const CheckpointError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(TorchBin, DamagedArchivesAreNamedErrors) {
+  const std::string tiny = read_text_file(test::fixture("torch-bin/tiny.bin"));
+  auto patched = [&](const std::string& from, const std::string& to) {
+    auto s = tiny;  // every occurrence: a zip names its entries twice
+    EXPECT_NE(s.find(from), std::string::npos) << "fixture changed";
+    for (auto at = s.find(from); at != std::string::npos; at = s.find(from, at + to.size())) s.replace(at, from.size(), to);
+    return s;
+  };
+  EXPECT_NE(bin_error("").find("not a PyTorch checkpoint"), std::string::npos);
+  EXPECT_NE(bin_error("PK").find("not a PyTorch checkpoint"), std::string::npos);
+  EXPECT_NE(bin_error(std::string("\x80\x02\x8a\x0alegacy", 10)).find("legacy (before PyTorch 1.6) format"), std::string::npos);
+  EXPECT_NE(bin_error(tiny.substr(0, tiny.size() / 2)).find("no end-of-central-directory record"), std::string::npos);
+  // The view's offset (BININT1 0 before its size (2, 2)) moved past the 4-element storage.
+  EXPECT_NE(bin_error(patched(std::string("QK\x00K\x02K\x02\x86", 8), std::string("QK\x09K\x02K\x02\x86", 8)))
+                .find("tensor w reaches element 12 of storage 0, which holds 4"),
+            std::string::npos);
+  // The storage's declared size (BININT1 4 before TUPLE) no longer matches its record.
+  EXPECT_NE(bin_error(patched(std::string("K\x04tq", 4), std::string("K\x05tq", 4))).find("holds 16 bytes, but its 5 Float elements need 20"),
+            std::string::npos);
+  // A global swapped for another of the same length is refused by name.
+  EXPECT_NE(bin_error(patched("collections\nOrderedDict", "collections\nOrderedDicX")).find("refused global collections.OrderedDicX"),
+            std::string::npos);
+  EXPECT_NE(bin_error(patched("archive/data/0", "archive/data/7")).find("storage record archive/data/0 (of tensor w) is missing"),
+            std::string::npos);
 }
 
 TEST(Safetensors, FailedWriteLeavesNoFile) {

@@ -2,9 +2,9 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
-#include "models/hf_config.h"
-#include "models/model_stats.h"
-#include "models/seq2seq.h"
+#include "models/io/hf_config.h"
+#include "models/arch/model_stats.h"
+#include "models/arch/seq2seq.h"
 #include "tests/test_util.h"
 
 namespace distill {

@@ -9,13 +9,13 @@
 
 #include <ATen/autocast_mode.h>
 
-#include "models/checkpoint.h"
+#include "models/io/checkpoint.h"
 #include "models/errors.h"
-#include "models/grouped_ffn.h"
-#include "models/mixed_precision.h"
-#include "models/seq2seq.h"
-#include "models/switch_moe.h"
-#include "models/switch_top1.h"
+#include "models/kernels/grouped_ffn.h"
+#include "models/kernels/mixed_precision.h"
+#include "models/arch/seq2seq.h"
+#include "models/arch/switch_moe.h"
+#include "models/kernels/switch_top1.h"
 #include "tests/test_util.h"
 
 namespace distill {

@@ -6,7 +6,7 @@
 #include <random>
 #include <sstream>
 
-#include "models/safetensors.h"
+#include "models/io/safetensors.h"
 
 namespace distill::test {
 namespace fs = std::filesystem;

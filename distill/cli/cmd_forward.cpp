@@ -6,10 +6,10 @@
 #include <nlohmann/json.hpp>
 
 #include "distill/cli/commands.h"
-#include "models/atomic_file.h"
-#include "models/checkpoint.h"
+#include "models/io/atomic_file.h"
+#include "models/io/checkpoint.h"
 #include "models/errors.h"
-#include "models/safetensors.h"
+#include "models/io/safetensors.h"
 
 namespace distill::cli {
 namespace {

@@ -7,8 +7,8 @@
 
 #include "distill/cli/commands.h"
 #include "models/errors.h"
-#include "models/hf_config.h"
-#include "models/model_stats.h"
+#include "models/io/hf_config.h"
+#include "models/arch/model_stats.h"
 
 namespace distill::cli {
 

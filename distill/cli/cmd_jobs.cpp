@@ -13,7 +13,7 @@
 #include "distill/run_config.h"
 #include "distill/runtime.h"
 #include "distill/stage_jobs.h"
-#include "models/checkpoint.h"
+#include "models/io/checkpoint.h"
 #include "models/errors.h"
 
 namespace distill::cli {

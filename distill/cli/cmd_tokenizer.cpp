@@ -6,9 +6,9 @@
 #include "data/tokenizer.h"
 #include "distill/cli/commands.h"
 #include "distill/experiment.h"
-#include "models/checkpoint.h"
+#include "models/io/checkpoint.h"
 #include "models/errors.h"
-#include "models/generate.h"
+#include "models/arch/generate.h"
 
 namespace distill::cli {
 

@@ -4,12 +4,12 @@
 #include <torch/torch.h>
 
 #include "distill/runtime.h"
-#include "models/attention_core.h"
-#include "models/batched_matmul.h"
-#include "models/fast_dropout.h"
-#include "models/sgemm.h"
-#include "models/switch_moe.h"
-#include "models/t5_layers.h"
+#include "models/kernels/attention_core.h"
+#include "models/kernels/batched_matmul.h"
+#include "models/kernels/fast_dropout.h"
+#include "models/kernels/sgemm.h"
+#include "models/arch/switch_moe.h"
+#include "models/arch/t5_layers.h"
 
 namespace {
 

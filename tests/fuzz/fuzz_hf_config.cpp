@@ -1,6 +1,6 @@
 // Any bytes as a Hugging Face config.json: a typed error or a configuration that validates.
 #include "models/errors.h"
-#include "models/hf_config.h"
+#include "models/io/hf_config.h"
 #include "tests/fuzz/fuzz_input.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

@@ -1,6 +1,6 @@
 // Any bytes as a safetensors file: a typed CheckpointError or a file whose tensors all load.
 #include "models/errors.h"
-#include "models/safetensors.h"
+#include "models/io/safetensors.h"
 #include "tests/fuzz/fuzz_input.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

@@ -1,0 +1,157 @@
+#include "models/arch/t5_layers.h"
+
+#include <torch/nn/functional/activation.h>
+
+#include <cmath>
+#include <limits>
+
+#include "models/kernels/attention_core.h"
+#include "models/errors.h"
+#include "models/kernels/projection.h"
+
+namespace distill {
+
+T5LayerNormImpl::T5LayerNormImpl(int64_t d_model, double eps) : eps_(eps) {
+  weight = register_parameter("weight", torch::ones({d_model}));
+}
+
+torch::Tensor T5LayerNormImpl::forward(const torch::Tensor& x) {
+  auto variance = x.to(torch::kFloat32).pow(2).mean(-1, /*keepdim=*/true);
+  auto y = x * torch::rsqrt(variance + eps_);
+  if (weight.scalar_type() != torch::kFloat32) y = y.to(weight.scalar_type());
+  return weight * y;
+}
+
+torch::Tensor relative_position_bucket(const torch::Tensor& relative_position, bool bidirectional,
+                                       int64_t num_buckets, int64_t max_distance) {
+  auto buckets = torch::zeros_like(relative_position);
+  auto rel = relative_position;
+  if (bidirectional) {
+    num_buckets /= 2;
+    buckets = buckets + (rel > 0).to(torch::kLong) * num_buckets;
+    rel = rel.abs();
+  } else {
+    rel = -torch::clamp_max(rel, 0);
+  }
+  const int64_t max_exact = num_buckets / 2;
+  auto is_small = rel < max_exact;
+  // Same operations and scalar types as HF (float32 tensor, double scalars), so bucket boundaries
+  // match to the token.
+  auto large = max_exact + (torch::log(rel.to(torch::kFloat32) / max_exact) /
+                            std::log(static_cast<double>(max_distance) / max_exact) *
+                            (num_buckets - max_exact))
+                               .to(torch::kLong);
+  large = torch::clamp_max(large, num_buckets - 1);
+  return buckets + torch::where(is_small, rel, large);
+}
+
+double mask_min_value(c10::ScalarType dtype) {
+  switch (dtype) {
+    case torch::kFloat32: return std::numeric_limits<float>::lowest();
+    case torch::kBFloat16: return static_cast<float>(std::numeric_limits<c10::BFloat16>::lowest());
+    case torch::kFloat16: return static_cast<float>(std::numeric_limits<c10::Half>::lowest());
+    case torch::kFloat64: return std::numeric_limits<double>::lowest();
+    default: throw Error("mask_min_value: unsupported dtype " + std::string(c10::toString(dtype)));
+  }
+}
+
+T5AttentionImpl::T5AttentionImpl(const AttentionOptions& options) : options_(options) {
+  const int64_t inner = options.num_heads * options.d_kv;
+  auto projection = [](int64_t in, int64_t out) {
+    return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
+  };
+  q = register_module("q", projection(options.d_model, inner));
+  k = register_module("k", projection(options.d_model, inner));
+  v = register_module("v", projection(options.d_model, inner));
+  o = register_module("o", projection(inner, options.d_model));
+  if (options.has_relative_bias) {
+    relative_attention_bias = register_module(
+        "relative_attention_bias", torch::nn::Embedding(options.num_buckets, options.num_heads));
+  }
+  dropout_ = register_module("dropout", FastDropout(options.dropout));
+}
+
+torch::Tensor T5AttentionImpl::compute_bias(int64_t query_len, int64_t key_len, const torch::Device& device) {
+  auto opts = torch::TensorOptions().dtype(torch::kLong).device(device);
+  auto context = torch::arange(query_len, opts).unsqueeze(1);  // [T, 1]
+  auto memory = torch::arange(key_len, opts).unsqueeze(0);     // [1, S]
+  auto buckets = relative_position_bucket(memory - context, options_.bidirectional,
+                                          options_.num_buckets, options_.max_distance);
+  auto values = relative_attention_bias->forward(buckets);  // [T, S, H]
+  return values.permute({2, 0, 1}).unsqueeze(0);          // [1, H, T, S]
+}
+
+torch::Tensor T5AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& kv,
+                                       const torch::Tensor& bias) {
+  const auto B = x.size(0), T = x.size(1);
+  const auto& src = kv.defined() ? kv : x;
+  const auto S = src.size(1), H = options_.num_heads, Dk = options_.d_kv, I = H * Dk;
+  // One matmul for q, k and v (self) or k and v (cross): fewer, larger products run faster here.
+  torch::Tensor qp, kp, vp;  // [B, T or S, I]
+  if (!kv.defined()) {
+    auto qkv = project(x, torch::cat({q->weight, k->weight, v->weight}, 0));  // [B, T, 3I]
+    auto parts = qkv.split(I, -1);
+    qp = parts[0], kp = parts[1], vp = parts[2];
+  } else {
+    qp = project(x, q->weight);
+    auto parts = project(src, torch::cat({k->weight, v->weight}, 0)).split(I, -1);  // [B, S, 2I]
+    kp = parts[0], vp = parts[1];
+  }
+  auto qh = qp.view({B, T, H, Dk}).transpose(1, 2);  // [B, H, T, Dk]
+  auto kh = kp.view({B, S, H, Dk}).transpose(1, 2);  // [B, H, S, Dk]
+  auto vh = vp.view({B, S, H, Dk}).transpose(1, 2);  // [B, H, S, Dk]
+  auto ctx = attention_core(qh, kh, vh, bias, is_training() ? dropout_->p() : 0.0);  // [B, T, H*Dk]
+  return project(ctx, o->weight);
+}
+
+torch::Tensor apply_activation(const torch::Tensor& x, const std::string& act) {
+  if (act == "relu") return torch::relu(x);
+  if (act == "gelu") return torch::gelu(x);
+  if (act == "gelu_new") return torch::gelu(x, "tanh");
+  if (act == "silu") return torch::silu(x);
+  throw ConfigError("unknown activation \"" + act + "\"");
+}
+
+DenseActDenseImpl::DenseActDenseImpl(const FfnOptions& options) : options_(options) {
+  auto projection = [](int64_t in, int64_t out) {
+    return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
+  };
+  if (options.gated) {
+    wi_0 = register_module("wi_0", projection(options.d_model, options.d_ff));
+    wi_1 = register_module("wi_1", projection(options.d_model, options.d_ff));
+  } else {
+    wi = register_module("wi", projection(options.d_model, options.d_ff));
+  }
+  wo = register_module("wo", projection(options.d_ff, options.d_model));
+  dropout_ = register_module("dropout", FastDropout(options.dropout));
+}
+
+torch::Tensor DenseActDenseImpl::forward(const torch::Tensor& x) {
+  torch::Tensor h = options_.gated
+                        ? apply_activation(project(x, wi_0->weight), options_.act) * project(x, wi_1->weight)
+                        : apply_activation(project(x, wi->weight), options_.act);  // [..., F]
+  return project(dropout_->forward(h), wo->weight);
+}
+
+T5LayerSelfAttentionImpl::T5LayerSelfAttentionImpl(const AttentionOptions& options, double eps, double dropout) {
+  SelfAttention = register_module("SelfAttention", T5Attention(options));
+  layer_norm = register_module("layer_norm", T5LayerNorm(options.d_model, eps));
+  dropout_ = register_module("dropout", FastDropout(dropout));
+}
+
+torch::Tensor T5LayerSelfAttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& bias) {
+  return x + dropout_->forward(SelfAttention->forward(layer_norm->forward(x), {}, bias));
+}
+
+T5LayerCrossAttentionImpl::T5LayerCrossAttentionImpl(const AttentionOptions& options, double eps, double dropout) {
+  EncDecAttention = register_module("EncDecAttention", T5Attention(options));
+  layer_norm = register_module("layer_norm", T5LayerNorm(options.d_model, eps));
+  dropout_ = register_module("dropout", FastDropout(dropout));
+}
+
+torch::Tensor T5LayerCrossAttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& memory,
+                                                 const torch::Tensor& bias) {
+  return x + dropout_->forward(EncDecAttention->forward(layer_norm->forward(x), memory, bias));
+}
+
+}  // namespace distill
