@@ -270,6 +270,7 @@ ModelConfig teacher_model_config(const RunConfig& c, int64_t vocab_size, bool de
     m.capacity_factor_train = a.capacity_factor_train;
     m.capacity_factor_eval = a.capacity_factor_eval;
     m.router_top_k = a.router_top_k;
+    m.router_loss = a.router_loss == "hf" ? RouterLoss::kHf : RouterLoss::kPaper;
     m.router_jitter_noise = a.router_jitter_noise;
     m.router_z_loss_coef = a.router_z_loss_coef;
     m.router_aux_loss_coef = a.router_aux_loss_coef;

@@ -76,6 +76,7 @@ void visit(V& v, ArchConfig& c) {
   v.field("capacity_factor_train", c.capacity_factor_train);
   v.field("capacity_factor_eval", c.capacity_factor_eval);
   v.field("router_top_k", c.router_top_k);
+  v.field("router_loss", c.router_loss);
   v.field("router_jitter_noise", c.router_jitter_noise);
   v.field("router_z_loss_coef", c.router_z_loss_coef);
   v.field("router_aux_loss_coef", c.router_aux_loss_coef);
@@ -485,6 +486,7 @@ void check(ReadContext& ctx, const RunConfig& r) {
   }
   c.one_of(a.feed_forward_proj, "teacher.model.feed_forward_proj", {"relu", "gated-gelu"});
   c.one_of(a.capacity_mode, "teacher.model.capacity_mode", {"factor", "fixed"});
+  c.one_of(a.router_loss, "teacher.model.router_loss", {"paper", "hf"});
   c.need(a.num_experts >= 0, "teacher.model.num_experts", "must be >= 0 (0 = dense)");
   c.need(a.sparse_step >= 0, "teacher.model.sparse_step", "must be >= 0");
   if (a.encoder_sparse_step) c.need(*a.encoder_sparse_step >= 0, "teacher.model.encoder_sparse_step", "must be >= 0 (0 = dense encoder)");

@@ -71,6 +71,8 @@ struct ArchConfig {
   double capacity_factor_train = 1.25;  // factor mode, training
   double capacity_factor_eval = 2.0;    // factor mode, evaluation
   int64_t router_top_k = 1;           // experts per token
+  std::string router_loss = "paper";  // paper: layers' router losses averaged | hf: Hugging Face's,
+                                      // over the stack's layers concatenated
   double router_jitter_noise = 0.01;  // multiplicative router-input noise in training
   double router_z_loss_coef = 0.001;  // z-loss weight in training
   double router_aux_loss_coef = 0.01; // load-balancing loss weight in training (paper: 0.01)

@@ -213,5 +213,137 @@ TEST(CliConfig, ShippedConfigsAreValid) {
   }
 }
 
+
+// ---- Hugging Face both ways (issue 14) ----
+
+// forward's JSON and tensors on the golden inputs, for a model directory.
+std::pair<json, std::map<std::string, at::Tensor>> forward_on_goldens(const std::string& model, const test::TempDir& dir,
+                                                                      const std::string& tag) {
+  auto g = golden();
+  json in = {{"input_ids", g["input_ids"]}, {"attention_mask", g["attention_mask"]},
+             {"decoder_input_ids", g["decoder_input_ids"]}, {"labels", g["labels"]}};
+  write_text_atomic(dir.file("in.json"), in.dump());
+  std::string out, err;
+  EXPECT_EQ(run_distill("forward --model " + model + " --inputs " + dir.file("in.json") + " --output " + dir.file(tag + ".safetensors"),
+                        &out, &err),
+            0)
+      << err;
+  if (out.empty()) return {};
+  return {json::parse(out), SafetensorsFile(dir.file(tag + ".safetensors")).load_all()};
+}
+
+TEST(CliTorchBin, InspectAndForwardReadPytorchModelBinLikeTheSafetensorsCopy) {
+  test::TempDir dir;
+  std::string a, b, err;
+  ASSERT_EQ(run_distill("inspect --json " + test::fixture("switch-tiny-4"), &a, &err), 0) << err;
+  ASSERT_EQ(run_distill("inspect --json " + test::fixture("switch-tiny-4-bin"), &b, &err), 0) << err;
+  auto ja = json::parse(a), jb = json::parse(b);
+  EXPECT_NE(jb["weights"].get<std::string>().find("pytorch_model.bin"), std::string::npos);
+  ja.erase("weights");
+  jb.erase("weights");
+  EXPECT_EQ(ja, jb);
+  const auto [la, ta] = forward_on_goldens(test::fixture("switch-tiny-4"), dir, "st");
+  for (const std::string model : {test::fixture("switch-tiny-4-bin"), test::fixture("torch-bin/sharded")}) {
+    const auto [lb, tb] = forward_on_goldens(model, dir, "bin");
+    EXPECT_EQ(la, lb) << model;
+    for (const auto& [name, t] : ta) EXPECT_TRUE(torch::equal(t, tb.at(name))) << model << " " << name;
+  }
+  EXPECT_EQ(la["router_loss"], "paper");
+}
+
+TEST(CliTorchBin, AMaliciousPickleIsExitOneNamingTheGlobal) {
+  test::TempDir dir;
+  fs::create_directories(dir.file("m"));
+  fs::copy_file(test::fixture("switch-tiny-4/config.json"), dir.file("m/config.json"));
+  fs::copy_file(test::fixture("torch-bin/evil.bin"), dir.file("m/pytorch_model.bin"));
+  std::filesystem::remove("/tmp/distill-pickle-ran");
+  std::string out, err;
+  write_text_atomic(dir.file("in.json"), R"({"input_ids": [[5, 6, 1]], "labels": [[7, 1]]})");
+  EXPECT_EQ(run_distill("forward --model " + dir.file("m") + " --inputs " + dir.file("in.json") + " --output " + dir.file("o.safetensors"), &out, &err), 1);
+  EXPECT_NE(err.find("refused global posix.system"), std::string::npos) << err;
+  EXPECT_EQ(run_distill("convert " + dir.file("m") + " " + dir.file("out"), &out, &err), 1);
+  EXPECT_NE(err.find("refused global posix.system"), std::string::npos) << err;
+  EXPECT_FALSE(fs::exists(dir.file("out")));
+  EXPECT_FALSE(fs::exists(dir.file("out.tmp")));
+  EXPECT_FALSE(fs::exists("/tmp/distill-pickle-ran"));
+}
+
+TEST(CliTorchBin, ConvertWritesSafetensorsWithTheSameTensorsAndFiles) {
+  test::TempDir dir;
+  std::string out, err;
+  ASSERT_EQ(run_distill("convert " + test::fixture("torch-bin/sharded") + " " + dir.file("st"), &out, &err), 0) << err;
+  EXPECT_TRUE(fs::exists(dir.file("st/model.safetensors")));
+  EXPECT_FALSE(fs::exists(dir.file("st/pytorch_model.bin.index.json")));
+  for (const char* f : {"config.json", "spiece.model", "tokenizer_config.json"}) EXPECT_TRUE(fs::exists(dir.file(std::string("st/") + f))) << f;
+  const auto want = load_model_tensors(test::fixture("switch-tiny-4"));
+  const auto got = load_model_tensors(dir.file("st"));
+  ASSERT_EQ(got.size(), want.size());
+  for (const auto& [name, t] : want) EXPECT_TRUE(torch::equal(got.at(name), t)) << name;
+  EXPECT_EQ(run_distill("convert " + dir.file("st") + " " + dir.file("st"), &out, &err), 1);
+  EXPECT_NE(err.find("is the source directory"), std::string::npos) << err;
+}
+
+TEST(CliExport, AFactorCapacityTeacherExportsWithTheFixedRuleHuggingFaceApplies) {
+  // A teacher trained with the paper's per-batch capacity (distill's keys, which Hugging Face
+  // ignores), exported with a fixed per-sequence capacity.
+  test::TempDir dir;
+  fs::create_directories(dir.file("factor"));
+  for (const auto& e : fs::directory_iterator(test::fixture("switch-tiny-4"))) fs::copy_file(e.path(), dir.file("factor") + "/" + e.path().filename().string());
+  auto cfg = json::parse(read_text_file(dir.file("factor/config.json")));
+  cfg["capacity_mode"] = "factor";
+  cfg["capacity_factor_eval"] = 0.5;
+  fs::remove(dir.file("factor/config.json"));
+  write_text_atomic(dir.file("factor/config.json"), cfg.dump());
+  std::string out, err;
+  ASSERT_EQ(run_distill("inspect " + dir.file("factor"), &out, &err), 0) << err;
+  EXPECT_NE(out.find("Hugging Face runs it differently"), std::string::npos) << out;
+  EXPECT_NE(out.find("capacity factor 0.5"), std::string::npos) << out;
+
+  // With capacity 64 nothing overflows: Hugging Face's goldens.
+  ASSERT_EQ(run_distill("export " + dir.file("factor") + " " + dir.file("hf"), &out, &err), 0) << err;
+  auto exported = json::parse(read_text_file(dir.file("hf/config.json")));
+  EXPECT_EQ(exported["capacity_mode"], "fixed");
+  EXPECT_EQ(exported["expert_capacity"], 64);
+  EXPECT_TRUE(fs::exists(dir.file("hf/spiece.model")));
+  EXPECT_NE(read_text_file(dir.file("hf/README.md")).find("outputs match while no expert overflows"), std::string::npos);
+  auto gen = json::parse(read_text_file(dir.file("hf/generation_config.json")));
+  EXPECT_EQ(gen["suppress_tokens"], json::array({0}));
+  const auto [losses, t] = forward_on_goldens(dir.file("hf"), dir, "hf");
+  const auto want = test::load_fixture_tensors("switch-tiny-4/golden.safetensors");
+  EXPECT_TRUE(test::tensors_close(t.at("logits"), want.at("logits")));
+  for (const char* p : {"encoder.block.1.layer.1.", "decoder.block.1.layer.2."}) {
+    EXPECT_TRUE(torch::equal(t.at(std::string(p) + "kept"), want.at(std::string(p) + "kept"))) << p;
+    EXPECT_TRUE(torch::equal(t.at(std::string(p) + "expert_choice"), want.at(std::string(p) + "expert_choice"))) << p;
+  }
+
+  // With capacity 2 experts overflow: the tokens kept are Hugging Face's rule, each sequence's
+  // first 2 per expert in position order (token_priority = cumsum(one_hot) <= capacity).
+  ASSERT_EQ(run_distill("export " + dir.file("factor") + " " + dir.file("hf2") + " --expert-capacity 2", &out, &err), 0) << err;
+  const auto [l2, t2] = forward_on_goldens(dir.file("hf2"), dir, "hf2");
+  for (const char* p : {"encoder.block.1.layer.1.", "decoder.block.1.layer.2."}) {
+    const auto choice = t2.at(std::string(p) + "expert_choice");  // the decoder's differ: its memory did
+    const auto priority = torch::one_hot(choice, 4).cumsum(1);  // [B, S, E]
+    const auto hf_kept = (priority.gather(2, choice.unsqueeze(-1)).squeeze(-1) <= 2).to(torch::kLong);
+    EXPECT_TRUE(torch::equal(t2.at(std::string(p) + "kept"), hf_kept)) << p;
+    EXPECT_LT(hf_kept.sum().item<int64_t>(), hf_kept.numel()) << p;  // the capacity binds
+  }
+}
+
+TEST(CliExport, ATopTwoTeacherIsRefusedUnlessDifferencesAreAllowed) {
+  test::TempDir dir;
+  fs::create_directories(dir.file("top2"));
+  for (const auto& e : fs::directory_iterator(test::fixture("switch-tiny-4"))) fs::copy_file(e.path(), dir.file("top2") + "/" + e.path().filename().string());
+  auto cfg = json::parse(read_text_file(dir.file("top2/config.json")));
+  cfg["router_top_k"] = 2;
+  fs::remove(dir.file("top2/config.json"));
+  write_text_atomic(dir.file("top2/config.json"), cfg.dump());
+  std::string out, err;
+  EXPECT_EQ(run_distill("export " + dir.file("top2") + " " + dir.file("hf"), &out, &err), 1);
+  EXPECT_NE(err.find("Hugging Face's Switch routes top-1 only"), std::string::npos) << err;
+  EXPECT_FALSE(fs::exists(dir.file("hf")));
+  ASSERT_EQ(run_distill("export " + dir.file("top2") + " " + dir.file("hf") + " --allow-differences", &out, &err), 0) << err;
+  EXPECT_NE(read_text_file(dir.file("hf/README.md")).find("routes top-2: its outputs differ"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace distill

@@ -227,6 +227,36 @@ TEST(RouterLosses, UniformRoutingGivesOneAndLogEsquared) {
   EXPECT_NEAR(load_balancing_loss(logits, collapsed).item<double>(), 4.0 * 0.25, 1e-6);
 }
 
+TEST(RouterLosses, HuggingFaceRuleConcatenatesTheStacksLayers) {
+  // Issue 14.4: two sparse layers in one stack. The paper's rule averages each layer's losses;
+  // Hugging Face's computes one loss over the layers' tokens, a dropped token counted as expert 0.
+  torch::manual_seed(3);
+  auto layer = [](int64_t overflow_at) {
+    RouterOutput r;
+    r.logits = torch::randn({2, 6, 4});
+    r.expert_choice = r.logits.argmax(-1);
+    r.kept = torch::ones({2, 6}, torch::kBool);
+    if (overflow_at >= 0) r.kept.index_put_({0, overflow_at}, false);
+    return r;
+  };
+  const std::vector<RouterOutput> layers = {layer(-1), layer(4)};
+  const auto paper = router_losses(layers, torch::kCPU, RouterLoss::kPaper);
+  const auto hf = router_losses(layers, torch::kCPU, RouterLoss::kHf);
+  const double paper_aux = (load_balancing_loss(layers[0].logits, layers[0].expert_choice).item<double>() +
+                            load_balancing_loss(layers[1].logits, layers[1].expert_choice).item<double>()) / 2;
+  EXPECT_NEAR(paper.aux_loss.item<double>(), paper_aux, 1e-6);
+  auto index1 = layers[1].expert_choice.clone();
+  index1.index_put_({0, 4}, 0);
+  const auto all = torch::cat({layers[0].logits, layers[1].logits}, 1);
+  EXPECT_NEAR(hf.aux_loss.item<double>(), load_balancing_loss(all, torch::cat({layers[0].expert_choice, index1}, 1)).item<double>(), 1e-6);
+  EXPECT_GT(std::abs(hf.aux_loss.item<double>() - paper.aux_loss.item<double>()), 1e-4);  // they do differ
+  EXPECT_NEAR(hf.z_loss.item<double>(), paper.z_loss.item<double>(), 1e-5);  // equal token counts: same z
+  // One layer per stack: the two rules agree.
+  const std::vector<RouterOutput> one = {layers[0]};
+  EXPECT_NEAR(router_losses(one, torch::kCPU, RouterLoss::kHf).aux_loss.item<double>(),
+              router_losses(one, torch::kCPU, RouterLoss::kPaper).aux_loss.item<double>(), 1e-6);
+}
+
 // Autograd against central differences on the first `count` entries of each tensor in `params`
 // (double precision); `loss_of` must be a fixed function of them.
 void expect_gradients_match_finite_differences(const std::vector<torch::Tensor>& params,

@@ -111,7 +111,8 @@ void run_forward(const ForwardArgs& a) {
                    {"encoder_z_loss", out.encoder_z_loss.item<double>()},
                    {"decoder_aux_loss", out.decoder_aux_loss.item<double>()},
                    {"decoder_z_loss", out.decoder_z_loss.item<double>()},
-                   {"loss", out.loss.item<double>()}};
+                   {"loss", out.loss.item<double>()},
+                   {"router_loss", c.is_sparse() ? to_string(c.router_loss) : "none"}};
     std::cout << losses.dump() << "\n";
   } else {
     std::cout << "{}\n";

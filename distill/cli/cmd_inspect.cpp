@@ -8,6 +8,7 @@
 #include "distill/cli/commands.h"
 #include "models/errors.h"
 #include "models/io/hf_config.h"
+#include "models/io/safetensors.h"
 #include "models/arch/model_stats.h"
 
 namespace distill::cli {
@@ -42,6 +43,8 @@ nlohmann::json inspect_json(const ModelConfig& c, const InspectArgs& a) {
         {"forward_per_token", flops / static_cast<double>(a.src_len + a.tgt_len)}}},
       {"sparse_layers", layers},
   };
+  const auto diffs = hf_differences(c);
+  j["hugging_face"] = {{"identical", diffs.empty()}, {"differences", diffs}};
   if (c.is_sparse()) {
     j["experts"] = c.num_experts;
     j["routing"] = {{"top_k", c.router_top_k},
@@ -99,6 +102,13 @@ void print_text(const ModelConfig& c, const InspectArgs& a) {
   } else {
     std::cout << "dense model: no sparse layers\n";
   }
+  const auto diffs = hf_differences(c);
+  if (diffs.empty()) {
+    std::cout << "Hugging Face runs it as distill does\n";
+  } else {
+    std::cout << "Hugging Face runs it differently:\n";
+    for (const auto& d : diffs) std::cout << "  - " << d << "\n";
+  }
 }
 
 }  // namespace
@@ -106,7 +116,7 @@ void print_text(const ModelConfig& c, const InspectArgs& a) {
 Command add_inspect(CLI::App& app) {
   auto args = std::make_shared<InspectArgs>();
   auto* sub = app.add_subcommand("inspect", "Architecture, parameter and FLOP counts of a model directory");
-  sub->add_option("dir", args->dir, "Model directory (config.json + safetensors)")->required();
+  sub->add_option("dir", args->dir, "Model directory (config.json + safetensors or pytorch_model.bin)")->required();
   sub->add_flag("--json", args->json, "Print one JSON object");
   sub->add_option("--src-len", args->src_len, "Encoder tokens per example for FLOP counts")->check(CLI::PositiveNumber);
   sub->add_option("--tgt-len", args->tgt_len, "Decoder tokens per example for FLOP counts")->check(CLI::PositiveNumber);
@@ -114,10 +124,14 @@ Command add_inspect(CLI::App& app) {
             const auto path = (std::filesystem::path(args->dir) / "config.json").string();
             if (!std::filesystem::exists(path)) throw CheckpointError(path + ": missing (is " + args->dir + " a model directory?)");
             ModelConfig c = read_hf_config(path);
+            const std::string weights = model_weights_file(args->dir);
             if (args->json) {
-              std::cout << inspect_json(c, *args).dump(2) << "\n";
+              auto j = inspect_json(c, *args);
+              j["weights"] = weights;
+              std::cout << j.dump(2) << "\n";
             } else {
               print_text(c, *args);
+              std::cout << "weights: " << weights << "\n";
             }
           }};
 }

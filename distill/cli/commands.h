@@ -26,5 +26,7 @@ Command add_compare(CLI::App& app);
 Command add_eval(CLI::App& app);
 Command add_config(CLI::App& app);
 Command add_bench(CLI::App& app);
+Command add_convert(CLI::App& app);
+Command add_export(CLI::App& app);
 
 }  // namespace distill::cli

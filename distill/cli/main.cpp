@@ -22,6 +22,8 @@ int main(int argc, char** argv) {
   std::vector<distill::cli::Command> commands = {
       distill::cli::add_inspect(app),
       distill::cli::add_forward(app),
+      distill::cli::add_convert(app),
+      distill::cli::add_export(app),
       distill::cli::add_tokenizer(app),
       distill::cli::add_generate(app),
       distill::cli::add_train(app),

@@ -13,6 +13,8 @@ const char* to_string(CapacityMode mode) {
   return mode == CapacityMode::kFixed ? "fixed" : "factor";
 }
 
+const char* to_string(RouterLoss rule) { return rule == RouterLoss::kPaper ? "paper" : "hf"; }
+
 std::vector<std::string> ModelConfig::problems() const {
   std::vector<std::string> out;
   auto need = [&](bool ok, const std::string& msg) {

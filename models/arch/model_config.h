@@ -16,6 +16,15 @@ enum class CapacityMode {
 
 const char* to_string(CapacityMode mode);
 
+// How the router losses of a stack's sparse layers are combined.
+enum class RouterLoss {
+  kPaper,  // each layer's z-loss and load-balancing loss, averaged over the layers (the paper's)
+  kHf,     // one loss over the layers' tokens concatenated, dropped tokens counted as expert 0
+           // (Hugging Face's SwitchTransformers); the same as kPaper with one sparse layer per stack
+};
+
+const char* to_string(RouterLoss rule);
+
 struct ModelConfig {
   std::string model_type = "t5";               // "t5" (dense) or "switch_transformers" (sparse)
   int64_t vocab_size = 32128;                  // V: rows of the shared embedding
@@ -52,6 +61,7 @@ struct ModelConfig {
                                                // stores this key but routes padding like any token
   double router_z_loss_coef = 0.001;           // weight of the router z-loss in the model loss
   double router_aux_loss_coef = 0.001;         // weight of the load-balancing loss in the model loss
+  RouterLoss router_loss = RouterLoss::kPaper; // how a stack's layers' router losses combine
   double expert_dropout_rate = -1;             // dropout inside experts; < 0 means dropout_rate
 
   bool is_sparse() const { return num_experts > 0; }

@@ -206,8 +206,8 @@ Seq2SeqOutput Seq2SeqModelImpl::forward(const Seq2SeqInputs& in, bool keep_hidde
 
   if (in.labels.defined()) {
     out.ce_loss = token_cross_entropy(out.logits, in.labels);
-    auto el = router_losses(enc_routing, out.logits.device());
-    auto dl = router_losses(dec_routing, out.logits.device());
+    auto el = router_losses(enc_routing, out.logits.device(), config_.router_loss);
+    auto dl = router_losses(dec_routing, out.logits.device(), config_.router_loss);
     out.encoder_z_loss = el.z_loss;
     out.encoder_aux_loss = el.aux_loss;
     out.decoder_z_loss = dl.z_loss;

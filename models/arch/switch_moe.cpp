@@ -204,16 +204,29 @@ torch::Tensor load_balancing_loss(const torch::Tensor& logits, const torch::Tens
   return (per_sequence * with_tokens).sum() / with_tokens.sum().clamp_min(1.0) * static_cast<double>(E);
 }
 
-RouterLosses router_losses(const std::vector<RouterOutput>& layers, const torch::Device& device) {
+RouterLosses router_losses(const std::vector<RouterOutput>& layers, const torch::Device& device, RouterLoss rule) {
   auto zero = torch::zeros({}, torch::TensorOptions().dtype(torch::kFloat32).device(device));
   if (layers.empty()) return {zero, zero, {}};
   torch::Tensor z = zero, aux = zero;
   std::vector<torch::Tensor> layer_aux;
   for (const auto& l : layers) {
-    z = z + router_z_loss(l.logits, l.active);
     auto a = load_balancing_loss(l.logits, l.expert_choice, l.active);
     layer_aux.push_back(a.detach());
-    aux = aux + a;
+    if (rule == RouterLoss::kPaper) {
+      z = z + router_z_loss(l.logits, l.active);
+      aux = aux + a;
+    }
+  }
+  if (rule == RouterLoss::kHf) {
+    // Hugging Face: the stack's router logits concatenated along the sequence, every token counted
+    // (padding too), a dropped token's expert index 0 (its capacity-masked one-hot is all zeros).
+    std::vector<torch::Tensor> logits, index;
+    for (const auto& l : layers) {
+      logits.push_back(l.logits);
+      index.push_back(torch::where(l.kept, l.expert_choice, torch::zeros_like(l.expert_choice)));
+    }
+    auto all = torch::cat(logits, 1);  // [B, L*S, E]
+    return {router_z_loss(all), load_balancing_loss(all, torch::cat(index, 1)), std::move(layer_aux)};
   }
   const double n = static_cast<double>(layers.size());
   return {z / n, aux / n, std::move(layer_aux)};

@@ -84,10 +84,11 @@ torch::Tensor load_balancing_loss(const torch::Tensor& logits, const torch::Tens
                                   const torch::Tensor& active = {});
 
 struct RouterLosses {
-  torch::Tensor z_loss;    // mean over the sparse layers; zero when there are none
-  torch::Tensor aux_loss;  // mean over the sparse layers; zero when there are none
+  torch::Tensor z_loss;    // kPaper: mean over the sparse layers; kHf: over their tokens; zero without any
+  torch::Tensor aux_loss;  // kPaper: mean over the sparse layers; kHf: over their tokens; zero without any
   std::vector<torch::Tensor> layer_aux;  // each layer's load-balancing loss, detached (1.0 = balanced)
 };
-RouterLosses router_losses(const std::vector<RouterOutput>& layers, const torch::Device& device);
+RouterLosses router_losses(const std::vector<RouterOutput>& layers, const torch::Device& device,
+                           RouterLoss rule = RouterLoss::kPaper);
 
 }  // namespace distill

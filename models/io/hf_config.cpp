@@ -134,6 +134,11 @@ ModelConfig read_hf_config(const std::string& path) {
     r.get("capacity_factor_train", c.capacity_factor_train);
     r.get("capacity_factor_eval", c.capacity_factor_eval);
     r.get("router_top_k", c.router_top_k);
+    std::string rule = "paper";
+    r.get("router_loss", rule);
+    if (rule == "paper") c.router_loss = RouterLoss::kPaper;
+    else if (rule == "hf") c.router_loss = RouterLoss::kHf;
+    else r.problems().push_back("key \"router_loss\" must be \"paper\" or \"hf\", got \"" + rule + "\"");
   }
   r.get("expert_dropout_rate", c.expert_dropout_rate);
 
@@ -198,6 +203,7 @@ std::string hf_config_json(const ModelConfig& c) {
     j["capacity_factor_train"] = c.capacity_factor_train;
     j["capacity_factor_eval"] = c.capacity_factor_eval;
     j["router_top_k"] = c.router_top_k;
+    j["router_loss"] = to_string(c.router_loss);
   }
   if (c.expert_dropout_rate >= 0) j["expert_dropout_rate"] = c.expert_dropout_rate;
   return j.dump(2) + "\n";
