@@ -145,6 +145,13 @@ TEST(CliTokenizer, EncodeMatchesTheGoldenIds) {
             0)
       << err;
   EXPECT_EQ(out, "204 111 36 11 92 95 108 9 3 14 12 56 34 16 32 8 1\n");
+  // Special tokens written in the text are their ids (issue 14.1), here at the start and end.
+  ASSERT_EQ(run_distill("tokenizer encode --model " + test::fixture("switch-tiny-4") +
+                            " --text '<pad>Free software is a matter of liberty.</s>'",
+                        &out, &err),
+            0)
+      << err;
+  EXPECT_EQ(out, "0 204 111 36 11 92 95 108 9 3 14 12 56 34 16 32 8 1 1\n");
 }
 
 TEST(CliTokenizer, TrainWritesAModelAndRejectsTinyVocabularies) {
