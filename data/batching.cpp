@@ -110,6 +110,19 @@ Batch Dataset::collate_batch(const Epoch& epoch, size_t index) const {
   return b;
 }
 
+Batch shard_rows(const Batch& b, int64_t rank, int64_t world) {
+  const int64_t B = b.input_ids.size(0), begin = B * rank / world, end = B * (rank + 1) / world;
+  Batch s;
+  s.input_ids = b.input_ids.slice(0, begin, end);
+  s.attention_mask = b.attention_mask.slice(0, begin, end);
+  s.decoder_input_ids = b.decoder_input_ids.slice(0, begin, end);
+  s.labels = b.labels.slice(0, begin, end);
+  s.input_tokens = s.attention_mask.sum().item<int64_t>();
+  s.target_tokens = (s.labels != -100).sum().item<int64_t>();
+  if (!b.example_ids.empty()) s.example_ids.assign(b.example_ids.begin() + begin, b.example_ids.begin() + end);
+  return s;
+}
+
 BatchStream::BatchStream(std::shared_ptr<const Dataset> dataset, DataPosition start, size_t capacity)
     : dataset_(std::move(dataset)), capacity_(std::max<size_t>(1, capacity)) {
   thread_ = std::thread([this, start] { produce(start); });

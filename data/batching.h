@@ -26,6 +26,10 @@ struct Batch {
   std::vector<uint32_t> example_ids;  // row i is example example_ids[i] of its epoch
 };
 
+// Rank `rank`'s share of a global batch among `world` ranks: rows [B*rank/world, B*(rank+1)/world),
+// padded as the whole batch is (padding changes no loss). Empty when B < world and none falls to it.
+Batch shard_rows(const Batch& batch, int64_t rank, int64_t world);
+
 // Pads to the longest example in the batch.
 Batch collate(const std::vector<const Example*>& examples, int64_t pad_id, int64_t decoder_start_id);
 

@@ -55,14 +55,23 @@ at::Tensor expert_counts(const RouterOutput& routing, const at::Tensor& real) {
   return torch::bincount(routing.expert_choice.masked_select(real), {}, routing.logits.size(-1)).to(torch::kFloat64);
 }
 
-EvalResult evaluate(Seq2SeqModel& model, const std::vector<Batch>& batches) {
+EvalResult evaluate(Seq2SeqModel& model, const std::vector<Batch>& batches, Collective* dist) {
   torch::NoGradGuard ng;
   const bool was_training = model->is_training();
   model->eval();
   EvalResult r;
   const auto& config = model->config();
   RoutingAccumulator routing(config.is_sparse() ? std::optional<RoutingOptions>(routing_options(config)) : std::nullopt);
-  for (const auto& b : batches) {
+  const size_t ranks = dist ? static_cast<size_t>(dist->world_size()) : 1, rank = dist ? static_cast<size_t>(dist->rank()) : 0;
+  for (size_t i = 0; i < batches.size(); ++i) {
+    const auto& b = batches[i];
+    if (i % ranks != rank) {  // another rank's: zeros here, its sums after the reduction
+      for (auto* s : {&r.batch_nll, &r.batch_correct}) {
+        s->value.push_back(0);
+        s->count.push_back(0);
+      }
+      continue;
+    }
     auto out = model->forward(model_inputs(b));
     auto mask = b.labels != -100;
     auto logp = torch::log_softmax(out.logits.to(torch::kFloat32), -1);
@@ -74,6 +83,12 @@ EvalResult evaluate(Seq2SeqModel& model, const std::vector<Batch>& batches) {
     r.batch_correct.value.push_back((out.logits.argmax(-1) == b.labels).logical_and(mask).sum().item<double>());
     r.batch_correct.count.push_back(n);
     for (const auto& [prefix, ro] : out.routing) routing.add(prefix, ro, routed_tokens(prefix, b));
+  }
+  if (dist && !batches.empty()) {
+    for (auto* s : {&r.batch_nll, &r.batch_correct}) {
+      s->value = dist->sum_over_ranks(s->value);
+      s->count = dist->sum_over_ranks(s->count);
+    }
   }
   double total = 0;
   for (double n : r.batch_nll.count) total += n;

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data/batching.h"
+#include "distill/distributed.h"
 #include "distill/routing_health.h"
 #include "distill/stats.h"
 #include "models/arch/seq2seq.h"
@@ -43,7 +44,9 @@ at::Tensor routed_tokens(const std::string& layer_prefix, const Batch& batch);
 // How many of the `real` tokens chose each expert first: [E] float64.
 at::Tensor expert_counts(const RouterOutput& routing, const at::Tensor& real);
 
-// Runs `model` in eval mode without gradients on every batch.
-EvalResult evaluate(Seq2SeqModel& model, const std::vector<Batch>& batches);
+// Runs `model` in eval mode without gradients on every batch. With `dist`, each rank runs every
+// world_size-th batch and the per-batch sums are reduced, so every rank gets the whole result
+// (a sparse model's routing health is its own share's).
+EvalResult evaluate(Seq2SeqModel& model, const std::vector<Batch>& batches, Collective* dist = nullptr);
 
 }  // namespace distill

@@ -144,6 +144,9 @@ bool baseline_trained_here(const RunConfig& c) { return c.baseline.path.empty() 
 }  // namespace
 
 void open_run_directory(const RunConfig& config) {
+  // Ranks of one data-parallel job must run the same configuration; only rank 0 writes.
+  if (Collective* w = world()) w->check_same("configuration", run_config_yaml(config));
+  if (!is_writer()) return;
   fs::create_directories(config.output_dir);
   lock_run_directory(config.output_dir);  // before anything in it is written
   auto console = std::make_shared<spdlog::sinks::stderr_color_sink_mt>();
@@ -168,7 +171,9 @@ Tokenizer resolve_tokenizer(const RunConfig& c) {
     throw ConfigError("teacher " + c.teacher.path + " has no spiece.model: set data.tokenizer.path to its tokenizer");
   }
   const std::string dir = (fs::path(c.output_dir) / "tokenizer").string();
-  if (!fs::exists(fs::path(dir) / "spiece.model")) {
+  if (!is_writer()) {  // rank 0 trains it; the others wait, then load it
+    world()->barrier();
+  } else if (!fs::exists(fs::path(dir) / "spiece.model")) {
     spdlog::info("training a {}-id SentencePiece tokenizer on {} file(s) into {}", c.data.tokenizer.vocab_size,
                  c.data.train.files.size(), dir);
     TokenizerTrainOptions o;
@@ -180,6 +185,7 @@ Tokenizer resolve_tokenizer(const RunConfig& c) {
     o.output_dir = dir;
     train_tokenizer(o);
   }
+  if (Collective* w = world(); w && w->is_root()) w->barrier();
   return Tokenizer::load(dir);
 }
 
@@ -551,7 +557,7 @@ void train_side_by_side(const RunConfig& c, const std::vector<StageJob>& jobs, b
   const int threads = at::get_num_threads();
   const int workers = static_cast<int>(std::min<int64_t>(static_cast<int64_t>(jobs.size()),
                                                          c.parallel_stages > 0 ? c.parallel_stages : threads));
-  if (workers > 1) {
+  if (workers > 1 && !world()) {  // a data-parallel job trains its stages one after another
     run_stage_jobs(jobs, (fs::path(c.output_dir) / "config.yaml").string(), resume, workers, std::max(1, threads / workers));
   }
 }
@@ -587,6 +593,7 @@ json run_comparison(const RunConfig& c, bool resume) {
   in.tgt_len = c.data.target_length;
   in.config = c;
   auto report = build_comparison(in);
+  if (!is_writer()) return report;
   write_text_atomic((fs::path(c.output_dir) / "compare.json").string(), report.dump(2) + "\n");
   write_text_atomic((fs::path(c.output_dir) / "compare.md").string(), comparison_markdown(report));
   return report;
@@ -625,6 +632,7 @@ json run_experiment(const RunConfig& c, bool resume) {
   in.config = c;
   in.baseline_steps = baseline_train_steps(c, data);
   auto report = build_report(in);
+  if (!is_writer()) return report;
   write_text_atomic((fs::path(c.output_dir) / "report.json").string(), report.dump(2) + "\n");
   write_text_atomic((fs::path(c.output_dir) / "report.md").string(), report_markdown(report));
   return report;

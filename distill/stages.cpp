@@ -1,5 +1,7 @@
 #include "distill/stages.h"
 
+#include "distill/distributed.h"
+
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
@@ -119,7 +121,20 @@ bool stage_is_done(const std::string& dir, const json& fingerprint) {
          fs::exists(root / "model" / "config.json");
 }
 
+namespace {
+StageAction prepare_stage_here(const std::string& name, const std::string& dir, const json& fingerprint, bool resume);
+}  // namespace
+
 StageAction prepare_stage(const std::string& name, const std::string& dir, const json& fingerprint, bool resume) {
+  Collective* w = world();
+  if (!w) return prepare_stage_here(name, dir, fingerprint, resume);
+  // Rank 0 decides and prepares the directory; the others follow its decision.
+  const double mine = w->is_root() ? static_cast<double>(prepare_stage_here(name, dir, fingerprint, resume)) : 0.0;
+  return static_cast<StageAction>(static_cast<int>(w->sum_over_ranks({mine})[0]));
+}
+
+namespace {
+StageAction prepare_stage_here(const std::string& name, const std::string& dir, const json& fingerprint, bool resume) {
   const fs::path root(dir);
   const json now = json::parse(fingerprint.dump());  // as it reads back from stage.json
   const auto recorded = recorded_fingerprint(root / "stage.json");
@@ -145,6 +160,7 @@ StageAction prepare_stage(const std::string& name, const std::string& dir, const
                     json{{"stage", name}, {"hash", fingerprint_hash(now)}, {"fingerprint", now}}.dump(2) + "\n");
   return StageAction::kTrain;
 }
+}  // namespace
 
 FinishedStage read_finished_stage(const std::string& dir) {
   const auto path = (fs::path(dir) / "DONE.json").string();

@@ -186,6 +186,21 @@ void Trainer::save_checkpoint(int64_t step, const DataPosition& next) {
   std::string bad = first_non_finite(params_);
   if (bad.empty()) bad = first_non_finite(optimizer_->state());
   if (!bad.empty()) throw diverged(fmt::format("{} is not finite at step {}, so no checkpoint is written", bad, step));
+  at::Tensor rng;
+  {
+    std::lock_guard<std::mutex> lock(cpu_generator().mutex());
+    rng = cpu_generator().get_state();
+  }
+  std::vector<std::pair<std::string, at::Tensor>> rngs = {{"torch_cpu", rng}};
+  const int64_t ranks = o_.dist ? o_.dist->world_size() : 1;
+  if (o_.dist) {
+    // Every rank's generator (its dropout), gathered for rank 0 to write: resume is exact per rank.
+    auto all = at::zeros({ranks, rng.numel()}, at::kDouble);
+    all[o_.dist->rank()].copy_(rng.to(at::kDouble));
+    o_.dist->allreduce_sum(std::vector<at::Tensor>{all});
+    for (int64_t r = 0; r < ranks; ++r) rngs.emplace_back(fmt::format("torch_cpu_rank{}", r), all[r].to(at::kByte));
+  }
+  if (!writer()) return;
   const fs::path root = fs::path(o_.dir) / "checkpoints";
   fs::create_directories(root);
   const std::string name = fmt::format("step-{:08d}", step);
@@ -194,14 +209,9 @@ void Trainer::save_checkpoint(int64_t step, const DataPosition& next) {
   fs::remove_all(tmp, ec);
   save_model(model_, tmp.string());
   save_safetensors((tmp / "optimizer.safetensors").string(), optimizer_->state());
-  at::Tensor rng;
-  {
-    std::lock_guard<std::mutex> lock(cpu_generator().mutex());
-    rng = cpu_generator().get_state();
-  }
-  save_safetensors((tmp / "rng.safetensors").string(), {{"torch_cpu", rng}});
+  save_safetensors((tmp / "rng.safetensors").string(), rngs);
   json state = {{"stage", o_.stage}, {"step", step}, {"data_epoch", next.epoch}, {"data_batch", next.batch},
-                {"budget", budget_.to_json()}};
+                {"budget", budget_.to_json()}, {"world_size", ranks}};
   write_text_atomic((tmp / "trainer_state.json").string(), state.dump(2) + "\n");
   fs::remove_all(final_dir, ec);
   fs::rename(tmp, final_dir);
@@ -216,8 +226,20 @@ void Trainer::save_checkpoint(int64_t step, const DataPosition& next) {
 }
 
 bool Trainer::restore_checkpoint(int64_t& step, DataPosition& next) {
+  const auto all = finished_checkpoints(o_.dir);
+  const int64_t ranks = o_.dist ? o_.dist->world_size() : 1;
+  if (!all.empty()) {
+    // Each rank's dropout stream is in the checkpoint: it resumes with the ranks that wrote it.
+    const auto state = json::parse(read_text_file(all.front() + "/trainer_state.json"), nullptr, false);
+    const int64_t written = state.is_object() ? state.value("world_size", int64_t{1}) : ranks;
+    if (written != ranks) {
+      throw DistributedError(fmt::format("[{}] {} was written by {} rank(s) and this job has {}: resume with WORLD_SIZE={} "
+                                         "(or --nproc {}), or start afresh in another output directory",
+                                         o_.stage, all.front(), written, ranks, written, written));
+    }
+  }
   // The newest checkpoint that reads back whole; a damaged one is skipped with a warning.
-  for (const auto& dir : finished_checkpoints(o_.dir)) {
+  for (const auto& dir : all) {
     try {
       restore_checkpoint_from(dir, step, next);
       return true;
@@ -233,7 +255,7 @@ void Trainer::restore_checkpoint_from(const std::string& dir, int64_t& step, Dat
   load_state(model_, tensors, dir + "/model.safetensors");
   auto opt = SafetensorsFile(dir + "/optimizer.safetensors").load_all();
   optimizer_->load_state(opt, dir + "/optimizer.safetensors");
-  auto rng = SafetensorsFile(dir + "/rng.safetensors").load("torch_cpu");
+  auto rng = SafetensorsFile(dir + "/rng.safetensors").load(o_.dist ? fmt::format("torch_cpu_rank{}", o_.dist->rank()) : "torch_cpu");
   {
     std::lock_guard<std::mutex> lock(cpu_generator().mutex());
     cpu_generator().set_state(rng);
@@ -257,11 +279,25 @@ TrainResult Trainer::run() {
   int64_t step = 0;
   DataPosition position = o_.start;
   budget_ = {};
+  const int64_t rank = o_.dist ? o_.dist->rank() : 0, ranks = o_.dist ? o_.dist->world_size() : 1;
   if (o_.resume && restore_checkpoint(step, position)) {
-    truncate_metrics(metrics, step);
+    if (writer()) truncate_metrics(metrics, step);
   } else {
-    torch::manual_seed(o_.seed);
-    std::ofstream(metrics, std::ios::trunc);
+    torch::manual_seed(o_.seed + 1000003 * static_cast<uint64_t>(rank));  // each rank its own dropout
+    if (writer()) std::ofstream(metrics, std::ios::trunc);
+  }
+  if (o_.dist) {
+    // Every rank must be at the same step, with rank 0's weights.
+    const auto steps = o_.dist->allgather(static_cast<double>(step));
+    for (int64_t r = 0; r < ranks; ++r) {
+      if (steps[r] != steps[0]) {
+        throw DistributedError(fmt::format("[{}] rank {} starts at step {} and rank 0 at step {}: resuming needs {} on a "
+                                           "file system every machine shares", o_.stage, r, steps[r], steps[0], o_.dir));
+      }
+    }
+    std::vector<at::Tensor> weights;
+    for (const auto& [name, p] : params_) weights.push_back(p);
+    o_.dist->broadcast(weights);
   }
   const double seconds_before = budget_.seconds;
   const interrupt::Scope interruptible;  // Ctrl-C or SIGTERM: checkpoint at the end of the step, then exit 130
@@ -278,13 +314,29 @@ TrainResult Trainer::run() {
   const int64_t first_step = step;
   int64_t epoch = position.epoch;
   auto epoch_start = start;
+  bool stop = false;  // Ctrl-C or SIGTERM on any rank: every rank stops after the same step
   while (step < t.steps) {
     optimizer_->zero_grad();
     StepLosses sl;
     for (int64_t micro = 0; micro < t.grad_accumulation; ++micro) {
       auto item = stream.next();
       position = item.next;
-      auto l = train_step(item.batch, 1.0 / static_cast<double>(t.grad_accumulation));
+      StepLosses l;
+      if (!o_.dist) {
+        l = train_step(item.batch, 1.0 / static_cast<double>(t.grad_accumulation));
+        stop = interrupt::requested();
+      } else {
+        // This rank's rows of the global batch. Its mean losses are weighted by its share of the
+        // global batch's target tokens, so the summed gradients are one process's on the whole batch.
+        const Batch shard = shard_rows(item.batch, rank, ranks);
+        const double share = static_cast<double>(shard.target_tokens) / static_cast<double>(item.batch.target_tokens);
+        if (shard.input_ids.size(0) > 0) l = train_step(shard, share / static_cast<double>(t.grad_accumulation));
+        const auto g = o_.dist->sum_over_ranks({l.total * share, l.hard * share, l.soft * share, l.kl * share, l.aux * share,
+                                               l.z * share, static_cast<double>(l.tokens), static_cast<double>(l.examples),
+                                               l.flops, interrupt::requested() ? 1.0 : 0.0});
+        l = {g[0], g[1], g[2], g[3], g[4], g[5], static_cast<int64_t>(g[6]), static_cast<int64_t>(g[7]), g[8]};
+        stop = g[9] > 0;
+      }
       if (!std::isfinite(l.total)) throw diverged(fmt::format("loss is {} at step {}", l.total, step + 1));
       const double k = 1.0 / static_cast<double>(t.grad_accumulation);
       sl.total += l.total * k;
@@ -297,6 +349,7 @@ TrainResult Trainer::run() {
       sl.examples += l.examples;
       sl.flops += l.flops;
     }
+    if (o_.dist) allreduce_gradients(*o_.dist, params_);
     if (expert_grad_scale != 1.0) scale_expert_gradients(params_, expert_grad_scale);
     const double grad_norm = clip_grad_norm(params_, t.grad_clip);
     // Checked before the update, so the weights and optimizer state stay those of the last good step.
@@ -331,7 +384,7 @@ TrainResult Trainer::run() {
         extra = fmt::format(" (teacher cache: {} of {} batches served, {} examples, {:.1f} MB)", cache_->hits(),
                             cache_->hits() + cache_->misses(), cache_->examples(), cache_->megabytes());
       }
-      append_jsonl(metrics, m);
+      if (writer()) append_jsonl(metrics, m);
       spdlog::info("[{}] epoch {} done at step {} in {}{}", o_.stage, epoch, step, format_duration(seconds), extra);
       epoch = position.epoch;
       epoch_start = now;
@@ -358,18 +411,18 @@ TrainResult Trainer::run() {
       spdlog::info("[{}] step {}/{} loss {:.4f}{} lr {:.2e} | {:.0f} tok/s | ETA {}", o_.stage, step, t.steps,
                    window.total / n, extra, lr, tps, format_duration(eta));
       log_routing(m);
-      append_jsonl(metrics, m);
+      if (writer()) append_jsonl(metrics, m);
       window = {};
       window_steps = window_tokens = 0;
       window_start = now;
     }
     if (eval_ && t.eval_interval > 0 && step % t.eval_interval == 0 && step != t.steps) {
-      auto e = evaluate(model_, *eval_);
-      append_jsonl(metrics, {{"stage", o_.stage}, {"step", step}, {"eval", e.to_json()}});
+      auto e = evaluate(model_, *eval_, o_.dist);
+      if (writer()) append_jsonl(metrics, {{"stage", o_.stage}, {"step", step}, {"eval", e.to_json()}});
       spdlog::info("[{}] eval at step {}: nll {:.4f} ppl {:.2f} acc {:.3f}", o_.stage, step, e.nll, e.perplexity, e.accuracy);
     }
     const bool checkpoint_due = t.checkpoint_interval > 0 && step % t.checkpoint_interval == 0;
-    if (interrupt::requested()) {
+    if (stop) {
       save_checkpoint(step, position);
       throw InterruptedError(fmt::format("[{}] interrupted at step {}; checkpoint saved in {}; continue with --resume",
                                          o_.stage, step, latest_checkpoint(o_.dir)));
@@ -382,13 +435,17 @@ TrainResult Trainer::run() {
   result.budget = budget_;
   result.end = position;
   if (eval_) {
-    result.eval = evaluate(model_, *eval_);
-    append_jsonl(metrics, {{"stage", o_.stage}, {"step", step}, {"eval", result.eval->to_json()}});
+    result.eval = evaluate(model_, *eval_, o_.dist);
+    if (writer()) append_jsonl(metrics, {{"stage", o_.stage}, {"step", step}, {"eval", result.eval->to_json()}});
     spdlog::info("[{}] eval at step {}: nll {:.4f} ppl {:.2f} acc {:.3f}", o_.stage, step, result.eval->nll,
                  result.eval->perplexity, result.eval->accuracy);
     for (const auto& w : routing_warnings(result.eval->routing, "[" + o_.stage + "]")) spdlog::warn("{}", w);
   }
   save_checkpoint(step, position);
+  if (!writer()) {
+    o_.dist->barrier();  // until rank 0 has written the model the stage's caller reads back
+    return result;
+  }
   save_model(model_, (fs::path(o_.dir) / "model").string(), o_.copy_files);
   json done = {{"stage", o_.stage},
                {"steps", step},
@@ -397,6 +454,7 @@ TrainResult Trainer::run() {
                {"budget", budget_.to_json()},
                {"data_end", {{"epoch", position.epoch}, {"batch", position.batch}}}};
   write_text_atomic((fs::path(o_.dir) / "DONE.json").string(), done.dump(2) + "\n");
+  if (o_.dist) o_.dist->barrier();
   return result;
 }
 

@@ -9,6 +9,7 @@
 
 #include "data/batching.h"
 #include "distill/budget.h"
+#include "distill/distributed.h"
 #include "distill/evaluate.h"
 #include "distill/losses.h"
 #include "distill/optim.h"
@@ -40,6 +41,8 @@ struct TrainerOptions {
   std::vector<std::string> copy_files;    // copied into every saved model (tokenizer files)
   DataPosition start;                     // where a fresh run starts in the data stream (a student
                                           // continues where its teacher's training stopped)
+  Collective* dist = world();             // data-parallel: this rank trains on its share of every
+                                          // global batch; only rank 0 writes (nullptr: one process)
 };
 
 struct TeacherSignal {
@@ -69,6 +72,7 @@ class Trainer {
  private:
   struct StepLosses;
   StepLosses train_step(const Batch& batch, double scale);
+  bool writer() const { return o_.dist == nullptr || o_.dist->is_root(); }
   void save_checkpoint(int64_t step, const DataPosition& next);
   // The error for non-finite training state, naming the last good checkpoint.
   TrainingError diverged(const std::string& what) const;

@@ -8,7 +8,9 @@
 #include <iostream>
 
 #include "distill/cli/commands.h"
+#include "distill/distributed.h"
 #include "distill/interrupt.h"
+#include "distill/launch.h"
 #include "distill/runtime.h"
 #include "distill/trainer.h"
 #include "models/errors.h"
@@ -17,8 +19,11 @@ int main(int argc, char** argv) {
   distill::interrupt::start_watcher();  // before any thread starts: see distill/interrupt.h
   CLI::App app{"distill: compress a sparse Switch Transformer into a dense T5 and report what was kept"};
   app.require_subcommand(1);
-  int threads = 0;
+  int threads = 0, nproc = 0;
   app.add_option("--threads", threads, "Intra-op threads (default: cores available)")->check(CLI::NonNegativeNumber);
+  app.add_option("--nproc", nproc, "Run as a data-parallel job of N ranks on this machine (torchrun's environment "
+                                   "does the same across machines)")
+      ->check(CLI::PositiveNumber);
   std::vector<distill::cli::Command> commands = {
       distill::cli::add_inspect(app),
       distill::cli::add_forward(app),
@@ -43,6 +48,24 @@ int main(int argc, char** argv) {
   // Logs go to stderr: stdout carries results (JSON, token ids, reports) that other tools parse.
   spdlog::set_default_logger(spdlog::stderr_color_mt("distill"));
   try {
+    if (nproc > 1) {
+      std::vector<std::string> args;
+      for (int i = 0; i < argc; ++i) {
+        const std::string a = argv[i];
+        if (a == "--nproc" || a == "--threads") {  // the launcher gives each rank its --threads
+          ++i;
+          continue;
+        }
+        if (a.rfind("--nproc=", 0) == 0 || a.rfind("--threads=", 0) == 0) continue;
+        args.push_back(a);
+      }
+      return distill::launch_local_ranks(args, nproc, threads > 0 ? threads : std::max(1, distill::available_cores() / nproc));
+    }
+    const auto env = distill::WorldEnv::from_environment();
+    if (env.world_size > 1) {
+      if (env.rank != 0) spdlog::set_level(spdlog::level::warn);  // rank 0 speaks for the job
+      distill::set_world(std::make_unique<distill::Collective>(env));
+    }
     distill::init_runtime(threads);
     for (auto& c : commands)
       if (c.app->parsed()) c.run();

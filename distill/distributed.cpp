@@ -1,0 +1,212 @@
+#include "distill/distributed.h"
+
+#include <ATen/ATen.h>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+
+#include <cerrno>
+#include <cstdlib>
+#include <limits>
+
+namespace distill {
+namespace {
+
+constexpr int64_t kBucketBytes = 32 << 20;  // per flat all-reduce: large enough to amortise latency
+
+int env_int(const char* name, int fallback, int lo, int hi) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return fallback;
+  char* end = nullptr;
+  errno = 0;
+  const long x = std::strtol(v, &end, 10);
+  if (*end != '\0' || errno != 0 || x < lo || x > hi) {
+    throw InputError(std::string("environment variable ") + name + "=\"" + v + "\": expected an integer in [" +
+                     std::to_string(lo) + ", " + std::to_string(hi) + "]");
+  }
+  return static_cast<int>(x);
+}
+
+std::unique_ptr<Collective> g_world;
+
+// Buckets of consecutive tensors of one dtype, each at most kBucketBytes (a larger tensor alone).
+std::vector<std::vector<at::Tensor>> buckets(const std::vector<at::Tensor>& tensors) {
+  std::vector<std::vector<at::Tensor>> out;
+  int64_t bytes = 0;
+  for (const auto& t : tensors) {
+    const int64_t n = t.numel() * static_cast<int64_t>(t.element_size());
+    if (out.empty() || bytes + n > kBucketBytes || out.back().front().scalar_type() != t.scalar_type()) {
+      out.emplace_back();
+      bytes = 0;
+    }
+    out.back().push_back(t);
+    bytes += n;
+  }
+  return out;
+}
+
+}  // namespace
+
+WorldEnv WorldEnv::from_environment() {
+  WorldEnv e;
+  e.world_size = env_int("WORLD_SIZE", 1, 1, 1 << 16);
+  e.rank = env_int("RANK", 0, 0, e.world_size - 1);
+  e.local_rank = env_int("LOCAL_RANK", e.rank, 0, e.world_size - 1);
+  if (const char* a = std::getenv("MASTER_ADDR"); a && *a) e.master_addr = a;
+  e.master_port = env_int("MASTER_PORT", e.master_port, 1, 65535);
+  e.timeout = std::chrono::seconds(env_int("DISTILL_COLLECTIVE_TIMEOUT", static_cast<int>(e.timeout.count()), 1, 86400));
+  if (e.world_size > 1 && !std::getenv("RANK")) {
+    throw InputError("environment variable WORLD_SIZE=" + std::to_string(e.world_size) +
+                     " without RANK: launch with torchrun, or with distill --nproc N on one machine");
+  }
+  return e;
+}
+
+struct Collective::Group {
+  c10::intrusive_ptr<c10d::Store> store;
+  c10::intrusive_ptr<c10d::ProcessGroupGloo> pg;
+};
+
+Collective::Collective(const WorldEnv& env) : env_(env), group_(std::make_unique<Group>()) {
+  try {
+    c10d::TCPStoreOptions so;
+    so.port = static_cast<std::uint16_t>(env.master_port);
+    so.isServer = env.rank == 0;
+    so.numWorkers = static_cast<size_t>(env.world_size);
+    so.waitWorkers = true;
+    so.timeout = env.timeout;
+    group_->store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, so);
+    auto opts = c10d::ProcessGroupGloo::Options::create(env.timeout);
+    opts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+    opts->threads = 1;
+    group_->pg = c10::make_intrusive<c10d::ProcessGroupGloo>(group_->store, env.rank, env.world_size, opts);
+  } catch (const std::exception& e) {
+    throw DistributedError("rank " + std::to_string(env.rank) + " of " + std::to_string(env.world_size) +
+                           ": cannot join the job at " + env.master_addr + ":" + std::to_string(env.master_port) +
+                           " within " + std::to_string(env.timeout.count()) + " s: " + e.what());
+  }
+}
+
+Collective::~Collective() = default;
+
+void Collective::fail(const std::string& op, const std::exception& e) const {
+  std::string msg = e.what();
+  if (auto* c = dynamic_cast<const c10::Error*>(&e)) msg = c->what_without_backtrace();
+  throw DistributedError("rank " + std::to_string(env_.rank) + ": " + op + " failed: " + msg +
+                         " (another rank died, or did not answer within " + std::to_string(env_.timeout.count()) +
+                         " s, DISTILL_COLLECTIVE_TIMEOUT)");
+}
+
+void Collective::check_same(const std::string& what, const std::string& text) {
+  try {
+    group_->store->set(what + "/" + std::to_string(env_.rank), std::vector<uint8_t>(text.begin(), text.end()));
+    std::vector<int> differ;
+    const auto root = group_->store->get(what + "/0");
+    for (int r = 1; r < env_.world_size; ++r)
+      if (group_->store->get(what + "/" + std::to_string(r)) != root) differ.push_back(r);
+    barrier();
+    if (!differ.empty()) {
+      std::string ranks;
+      for (int r : differ) ranks += (ranks.empty() ? "" : ", ") + std::to_string(r);
+      throw ConfigError("ranks disagree on the " + what + ": rank(s) " + ranks +
+                        " differ from rank 0; every rank must run the same command on the same configuration");
+    }
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    fail("comparing the " + what, e);
+  }
+}
+
+void Collective::broadcast(const std::vector<at::Tensor>& tensors) {
+  try {
+    for (auto& bucket : buckets(tensors)) {
+      std::vector<at::Tensor> flat;
+      for (const auto& t : bucket) flat.push_back(t.detach().reshape({-1}));
+      std::vector<at::Tensor> buf{at::cat(flat)};
+      c10d::BroadcastOptions o;
+      o.rootRank = 0;
+      group_->pg->broadcast(buf, o)->wait();
+      int64_t at = 0;
+      at::NoGradGuard ng;
+      for (const auto& t : bucket) {
+        t.detach().copy_(buf[0].narrow(0, at, t.numel()).view(t.sizes()));
+        at += t.numel();
+      }
+    }
+  } catch (const std::exception& e) {
+    fail("broadcast", e);
+  }
+}
+
+void Collective::allreduce_sum(const std::vector<at::Tensor>& tensors) {
+  try {
+    // Launched together, waited on together: Gloo works on them while this thread waits.
+    std::vector<std::pair<std::vector<at::Tensor>, c10::intrusive_ptr<c10d::Work>>> pending;
+    for (auto& bucket : buckets(tensors)) {
+      std::vector<at::Tensor> flat;
+      for (const auto& t : bucket) flat.push_back(t.detach().reshape({-1}));
+      std::vector<at::Tensor> buf{at::cat(flat)};
+      auto work = group_->pg->allreduce(buf);
+      pending.emplace_back(std::move(bucket), std::move(work));
+      pending.back().first.push_back(buf[0]);
+    }
+    at::NoGradGuard ng;
+    for (auto& [bucket, work] : pending) {
+      work->wait();
+      const at::Tensor sum = bucket.back();
+      int64_t at = 0;
+      for (size_t i = 0; i + 1 < bucket.size(); ++i) {
+        bucket[i].detach().copy_(sum.narrow(0, at, bucket[i].numel()).view(bucket[i].sizes()));
+        at += bucket[i].numel();
+      }
+    }
+  } catch (const std::exception& e) {
+    fail("all-reduce", e);
+  }
+}
+
+std::vector<double> Collective::sum_over_ranks(const std::vector<double>& values) {
+  auto t = at::tensor(values, at::kDouble);
+  allreduce_sum(std::vector<at::Tensor>{t});
+  return std::vector<double>(t.data_ptr<double>(), t.data_ptr<double>() + t.numel());
+}
+
+std::vector<double> Collective::allgather(double value) {
+  std::vector<double> v(static_cast<size_t>(env_.world_size), 0.0);
+  v[static_cast<size_t>(env_.rank)] = value;
+  return sum_over_ranks(v);
+}
+
+void Collective::barrier() {
+  try {
+    group_->pg->barrier()->wait();
+  } catch (const std::exception& e) {
+    fail("barrier", e);
+  }
+}
+
+Collective* world() { return g_world.get(); }
+void set_world(std::unique_ptr<Collective> collective) { g_world = std::move(collective); }
+bool is_writer() { return !g_world || g_world->is_root(); }
+
+void allreduce_gradients(Collective& c, const std::vector<std::pair<std::string, at::Tensor>>& params) {
+  std::vector<at::Tensor> trainable, grads;
+  std::vector<float> defined;
+  for (const auto& [name, p] : params) {
+    if (!p.requires_grad()) continue;
+    defined.push_back(p.grad().defined() ? 1.0f : 0.0f);
+    if (!p.grad().defined()) p.mutable_grad() = at::zeros_like(p);
+    trainable.push_back(p);
+    grads.push_back(p.grad());
+  }
+  // Which parameters had a gradient on some rank, reduced with the gradients: for the optimizer a
+  // zero gradient and none differ (weight decay, Adam's moments).
+  at::Tensor had = at::tensor(defined, at::kFloat);
+  grads.push_back(had);
+  c.allreduce_sum(grads);
+  const float* h = had.data_ptr<float>();
+  for (size_t i = 0; i < trainable.size(); ++i)
+    if (h[i] == 0.0f) trainable[i].mutable_grad() = at::Tensor();
+}
+
+}  // namespace distill

@@ -1,0 +1,80 @@
+// Data-parallel training on PyTorch's c10d: a TCPStore rendezvous and a Gloo process group
+// (torch's own engine, as torchrun-launched jobs use it), with what the trainer needs on top:
+// parameter broadcast, bucketed gradient all-reduce, scalar reductions, and a configuration check.
+// There is no C++ DistributedDataParallel in LibTorch; this is ours.
+#pragma once
+
+#include <ATen/Tensor.h>
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "models/errors.h"
+
+namespace distill {
+
+// A collective failed: a rank died, stopped answering past the timeout, or disagreed.
+class DistributedError : public Error {
+ public:
+  using Error::Error;
+};
+
+// torchrun's environment: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT.
+struct WorldEnv {
+  int rank = 0;                          // this process among all of the job's
+  int world_size = 1;                    // processes in the job; > 1 makes training data-parallel
+  int local_rank = 0;                    // this process among its machine's
+  std::string master_addr = "127.0.0.1"; // host of rank 0's TCPStore
+  int master_port = 29500;               // its port
+  std::chrono::seconds timeout{300};     // DISTILL_COLLECTIVE_TIMEOUT: the longest a rank waits for the others
+
+  // From the environment; WORLD_SIZE unset means one process. A malformed or inconsistent
+  // variable is an InputError naming it.
+  static WorldEnv from_environment();
+};
+
+class Collective {
+ public:
+  // Joins the job: rank 0 serves the TCPStore, every rank connects and builds the Gloo group.
+  explicit Collective(const WorldEnv& env);
+  ~Collective();
+  Collective(const Collective&) = delete;
+  Collective& operator=(const Collective&) = delete;
+
+  int rank() const { return env_.rank; }
+  int world_size() const { return env_.world_size; }
+  bool is_root() const { return env_.rank == 0; }
+
+  // Every rank passes its own `text` (e.g. the resolved configuration); a rank whose text differs
+  // from rank 0's makes every rank throw ConfigError naming it.
+  void check_same(const std::string& what, const std::string& text);
+  // Rank 0's values into every rank's `tensors` (in place), a few flat buckets at a time.
+  void broadcast(const std::vector<at::Tensor>& tensors);
+  // The sum over ranks, in place, in flat float32 (or the tensors' own dtype) buckets.
+  void allreduce_sum(const std::vector<at::Tensor>& tensors);
+  std::vector<double> sum_over_ranks(const std::vector<double>& values);
+  // Every rank's value, by rank.
+  std::vector<double> allgather(double value);
+  void barrier();
+
+ private:
+  struct Group;
+  [[noreturn]] void fail(const std::string& op, const std::exception& e) const;
+  WorldEnv env_;
+  std::unique_ptr<Group> group_;
+};
+
+// The process's collective when it is one rank of several, else nullptr. Set once by main.
+Collective* world();
+void set_world(std::unique_ptr<Collective> collective);
+// True for rank 0 and for a single process: the one that writes outputs.
+bool is_writer();
+
+// Sums the gradients of `params` over the ranks. A parameter without a gradient on some rank takes
+// zeros there; one that no rank produced a gradient for stays without one (as in one process).
+void allreduce_gradients(Collective& c, const std::vector<std::pair<std::string, at::Tensor>>& params);
+
+}  // namespace distill
