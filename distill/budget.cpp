@@ -1,5 +1,7 @@
 #include "distill/budget.h"
 
+#include <algorithm>
+
 namespace distill {
 
 Budget& Budget::operator+=(const Budget& o) {
@@ -8,11 +10,12 @@ Budget& Budget::operator+=(const Budget& o) {
   tokens += o.tokens;
   train_flops += o.train_flops;
   seconds += o.seconds;
+  world_size = std::max(world_size, o.world_size);
   return *this;
 }
 
 nlohmann::json Budget::to_json() const {
-  return {{"steps", steps}, {"examples", examples}, {"tokens", tokens}, {"train_flops", train_flops}, {"seconds", seconds}};
+  return {{"steps", steps}, {"examples", examples}, {"tokens", tokens}, {"train_flops", train_flops}, {"seconds", seconds}, {"world_size", world_size}};
 }
 
 Budget Budget::from_json(const nlohmann::json& j) {
@@ -23,6 +26,7 @@ Budget Budget::from_json(const nlohmann::json& j) {
   b.tokens = j.value("tokens", int64_t{0});
   b.train_flops = j.value("train_flops", 0.0);
   b.seconds = j.value("seconds", 0.0);
+  b.world_size = j.value("world_size", int64_t{1});
   return b;
 }
 

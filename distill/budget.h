@@ -16,6 +16,7 @@ struct Budget {
   double train_flops = 0;   // the model's forward and backward (3x its forward FLOPs on the padded
                             // batches), plus the frozen teacher's forwards when distilling
   double seconds = 0;       // wall time of the training loop
+  int64_t world_size = 1;   // data-parallel processes it trained on (the most, over summed stages)
 
   Budget& operator+=(const Budget& other);
   nlohmann::json to_json() const;

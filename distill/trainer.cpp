@@ -308,7 +308,7 @@ TrainResult Trainer::run() {
 
   TrainResult result;
   StepLosses window;
-  int64_t window_steps = 0, window_tokens = 0, total_tokens = 0;
+  int64_t window_steps = 0, window_tokens = 0, total_tokens = 0, own_tokens = 0;  // own: this rank's share
   const auto start = std::chrono::steady_clock::now();
   auto window_start = start;
   const int64_t first_step = step;
@@ -331,6 +331,7 @@ TrainResult Trainer::run() {
         const Batch shard = shard_rows(item.batch, rank, ranks);
         const double share = static_cast<double>(shard.target_tokens) / static_cast<double>(item.batch.target_tokens);
         if (shard.input_ids.size(0) > 0) l = train_step(shard, share / static_cast<double>(t.grad_accumulation));
+        own_tokens += l.tokens;
         const auto g = o_.dist->sum_over_ranks({l.total * share, l.hard * share, l.soft * share, l.kl * share, l.aux * share,
                                                l.z * share, static_cast<double>(l.tokens), static_cast<double>(l.examples),
                                                l.flops, interrupt::requested() ? 1.0 : 0.0});
@@ -367,6 +368,7 @@ TrainResult Trainer::run() {
     total_tokens += sl.tokens;
     ++window_steps;
     budget_.steps = step;
+    budget_.world_size = ranks;
     budget_.examples += sl.examples;
     budget_.tokens += sl.tokens;
     budget_.train_flops += sl.flops;
@@ -442,6 +444,9 @@ TrainResult Trainer::run() {
     for (const auto& w : routing_warnings(result.eval->routing, "[" + o_.stage + "]")) spdlog::warn("{}", w);
   }
   save_checkpoint(step, position);
+  // Each rank's own throughput (its share of the tokens over the loop's wall time).
+  std::vector<double> by_rank{result.tokens_per_second};
+  if (o_.dist) by_rank = o_.dist->allgather(result.seconds > 0 ? static_cast<double>(own_tokens) / result.seconds : 0.0);
   if (!writer()) {
     o_.dist->barrier();  // until rank 0 has written the model the stage's caller reads back
     return result;
@@ -451,6 +456,8 @@ TrainResult Trainer::run() {
                {"steps", step},
                {"seconds", budget_.seconds},
                {"tokens_per_s", result.tokens_per_second},
+               {"world_size", ranks},
+               {"tokens_per_s_by_rank", by_rank},
                {"budget", budget_.to_json()},
                {"data_end", {{"epoch", position.epoch}, {"batch", position.batch}}}};
   write_text_atomic((fs::path(o_.dir) / "DONE.json").string(), done.dump(2) + "\n");

@@ -58,6 +58,56 @@ TEST(E2eDataParallel, TwoRanksOfHalfTheBatchMatchOneRankOfTheWholeBatch) {
   EXPECT_EQ(state["world_size"], 2);
 }
 
+TEST(E2eDataParallel, ResumeAfterKillNineOfTheWholeJobMatchesAnUninterruptedRun) {
+  ASSERT_TRUE(have_sotu());
+  test::TempDir dir;
+  std::string out, err;
+  // Dropout on: each rank's own random stream must come back from the checkpoint too.
+  const std::string settings = " --set training.steps=60 --set training.log_interval=1 --set training.checkpoint_interval=25";
+  ASSERT_EQ(test::run_distill("--nproc 2 train configs/tiny.yaml --dense --output " + dir.file("whole") + settings, &out, &err), 0) << err;
+  const std::string tok = " --set data.tokenizer.path=" + dir.file("whole/tokenizer");
+  const std::string script = "cd " + std::string(DISTILL_SOURCE_DIR) + " && (" + DISTILL_BINARY + " --nproc 2 train configs/tiny.yaml --dense --output " +
+                             dir.file("killed") + settings + tok + " 2>" + dir.file("err") +
+                             " & p=$!; for i in $(seq 900); do grep -q 'step 60/' " + dir.file("err") +
+                             " && break; sleep 0.05; done; pkill -9 -P $p; kill -9 $p; wait $p; true)";
+  ASSERT_EQ(std::system(script.c_str()), 0);
+  ASSERT_NE(read_text_file(dir.file("err")).find("step 60/"), std::string::npos) << read_text_file(dir.file("err"));
+  ASSERT_FALSE(fs::exists(dir.file("killed/baseline/DONE.json"))) << "finished before the kill";
+  ASSERT_FALSE(latest_checkpoint(dir.file("killed/baseline")).empty());
+  // Each rank's random stream is in the checkpoint: another world size cannot continue it exactly.
+  EXPECT_EQ(test::run_distill("train configs/tiny.yaml --dense --resume --output " + dir.file("killed") + settings + tok, &out, &err), 1);
+  EXPECT_NE(err.find("was written by 2 rank(s) and this job has 1: resume with WORLD_SIZE=2 (or --nproc 2)"), std::string::npos) << err;
+  ASSERT_EQ(test::run_distill("--nproc 2 train configs/tiny.yaml --dense --resume --output " + dir.file("killed") + settings + tok, &out, &err), 0)
+      << err;
+  EXPECT_NE(err.find("resumed from"), std::string::npos) << err;
+  const auto a = load_model_tensors(dir.file("whole/baseline/model")), b = load_model_tensors(dir.file("killed/baseline/model"));
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto& [name, t] : a) EXPECT_TRUE(torch::allclose(t, b.at(name), 1e-6, 1e-6)) << name;
+  const auto la = losses(dir.file("whole/baseline/metrics.jsonl")), lb = losses(dir.file("killed/baseline/metrics.jsonl"));
+  ASSERT_EQ(la.size(), lb.size());
+  for (size_t i = 0; i < la.size(); ++i) EXPECT_NEAR(la[i], lb[i], 1e-6) << "step " << i + 1;
+}
+
+TEST(E2eDataParallel, RunWithTwoRanksReportsWhatOneProcessDoesWithinNoise) {
+  ASSERT_TRUE(have_sotu());
+  test::TempDir dir;
+  std::string out, err;
+  ASSERT_EQ(test::run_distill("run configs/tiny.yaml --output " + dir.file("one"), &out, &err), 0) << err;
+  const std::string tok = " --set data.tokenizer.path=" + dir.file("one/tokenizer");
+  ASSERT_EQ(test::run_distill("--nproc 2 run configs/tiny.yaml --output " + dir.file("two") + tok, &out, &err), 0) << err;
+  const auto a = json::parse(read_text_file(dir.file("one/report.json"))), b = json::parse(read_text_file(dir.file("two/report.json")));
+  EXPECT_EQ(b["baseline"]["budget"]["world_size"], 2);
+  EXPECT_EQ(b["baseline"]["budget"]["steps"], a["baseline"]["budget"]["steps"]);
+  EXPECT_EQ(b["baseline"]["budget"]["tokens"], a["baseline"]["budget"]["tokens"]);
+  // The ranks draw their own dropout, so the runs differ by training noise, not by the setup.
+  for (const char* m : {"teacher", "baseline", "student"}) {
+    const double x = a["quality"][m].get<double>(), y = b["quality"][m].get<double>();
+    EXPECT_NEAR(x, y, 0.05) << m;
+  }
+  const auto done = json::parse(read_text_file(dir.file("two/baseline/DONE.json")));
+  EXPECT_EQ(done["tokens_per_s_by_rank"].size(), 2u);
+}
+
 // Starts ranks by hand with torchrun's variables; returns the shell script's exit status.
 std::string rank_command(int rank, const std::string& port, const std::string& args) {
   return "RANK=" + std::to_string(rank) + " WORLD_SIZE=2 LOCAL_RANK=" + std::to_string(rank) +
