@@ -1,5 +1,7 @@
 #include "distill/bench.h"
 
+#include "distill/distributed.h"
+
 #include <sys/resource.h>
 #include <torch/torch.h>
 
@@ -151,9 +153,13 @@ BenchResult run_bench(const BenchShape& s, const BenchOptions& o) {
   for (auto& p : teacher->parameters()) p.set_requires_grad(false);
   student->train();
 
-  auto ids = torch::randint(2, s.vocab_size, {s.batch, s.src_len}, torch::kLong);
-  auto mask = torch::ones({s.batch, s.src_len}, torch::kLong);
-  auto labels = torch::randint(2, s.vocab_size, {s.batch, s.tgt_len}, torch::kLong);
+  // Data-parallel: this rank's rows of the global batch; timings are then a global step's.
+  Collective* w = world();
+  r.world_size = w ? w->world_size() : 1;
+  const int64_t rows = w ? s.batch * (w->rank() + 1) / w->world_size() - s.batch * w->rank() / w->world_size() : s.batch;
+  auto ids = torch::randint(2, s.vocab_size, {rows, s.src_len}, torch::kLong);
+  auto mask = torch::ones({rows, s.src_len}, torch::kLong);
+  auto labels = torch::randint(2, s.vocab_size, {rows, s.tgt_len}, torch::kLong);
   auto dec = shift_right(labels, 0, 0);
   const double tokens = static_cast<double>(s.batch * (s.src_len + s.tgt_len));
 
@@ -174,8 +180,14 @@ BenchResult run_bench(const BenchShape& s, const BenchOptions& o) {
       loss = loss_of(student->forward({ids, mask, dec, {}, {}}).logits);
     }
     loss.backward();
+    if (w) allreduce_gradients(*w, params);
     adamw.step(1e-4);
   };
+  for (const auto& [name, p] : params) r.allreduce_bytes += static_cast<double>(p.numel() * 4);
+  if (w) {
+    student_step([&](const torch::Tensor& s) { return token_cross_entropy(s, labels); });  // gradients to reduce
+    r.allreduce = time_it(o, [&] { allreduce_gradients(*w, params); });
+  }
   r.teacher_forward = time_it(o, [&] { teacher_forward(); });
   r.student_step = time_it(o, [&] { student_step([&](const torch::Tensor& s) { return token_cross_entropy(s, labels); }); });
   r.distill_step = time_it(o, [&] {
@@ -184,7 +196,7 @@ BenchResult run_bench(const BenchShape& s, const BenchOptions& o) {
   });
   // An epoch after the first with the teacher cache: every batch is a hit.
   Batch batch{ids, mask, dec, labels, 0, 0, {}};
-  for (int64_t i = 0; i < s.batch; ++i) batch.example_ids.push_back(static_cast<uint32_t>(i));
+  for (int64_t i = 0; i < rows; ++i) batch.example_ids.push_back(static_cast<uint32_t>(i));
   TeacherCache cache(s.cache_top_k, loss_options.temperature);
   cache.targets(batch, teacher_forward);
   r.cached_step = time_it(o, [&] {
@@ -263,6 +275,9 @@ json BenchResult::to_json() const {
                      {"student_bf16", shape.student_bf16},
                      {"cache_top_k", shape.cache_top_k}}},
           {"threads", threads},
+          {"world_size", world_size},
+          {"allreduce_bytes_per_step", allreduce_bytes},
+          {"allreduce_ms", allreduce.median_ms},
           {"blas", blas},
           {"blas_kernels", blas_kernels},
           {"sgemm", sgemm},
@@ -295,6 +310,10 @@ std::string BenchResult::markdown() const {
             fmt::format("{:.2f}x the student step", cached_vs_student_ratio));
   md += row("Switch layer fwd+bwd", switch_layer, fmt::format("{:.2f}x the dense FFN of equal FLOPs", switch_vs_dense_ratio));
   md += row("dense FFN fwd+bwd", dense_layer, "");
+  if (world_size > 1) {
+    md += row(fmt::format("gradient all-reduce ({} ranks)", world_size).c_str(), allreduce,
+              fmt::format("{:.1f} MB per rank per step", allreduce_bytes / 1e6));
+  }
   md += fmt::format("\nmatmul peak: {:.0f} GFLOP/s fp32, {:.0f} GFLOP/s bf16; peak RSS {:.0f} MB\n", matmul_peak_gflops_fp32,
                     matmul_peak_gflops_bf16, peak_rss_mb);
   return md;

@@ -50,6 +50,9 @@ struct BenchResult {
   std::string sgemm;         // library behind the models' float32 products: "oneDNN" or "OpenBLAS"
   std::string cpu;           // the CPU's model name, from /proc/cpuinfo
   int threads = 0;
+  int world_size = 1;          // data-parallel ranks (distill --nproc N bench): each takes batch/N rows
+  double allreduce_bytes = 0;  // gradient bytes each rank all-reduces per step
+  Timing allreduce;            // the gradient all-reduce alone (ranks > 1)
   nlohmann::json to_json() const;
   std::string markdown() const;
 };

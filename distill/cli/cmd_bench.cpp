@@ -5,6 +5,7 @@
 
 #include "distill/bench.h"
 #include "distill/cli/commands.h"
+#include "distill/distributed.h"
 #include "models/errors.h"
 
 namespace distill::cli {
@@ -59,7 +60,7 @@ Command add_bench(CLI::App& app) {
             if (*student_bf16) s.student_bf16 = true;
             if (*cache_k) s.cache_top_k = a->shape.cache_top_k;
             auto r = run_bench(s, a->options);
-            std::cout << (a->json ? r.to_json().dump(2) : r.markdown()) << "\n";
+            if (is_writer()) std::cout << (a->json ? r.to_json().dump(2) : r.markdown()) << "\n";
           }};
 }
 
