@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -17,6 +18,7 @@ struct Budget {
                             // batches), plus the frozen teacher's forwards when distilling
   double seconds = 0;       // wall time of the training loop
   int64_t world_size = 1;   // data-parallel processes it trained on (the most, over summed stages)
+  std::vector<double> tokens_per_s_by_rank;  // each rank's own throughput in its last run (not summed)
 
   Budget& operator+=(const Budget& other);
   nlohmann::json to_json() const;

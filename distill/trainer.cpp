@@ -447,6 +447,8 @@ TrainResult Trainer::run() {
   // Each rank's own throughput (its share of the tokens over the loop's wall time).
   std::vector<double> by_rank{result.tokens_per_second};
   if (o_.dist) by_rank = o_.dist->allgather(result.seconds > 0 ? static_cast<double>(own_tokens) / result.seconds : 0.0);
+  budget_.tokens_per_s_by_rank = by_rank;
+  result.budget = budget_;
   if (!writer()) {
     o_.dist->barrier();  // until rank 0 has written the model the stage's caller reads back
     return result;

@@ -97,6 +97,7 @@ TEST(E2eDataParallel, RunWithTwoRanksReportsWhatOneProcessDoesWithinNoise) {
   ASSERT_EQ(test::run_distill("--nproc 2 run configs/tiny.yaml --output " + dir.file("two") + tok, &out, &err), 0) << err;
   const auto a = json::parse(read_text_file(dir.file("one/report.json"))), b = json::parse(read_text_file(dir.file("two/report.json")));
   EXPECT_EQ(b["baseline"]["budget"]["world_size"], 2);
+  EXPECT_EQ(b["baseline"]["budget"]["tokens_per_s_by_rank"].size(), 2u);
   EXPECT_EQ(b["baseline"]["budget"]["steps"], a["baseline"]["budget"]["steps"]);
   EXPECT_EQ(b["baseline"]["budget"]["tokens"], a["baseline"]["budget"]["tokens"]);
   // The ranks draw their own dropout, so the runs differ by training noise, not by the setup.
