@@ -53,6 +53,7 @@ struct BenchResult {
   int world_size = 1;          // data-parallel ranks (distill --nproc N bench): each takes batch/N rows
   double allreduce_bytes = 0;  // gradient bytes each rank all-reduces per step
   Timing allreduce;            // the gradient all-reduce alone (ranks > 1)
+  Timing student_step_reduced_after;  // the student step with the all-reduce after backward, not during it
   nlohmann::json to_json() const;
   std::string markdown() const;
 };

@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <cstdlib>
+#include <algorithm>
 #include <limits>
 
 namespace distill {
@@ -177,6 +178,22 @@ std::vector<double> Collective::allgather(double value) {
   return sum_over_ranks(v);
 }
 
+std::function<void()> Collective::start_allreduce(const at::Tensor& t) {
+  try {
+    std::vector<at::Tensor> buf{t};
+    auto work = group_->pg->allreduce(buf);
+    return [this, work] {
+      try {
+        work->wait();
+      } catch (const std::exception& e) {
+        fail("all-reduce", e);
+      }
+    };
+  } catch (const std::exception& e) {
+    fail("all-reduce", e);
+  }
+}
+
 void Collective::barrier() {
   try {
     group_->pg->barrier()->wait();
@@ -188,6 +205,127 @@ void Collective::barrier() {
 Collective* world() { return g_world.get(); }
 void set_world(std::unique_ptr<Collective> collective) { g_world = std::move(collective); }
 bool is_writer() { return !g_world || g_world->is_root(); }
+
+struct GradientReducer::State {
+  struct Bucket {
+    std::vector<size_t> members;   // parameter indices
+    std::vector<int64_t> offsets;  // of each member in `flat`
+    at::Tensor flat;               // float32
+    size_t ready = 0;
+    std::function<void()> wait;    // set once launched
+  };
+  Collective* c = nullptr;
+  std::vector<std::pair<std::string, at::Tensor>> params;  // the trainable ones
+  std::vector<Bucket> buckets;
+  std::vector<size_t> bucket_of, slot_of;
+  std::vector<float> defined;
+  bool armed = false;
+  size_t next = 0;  // buckets start strictly in index order, the same on every rank, however
+                    // each rank's backward happens to fill them (Gloo pairs collectives by order)
+
+  void launch_ready() {
+    while (next < buckets.size() && buckets[next].ready == buckets[next].members.size()) {
+      buckets[next].wait = c->start_allreduce(buckets[next].flat);
+      ++next;
+    }
+  }
+  void on_gradient(size_t i, const at::Tensor& incoming) {
+    if (!armed) return;
+    const auto& p = params[i].second;
+    Bucket& b = buckets[bucket_of[i]];
+    auto slot = b.flat.narrow(0, b.offsets[slot_of[i]], p.numel());
+    // What .grad will hold after this backward: earlier micro-batches' sum plus this one.
+    if (p.grad().defined()) slot.copy_((p.grad() + incoming).reshape({-1}));
+    else slot.copy_(incoming.reshape({-1}));
+    defined[i] = 1.0f;
+    ++b.ready;
+    launch_ready();
+  }
+};
+
+GradientReducer::GradientReducer(Collective& c, std::vector<std::pair<std::string, at::Tensor>> params, int64_t bucket_bytes)
+    : s_(std::make_shared<State>()) {
+  s_->c = &c;
+  for (auto& np : params)
+    if (np.second.requires_grad()) s_->params.push_back(std::move(np));
+  const size_t n = s_->params.size();
+  s_->bucket_of.resize(n);
+  s_->slot_of.resize(n);
+  s_->defined.assign(n, 0.0f);
+  // Backward produces gradients roughly in reverse order of the parameters' registration.
+  int64_t bytes = 0;
+  for (size_t k = n; k-- > 0;) {
+    const auto& p = s_->params[k].second;
+    if (s_->buckets.empty() || bytes + p.numel() * 4 > bucket_bytes) {
+      s_->buckets.emplace_back();
+      bytes = 0;
+    }
+    auto& b = s_->buckets.back();
+    s_->bucket_of[k] = s_->buckets.size() - 1;
+    s_->slot_of[k] = b.members.size();
+    b.offsets.push_back(bytes / 4);
+    b.members.push_back(k);
+    bytes += p.numel() * 4;
+  }
+  for (auto& b : s_->buckets) {
+    int64_t total = 0;
+    for (size_t m : b.members) total += s_->params[m].second.numel();
+    b.flat = at::zeros({total}, at::kFloat);
+  }
+  for (size_t k = 0; k < n; ++k) {
+    std::weak_ptr<State> weak = s_;
+    s_->params[k].second.register_hook([weak, k](const at::Tensor& g) {
+      if (auto st = weak.lock()) st->on_gradient(k, g);
+      return at::Tensor();
+    });
+  }
+}
+
+GradientReducer::~GradientReducer() = default;
+
+void GradientReducer::arm() {
+  for (auto& b : s_->buckets) {
+    b.flat.zero_();
+    b.ready = 0;
+    b.wait = nullptr;
+  }
+  std::fill(s_->defined.begin(), s_->defined.end(), 0.0f);
+  s_->next = 0;
+  s_->armed = true;
+}
+
+void GradientReducer::finish() {
+  s_->armed = false;
+  // Parameters this rank's backward did not reach: their earlier micro-batches' gradient, or zeros.
+  for (size_t k = 0; k < s_->params.size(); ++k) {
+    if (s_->defined[k] != 0.0f) continue;
+    const auto& p = s_->params[k].second;
+    auto& b = s_->buckets[s_->bucket_of[k]];
+    if (p.grad().defined()) {
+      b.flat.narrow(0, b.offsets[s_->slot_of[k]], p.numel()).copy_(p.grad().reshape({-1}));
+      s_->defined[k] = 1.0f;
+    }
+    ++b.ready;
+  }
+  s_->launch_ready();
+  auto had = at::tensor(s_->defined, at::kFloat);
+  auto wait_had = s_->c->start_allreduce(had);
+  for (auto& b : s_->buckets) b.wait();
+  wait_had();
+  const float* h = had.data_ptr<float>();
+  at::NoGradGuard ng;
+  for (size_t k = 0; k < s_->params.size(); ++k) {
+    auto& p = s_->params[k].second;
+    if (h[k] == 0.0f) {
+      p.mutable_grad() = at::Tensor();
+      continue;
+    }
+    const auto& b = s_->buckets[s_->bucket_of[k]];
+    auto sum = b.flat.narrow(0, b.offsets[s_->slot_of[k]], p.numel()).view(p.sizes());
+    if (p.grad().defined()) p.mutable_grad().copy_(sum);
+    else p.mutable_grad() = sum.clone();
+  }
+}
 
 void allreduce_gradients(Collective& c, const std::vector<std::pair<std::string, at::Tensor>>& params) {
   std::vector<at::Tensor> trainable, grads;

@@ -7,12 +7,14 @@
 #include <ATen/Tensor.h>
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "models/errors.h"
+
 
 namespace distill {
 
@@ -59,6 +61,8 @@ class Collective {
   // Every rank's value, by rank.
   std::vector<double> allgather(double value);
   void barrier();
+  // Starts a sum over ranks of `t` in place; the returned function waits for it.
+  std::function<void()> start_allreduce(const at::Tensor& t);
 
  private:
   struct Group;
@@ -73,7 +77,28 @@ void set_world(std::unique_ptr<Collective> collective);
 // True for rank 0 and for a single process: the one that writes outputs.
 bool is_writer();
 
-// Sums the gradients of `params` over the ranks. A parameter without a gradient on some rank takes
+// DistributedDataParallel's reducer, on c10d: the gradients of `params`, in buckets ordered as
+// backward produces them (last parameters first), are summed over the ranks while backward still
+// runs: a hook on each parameter copies its gradient into its bucket, and a full bucket's
+// all-reduce starts at once. finish() starts what is left, waits, and writes the sums into .grad.
+class GradientReducer {
+ public:
+  GradientReducer(Collective& c, std::vector<std::pair<std::string, at::Tensor>> params, int64_t bucket_bytes = 4 << 20);
+  ~GradientReducer();
+  GradientReducer(const GradientReducer&) = delete;
+  GradientReducer& operator=(const GradientReducer&) = delete;
+  // Before the step's last backward (earlier micro-batches accumulate into .grad as usual).
+  void arm();
+  // After that backward: every rank's gradient summed into .grad; a parameter no rank produced a
+  // gradient for stays without one, as in one process.
+  void finish();
+
+ private:
+  struct State;
+  std::shared_ptr<State> s_;  // the parameters' hooks hold it weakly: they outlive the reducer
+};
+
+// Sums the gradients of `params` over the ranks after backward (no overlap). A parameter without a gradient on some rank takes
 // zeros there; one that no rank produced a gradient for stays without one (as in one process).
 void allreduce_gradients(Collective& c, const std::vector<std::pair<std::string, at::Tensor>>& params);
 

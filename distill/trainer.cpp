@@ -107,7 +107,7 @@ Trainer::Trainer(Seq2SeqModel model, std::shared_ptr<const Dataset> data, const 
   }
 }
 
-Trainer::StepLosses Trainer::train_step(const Batch& b, double scale) {
+Trainer::StepLosses Trainer::train_step(const Batch& b, double scale, const std::function<bool(StepLosses&)>& before_backward) {
   StepLosses l;
   Seq2SeqInputs in = model_inputs(b, /*labels=*/true);
   const int64_t B = b.input_ids.size(0), S = b.input_ids.size(1), T = b.labels.size(1);
@@ -144,10 +144,14 @@ Trainer::StepLosses Trainer::train_step(const Batch& b, double scale) {
     for (const auto& [prefix, r] : out.routing) routing_.add(prefix, r, routed_tokens(prefix, b));
   }
   l.total = loss.item<double>();
-  if (!std::isfinite(l.total)) return l;
-  (loss * scale).backward();
   l.tokens = b.input_tokens + b.target_tokens;
   l.examples = B;
+  if (before_backward) {
+    if (!before_backward(l)) return l;
+  } else if (!std::isfinite(l.total)) {
+    return l;
+  }
+  (loss * scale).backward();
   return l;
 }
 
@@ -315,6 +319,8 @@ TrainResult Trainer::run() {
   int64_t epoch = position.epoch;
   auto epoch_start = start;
   bool stop = false;  // Ctrl-C or SIGTERM on any rank: every rank stops after the same step
+  std::unique_ptr<GradientReducer> reducer;
+  if (o_.dist) reducer = std::make_unique<GradientReducer>(*o_.dist, params_);
   while (step < t.steps) {
     optimizer_->zero_grad();
     StepLosses sl;
@@ -330,13 +336,23 @@ TrainResult Trainer::run() {
         // global batch's target tokens, so the summed gradients are one process's on the whole batch.
         const Batch shard = shard_rows(item.batch, rank, ranks);
         const double share = static_cast<double>(shard.target_tokens) / static_cast<double>(item.batch.target_tokens);
-        if (shard.input_ids.size(0) > 0) l = train_step(shard, share / static_cast<double>(t.grad_accumulation));
-        own_tokens += l.tokens;
-        const auto g = o_.dist->sum_over_ranks({l.total * share, l.hard * share, l.soft * share, l.kl * share, l.aux * share,
-                                               l.z * share, static_cast<double>(l.tokens), static_cast<double>(l.examples),
-                                               l.flops, interrupt::requested() ? 1.0 : 0.0});
-        l = {g[0], g[1], g[2], g[3], g[4], g[5], static_cast<int64_t>(g[6]), static_cast<int64_t>(g[7]), g[8]};
-        stop = g[9] > 0;
+        // The losses are reduced before backward: every rank then knows whether to go on, and the
+        // gradient buckets are the only collectives backward starts.
+        auto reduce = [&](StepLosses& x) {
+          own_tokens += x.tokens;
+          const auto g = o_.dist->sum_over_ranks({x.total * share, x.hard * share, x.soft * share, x.kl * share, x.aux * share,
+                                                  x.z * share, static_cast<double>(x.tokens), static_cast<double>(x.examples),
+                                                  x.flops, interrupt::requested() ? 1.0 : 0.0});
+          x = {g[0], g[1], g[2], g[3], g[4], g[5], static_cast<int64_t>(g[6]), static_cast<int64_t>(g[7]), g[8]};
+          stop = g[9] > 0;
+          return std::isfinite(x.total);
+        };
+        if (micro + 1 == t.grad_accumulation) reducer->arm();  // the step's last backward reduces as it goes
+        if (shard.input_ids.size(0) > 0) {
+          l = train_step(shard, share / static_cast<double>(t.grad_accumulation), reduce);
+        } else {
+          reduce(l);  // no rows for this rank: it still takes part
+        }
       }
       if (!std::isfinite(l.total)) throw diverged(fmt::format("loss is {} at step {}", l.total, step + 1));
       const double k = 1.0 / static_cast<double>(t.grad_accumulation);
@@ -350,7 +366,7 @@ TrainResult Trainer::run() {
       sl.examples += l.examples;
       sl.flops += l.flops;
     }
-    if (o_.dist) allreduce_gradients(*o_.dist, params_);
+    if (reducer) reducer->finish();
     if (expert_grad_scale != 1.0) scale_expert_gradients(params_, expert_grad_scale);
     const double grad_norm = clip_grad_norm(params_, t.grad_clip);
     // Checked before the update, so the weights and optimizer state stay those of the last good step.

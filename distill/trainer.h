@@ -2,6 +2,7 @@
 // truth, or a student against a frozen teacher. Logs, metrics.jsonl, checkpoints, exact resume.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -71,7 +72,9 @@ class Trainer {
 
  private:
   struct StepLosses;
-  StepLosses train_step(const Batch& batch, double scale);
+  // Forward, losses, then backward of loss * scale unless `before_backward` (given the step's
+  // losses) returns false; data-parallel ranks reduce their losses there, before any gradient moves.
+  StepLosses train_step(const Batch& batch, double scale, const std::function<bool(StepLosses&)>& before_backward = {});
   bool writer() const { return o_.dist == nullptr || o_.dist->is_root(); }
   void save_checkpoint(int64_t step, const DataPosition& next);
   // The error for non-finite training state, naming the last good checkpoint.

@@ -40,22 +40,35 @@ TEST(E2eDataParallel, TwoRanksOfHalfTheBatchMatchOneRankOfTheWholeBatch) {
   ASSERT_TRUE(have_sotu());
   test::TempDir dir;
   std::string out, err;
-  ASSERT_EQ(test::run_distill("train configs/tiny.yaml --dense --output " + dir.file("one") + kSettings, &out, &err), 0) << err;
-  // The second run reuses the first's tokenizer: only the parallelism differs.
-  const std::string tok = " --set data.tokenizer.path=" + dir.file("one/tokenizer");
-  ASSERT_EQ(test::run_distill("--nproc 2 train configs/tiny.yaml --dense --output " + dir.file("two") + kSettings + tok, &out, &err), 0)
-      << err;
-  EXPECT_NE(err.find("launched 2 ranks"), std::string::npos) << err;
-  const auto a = losses(dir.file("one/baseline/metrics.jsonl")), b = losses(dir.file("two/baseline/metrics.jsonl"));
-  ASSERT_EQ(a.size(), 20u);
-  ASSERT_EQ(b.size(), a.size());
-  for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-5) << "step " << i + 1;
-  const auto wa = load_model_tensors(dir.file("one/baseline/model")), wb = load_model_tensors(dir.file("two/baseline/model"));
-  ASSERT_EQ(wa.size(), wb.size());
-  for (const auto& [name, t] : wa) EXPECT_TRUE(torch::allclose(t, wb.at(name), 1e-5, 1e-5)) << name;
-  // Only rank 0 writes: one metrics line per step, one checkpoint.
-  const auto state = json::parse(read_text_file(latest_checkpoint(dir.file("two/baseline")) + "/trainer_state.json"));
-  EXPECT_EQ(state["world_size"], 2);
+  // Also with two micro-batches per step: the buckets' hooks see the accumulated gradient.
+  for (const std::string accumulation : {"1", "2"}) {
+    const std::string one = dir.file("one" + accumulation), two = dir.file("two" + accumulation);
+    const std::string settings = kSettings + " --set training.grad_accumulation=" + accumulation;
+    ASSERT_EQ(test::run_distill("train configs/tiny.yaml --dense --output " + one + settings, &out, &err), 0) << err;
+    // The second run reuses the first's tokenizer: only the parallelism differs.
+    const std::string tok = " --set data.tokenizer.path=" + one + "/tokenizer";
+    ASSERT_EQ(test::run_distill("--nproc 2 train configs/tiny.yaml --dense --output " + two + settings + tok, &out, &err), 0) << err;
+    EXPECT_NE(err.find("launched 2 ranks"), std::string::npos) << err;
+    const auto a = losses(one + "/baseline/metrics.jsonl"), b = losses(two + "/baseline/metrics.jsonl");
+    ASSERT_EQ(a.size(), 20u);
+    ASSERT_EQ(b.size(), a.size());
+    for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-5) << "step " << i + 1 << ", accumulation " << accumulation;
+    const auto wa = load_model_tensors(one + "/baseline/model"), wb = load_model_tensors(two + "/baseline/model");
+    ASSERT_EQ(wa.size(), wb.size());
+    for (const auto& [name, t] : wa) {
+      if (accumulation == "1") {
+        EXPECT_TRUE(torch::allclose(t, wb.at(name), 1e-5, 1e-5)) << name;
+      } else {
+        // Summed in another order, a few near-zero gradient elements round differently and Adam
+        // (which divides by their root mean square) magnifies that in those elements only: the
+        // losses above agree to 1e-5; the weights agree as a whole.
+        EXPECT_LT((t - wb.at(name)).norm().item<double>(), 1e-3 * t.norm().item<double>()) << name;
+      }
+    }
+    // Only rank 0 writes, and its checkpoints say how many ranks wrote them.
+    const auto state = json::parse(read_text_file(latest_checkpoint(two + "/baseline") + "/trainer_state.json"));
+    EXPECT_EQ(state["world_size"], 2);
+  }
 }
 
 TEST(E2eDataParallel, ResumeAfterKillNineOfTheWholeJobMatchesAnUninterruptedRun) {
