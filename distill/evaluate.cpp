@@ -1,5 +1,7 @@
 #include "distill/evaluate.h"
 
+#include "models/arch/model_stats.h"
+
 #include <torch/torch.h>
 
 #include <cmath>
@@ -88,6 +90,11 @@ EvalResult evaluate(Seq2SeqModel& model, const std::vector<Batch>& batches, Coll
     for (auto* s : {&r.batch_nll, &r.batch_correct}) {
       s->value = dist->sum_over_ranks(s->value);
       s->count = dist->sum_over_ranks(s->count);
+    }
+    if (config.is_sparse()) {
+      std::vector<std::string> prefixes;
+      for (const auto& l : sparse_layers(config)) prefixes.push_back(l.name + ".");
+      routing.reduce(*dist, prefixes, config.num_experts);
     }
   }
   double total = 0;

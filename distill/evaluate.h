@@ -46,7 +46,7 @@ at::Tensor expert_counts(const RouterOutput& routing, const at::Tensor& real);
 
 // Runs `model` in eval mode without gradients on every batch. With `dist`, each rank runs every
 // world_size-th batch and the per-batch sums are reduced, so every rank gets the whole result
-// (a sparse model's routing health is its own share's).
+// (routing health included).
 EvalResult evaluate(Seq2SeqModel& model, const std::vector<Batch>& batches, Collective* dist = nullptr);
 
 }  // namespace distill

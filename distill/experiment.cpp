@@ -492,7 +492,7 @@ class Evaluations {
     auto it = done_.find(dir);
     if (it != done_.end()) return it->second;
     auto model = load();
-    return done_.emplace(dir, evaluate(model, batches_)).first->second;
+    return done_.emplace(dir, evaluate(model, batches_, world())).first->second;
   }
 
  private:
@@ -581,9 +581,9 @@ json run_comparison(const RunConfig& c, bool resume) {
   spdlog::info("evaluating {} model(s) on {} held-out batches", 2 * runs.size(), data.eval.size());
   for (auto& run : runs) {
     auto teacher = load_model(run.teacher.model_dir);
-    run.teacher_eval = evaluate(teacher, data.eval);
+    run.teacher_eval = evaluate(teacher, data.eval, world());
     auto dense = load_model(run.baseline.model_dir);
-    run.baseline_eval = evaluate(dense, data.eval);
+    run.baseline_eval = evaluate(dense, data.eval, world());
   }
   ComparisonInputs in;
   in.teacher = read_hf_config((fs::path(runs[0].teacher.model_dir) / "config.json").string());

@@ -42,6 +42,30 @@ void RoutingAccumulator::add(const std::string& prefix, const RouterOutput& r, c
   }
 }
 
+void RoutingAccumulator::reduce(Collective& c, const std::vector<std::string>& prefixes, int64_t num_experts) {
+  // [tokens, dropped, dropped_train, gate, aux, batches, load x E] per layer, zeros where absent.
+  const size_t width = 6 + static_cast<size_t>(num_experts);
+  std::vector<double> flat(prefixes.size() * width, 0.0);
+  for (size_t i = 0; i < prefixes.size(); ++i) {
+    auto it = layers_.find(prefixes[i]);
+    if (it == layers_.end()) continue;
+    const Sums& s = it->second;
+    double* row = &flat[i * width];
+    row[0] = s.tokens, row[1] = s.dropped, row[2] = s.dropped_train, row[3] = s.gate, row[4] = s.aux;
+    row[5] = static_cast<double>(s.batches);
+    if (s.load.defined()) std::copy(s.load.data_ptr<double>(), s.load.data_ptr<double>() + num_experts, row + 6);
+  }
+  flat = c.sum_over_ranks(flat);
+  for (size_t i = 0; i < prefixes.size(); ++i) {
+    const double* row = &flat[i * width];
+    if (row[5] == 0) continue;  // no rank saw it
+    Sums& s = layers_[prefixes[i]];
+    s.tokens = row[0], s.dropped = row[1], s.dropped_train = row[2], s.gate = row[3], s.aux = row[4];
+    s.batches = static_cast<int64_t>(row[5]);
+    s.load = torch::tensor(std::vector<double>(row + 6, row + width), torch::kFloat64);
+  }
+}
+
 std::vector<LayerRouting> RoutingAccumulator::layers() const {
   std::vector<LayerRouting> out;
   for (const auto& [prefix, s] : layers_) {

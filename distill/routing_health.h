@@ -11,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "distill/distributed.h"
 #include "models/arch/routing.h"
 #include "models/arch/switch_moe.h"
 
@@ -42,6 +43,9 @@ class RoutingAccumulator {
   // One batch of one layer: its routing and its real tokens [B, S] bool.
   void add(const std::string& prefix, const RouterOutput& routing, const at::Tensor& real);
   std::vector<LayerRouting> layers() const;
+  // Sums every rank's accumulation into each rank's, for the layers named by `prefixes` (each
+  // rank passes the same, e.g. every sparse layer of the model) with `num_experts` experts.
+  void reduce(Collective& c, const std::vector<std::string>& prefixes, int64_t num_experts);
   bool empty() const { return layers_.empty(); }
   void clear() { layers_.clear(); }
 

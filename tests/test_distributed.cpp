@@ -118,6 +118,9 @@ TEST(E2eDataParallel, RunWithTwoRanksReportsWhatOneProcessDoesWithinNoise) {
     const double x = a["quality"][m].get<double>(), y = b["quality"][m].get<double>();
     EXPECT_NEAR(x, y, 0.05) << m;
   }
+  // Routing health covers every held-out batch, whichever rank evaluated it.
+  ASSERT_EQ(a["routing"].size(), b["routing"].size());
+  for (size_t i = 0; i < a["routing"].size(); ++i) EXPECT_EQ(a["routing"][i]["tokens"], b["routing"][i]["tokens"]) << i;
   const auto done = json::parse(read_text_file(dir.file("two/baseline/DONE.json")));
   EXPECT_EQ(done["tokens_per_s_by_rank"].size(), 2u);
 }
