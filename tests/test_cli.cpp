@@ -250,7 +250,7 @@ TEST(CliTorchBin, InspectAndForwardReadPytorchModelBinLikeTheSafetensorsCopy) {
   jb.erase("weights");
   EXPECT_EQ(ja, jb);
   const auto [la, ta] = forward_on_goldens(test::fixture("switch-tiny-4"), dir, "st");
-  for (const std::string model : {test::fixture("switch-tiny-4-bin"), test::fixture("torch-bin/sharded")}) {
+  for (const std::string& model : {test::fixture("switch-tiny-4-bin"), test::fixture("torch-bin/sharded")}) {
     const auto [lb, tb] = forward_on_goldens(model, dir, "bin");
     EXPECT_EQ(la, lb) << model;
     for (const auto& [name, t] : ta) EXPECT_TRUE(torch::equal(t, tb.at(name))) << model << " " << name;

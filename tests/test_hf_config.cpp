@@ -103,6 +103,16 @@ TEST(HfConfig, MissingRequiredKeyAndBadValues) {
   EXPECT_NE(err.find("router_dtype"), std::string::npos) << err;
   j.erase("router_dtype");
   EXPECT_NE(config_error(j.dump()).find("dropout_rate must be in [0, 1)"), std::string::npos);
+  // distill's own choices, both named at once.
+  j = json::parse(read_text_file(test::fixture("switch-tiny-4/config.json")));
+  j["capacity_mode"] = "per_batch";
+  j["router_loss"] = "mean";
+  err = config_error(j.dump());
+  EXPECT_NE(err.find("key \"capacity_mode\" must be \"fixed\" or \"factor\", got \"per_batch\""), std::string::npos) << err;
+  EXPECT_NE(err.find("key \"router_loss\" must be \"paper\" or \"hf\", got \"mean\""), std::string::npos) << err;
+  j["capacity_mode"] = "factor";
+  j["router_loss"] = "hf";
+  EXPECT_EQ(config_error(j.dump()), "");
 }
 
 TEST(HfConfig, AbsurdSizesAreRefusedBeforeAnythingIsAllocated) {

@@ -2,6 +2,8 @@
 
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <utility>
+#include <vector>
 
 #include "models/io/atomic_file.h"
 #include "models/errors.h"
@@ -36,6 +38,22 @@ class KeyReader {
       if (!it->is_string()) return wrong(key, "a string", *it);
       out = it->template get<std::string>();
     }
+  }
+  // A string key naming one of `choices`; absent keeps `out`.
+  template <typename E>
+  void get_choice(const char* key, E& out, const std::vector<std::pair<std::string, E>>& choices) {
+    std::string name;
+    get(key, name);
+    if (name.empty() && !has(key)) return;
+    std::string names;
+    for (const auto& [n, v] : choices) {
+      if (n == name) {
+        out = v;
+        return;
+      }
+      names += (names.empty() ? "\"" : " or \"") + n + "\"";
+    }
+    problems_.push_back(std::string("key \"") + key + "\" must be " + names + ", got \"" + name + "\"");
   }
   bool has(const char* key) const { return j_.contains(key) && !j_.at(key).is_null(); }
   std::vector<std::string>& problems() { return problems_; }
@@ -126,19 +144,11 @@ ModelConfig read_hf_config(const std::string& path) {
                              "float32), got \"" + router_dtype + "\"");
     }
     // distill's own keys.
-    std::string mode = "fixed";
-    r.get("capacity_mode", mode);
-    if (mode == "fixed") c.capacity_mode = CapacityMode::kFixed;
-    else if (mode == "factor") c.capacity_mode = CapacityMode::kFactor;
-    else r.problems().push_back("key \"capacity_mode\" must be \"fixed\" or \"factor\", got \"" + mode + "\"");
+    r.get_choice("capacity_mode", c.capacity_mode, {{"fixed", CapacityMode::kFixed}, {"factor", CapacityMode::kFactor}});
     r.get("capacity_factor_train", c.capacity_factor_train);
     r.get("capacity_factor_eval", c.capacity_factor_eval);
     r.get("router_top_k", c.router_top_k);
-    std::string rule = "paper";
-    r.get("router_loss", rule);
-    if (rule == "paper") c.router_loss = RouterLoss::kPaper;
-    else if (rule == "hf") c.router_loss = RouterLoss::kHf;
-    else r.problems().push_back("key \"router_loss\" must be \"paper\" or \"hf\", got \"" + rule + "\"");
+    r.get_choice("router_loss", c.router_loss, {{"paper", RouterLoss::kPaper}, {"hf", RouterLoss::kHf}});
   }
   r.get("expert_dropout_rate", c.expert_dropout_rate);
 
