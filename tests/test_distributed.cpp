@@ -151,6 +151,29 @@ TEST(E2eDataParallel, KillingOneRankMakesTheOtherExitNonZeroWithinAMinute) {
   EXPECT_NE(err.find("rank 0: all-reduce failed"), std::string::npos) << err;
 }
 
+TEST(E2eDataParallel, ARankThatHangsFailsTheOtherAfterTheCollectiveTimeout) {
+  ASSERT_TRUE(have_sotu());
+  test::TempDir dir;
+  const std::string port = std::to_string(29300 + ::getpid() % 200);
+  const std::string args = "train configs/tiny.yaml --dense --output " + dir.file("run") +
+                           " --set training.steps=5000 --set training.log_interval=1";
+  auto rank = [&](int r) {  // a 10 s collective timeout instead of the default 300 s
+    std::string c = rank_command(r, port, args);
+    return c.replace(c.find("DISTILL_COLLECTIVE_TIMEOUT=120"), 30, "DISTILL_COLLECTIVE_TIMEOUT=10 ");
+  };
+  const std::string script = "cd " + std::string(DISTILL_SOURCE_DIR) + " && (" + rank(0) + " 2>" + dir.file("err0") + " & p0=$!; " +
+                             rank(1) + " 2>" + dir.file("err1") + " & p1=$!; for i in $(seq 900); do grep -q 'step 3/' " +
+                             dir.file("err0") + " && break; sleep 0.1; done; kill -STOP $p1; s=$(date +%s); wait $p0; echo $? >" +
+                             dir.file("code") + "; echo $(( $(date +%s) - s )) >" + dir.file("seconds") + "; kill -9 $p1; wait $p1; true)";
+  ASSERT_EQ(std::system(script.c_str()), 0);
+  const std::string err = read_text_file(dir.file("err0"));
+  EXPECT_EQ(read_text_file(dir.file("code")), "1\n") << err;
+  const int seconds = std::stoi(read_text_file(dir.file("seconds")));
+  EXPECT_GE(seconds, 8) << err;   // it waited for the stopped rank
+  EXPECT_LT(seconds, 40) << err;  // and no longer than the timeout allows
+  EXPECT_NE(err.find("did not answer within 10 s"), std::string::npos) << err;
+}
+
 TEST(E2eDataParallel, RanksWithDifferentConfigurationsRefuseToStart) {
   ASSERT_TRUE(have_sotu());
   test::TempDir dir;
