@@ -189,11 +189,15 @@ BenchResult run_bench(const BenchShape& s, const BenchOptions& o) {
   for (const auto& [name, p] : params) r.allreduce_bytes += static_cast<double>(p.numel() * 4);
   if (w) {
     student_step([&](const torch::Tensor& s) { return token_cross_entropy(s, labels); });  // gradients to reduce
-    r.allreduce = time_it(o, [&] { allreduce_gradients(*w, params); });
+    auto reduce_after_backward = [&] {
+      reducer->arm();
+      reducer->finish();
+    };
+    r.allreduce = time_it(o, reduce_after_backward);
     r.student_step_reduced_after = time_it(o, [&] {
       adamw.zero_grad();
       token_cross_entropy(student->forward({ids, mask, dec, {}, {}}).logits, labels).backward();
-      allreduce_gradients(*w, params);
+      reduce_after_backward();
       adamw.step(1e-4);
     });
   }

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <algorithm>
 #include <limits>
+#include <tuple>
 
 namespace distill {
 namespace {
@@ -118,52 +119,40 @@ void Collective::check_same(const std::string& what, const std::string& text) {
   }
 }
 
-void Collective::broadcast(const std::vector<at::Tensor>& tensors) {
+void Collective::bucketed(const char* op, const std::vector<at::Tensor>& tensors,
+                          const std::function<c10::intrusive_ptr<c10d::Work>(std::vector<at::Tensor>&)>& start) {
   try {
+    // Every bucket started, then waited on: Gloo works on them while this thread waits.
+    std::vector<std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, c10::intrusive_ptr<c10d::Work>>> pending;
     for (auto& bucket : buckets(tensors)) {
       std::vector<at::Tensor> flat;
       for (const auto& t : bucket) flat.push_back(t.detach().reshape({-1}));
       std::vector<at::Tensor> buf{at::cat(flat)};
-      c10d::BroadcastOptions o;
-      o.rootRank = 0;
-      group_->pg->broadcast(buf, o)->wait();
+      auto work = start(buf);
+      pending.emplace_back(std::move(bucket), std::move(buf), std::move(work));
+    }
+    at::NoGradGuard ng;
+    for (auto& [bucket, buf, work] : pending) {
+      work->wait();
       int64_t at = 0;
-      at::NoGradGuard ng;
       for (const auto& t : bucket) {
         t.detach().copy_(buf[0].narrow(0, at, t.numel()).view(t.sizes()));
         at += t.numel();
       }
     }
   } catch (const std::exception& e) {
-    fail("broadcast", e);
+    fail(op, e);
   }
 }
 
+void Collective::broadcast(const std::vector<at::Tensor>& tensors) {
+  c10d::BroadcastOptions o;
+  o.rootRank = 0;
+  bucketed("broadcast", tensors, [&](std::vector<at::Tensor>& buf) { return group_->pg->broadcast(buf, o); });
+}
+
 void Collective::allreduce_sum(const std::vector<at::Tensor>& tensors) {
-  try {
-    // Launched together, waited on together: Gloo works on them while this thread waits.
-    std::vector<std::pair<std::vector<at::Tensor>, c10::intrusive_ptr<c10d::Work>>> pending;
-    for (auto& bucket : buckets(tensors)) {
-      std::vector<at::Tensor> flat;
-      for (const auto& t : bucket) flat.push_back(t.detach().reshape({-1}));
-      std::vector<at::Tensor> buf{at::cat(flat)};
-      auto work = group_->pg->allreduce(buf);
-      pending.emplace_back(std::move(bucket), std::move(work));
-      pending.back().first.push_back(buf[0]);
-    }
-    at::NoGradGuard ng;
-    for (auto& [bucket, work] : pending) {
-      work->wait();
-      const at::Tensor sum = bucket.back();
-      int64_t at = 0;
-      for (size_t i = 0; i + 1 < bucket.size(); ++i) {
-        bucket[i].detach().copy_(sum.narrow(0, at, bucket[i].numel()).view(bucket[i].sizes()));
-        at += bucket[i].numel();
-      }
-    }
-  } catch (const std::exception& e) {
-    fail("all-reduce", e);
-  }
+  bucketed("all-reduce", tensors, [&](std::vector<at::Tensor>& buf) { return group_->pg->allreduce(buf); });
 }
 
 std::vector<double> Collective::sum_over_ranks(const std::vector<double>& values) {
@@ -215,7 +204,7 @@ struct GradientReducer::State {
     std::function<void()> wait;    // set once launched
   };
   Collective* c = nullptr;
-  std::vector<std::pair<std::string, at::Tensor>> params;  // the trainable ones
+  std::vector<at::Tensor> params;  // the trainable ones
   std::vector<Bucket> buckets;
   std::vector<size_t> bucket_of, slot_of;
   std::vector<float> defined;
@@ -231,7 +220,7 @@ struct GradientReducer::State {
   }
   void on_gradient(size_t i, const at::Tensor& incoming) {
     if (!armed) return;
-    const auto& p = params[i].second;
+    const auto& p = params[i];
     Bucket& b = buckets[bucket_of[i]];
     auto slot = b.flat.narrow(0, b.offsets[slot_of[i]], p.numel());
     // What .grad will hold after this backward: earlier micro-batches' sum plus this one.
@@ -246,8 +235,8 @@ struct GradientReducer::State {
 GradientReducer::GradientReducer(Collective& c, std::vector<std::pair<std::string, at::Tensor>> params, int64_t bucket_bytes)
     : s_(std::make_shared<State>()) {
   s_->c = &c;
-  for (auto& np : params)
-    if (np.second.requires_grad()) s_->params.push_back(std::move(np));
+  for (const auto& [name, p] : params)
+    if (p.requires_grad()) s_->params.push_back(p);
   const size_t n = s_->params.size();
   s_->bucket_of.resize(n);
   s_->slot_of.resize(n);
@@ -255,7 +244,7 @@ GradientReducer::GradientReducer(Collective& c, std::vector<std::pair<std::strin
   // Backward produces gradients roughly in reverse order of the parameters' registration.
   int64_t bytes = 0;
   for (size_t k = n; k-- > 0;) {
-    const auto& p = s_->params[k].second;
+    const auto& p = s_->params[k];
     if (s_->buckets.empty() || bytes + p.numel() * 4 > bucket_bytes) {
       s_->buckets.emplace_back();
       bytes = 0;
@@ -269,12 +258,12 @@ GradientReducer::GradientReducer(Collective& c, std::vector<std::pair<std::strin
   }
   for (auto& b : s_->buckets) {
     int64_t total = 0;
-    for (size_t m : b.members) total += s_->params[m].second.numel();
+    for (size_t m : b.members) total += s_->params[m].numel();
     b.flat = at::zeros({total}, at::kFloat);
   }
   for (size_t k = 0; k < n; ++k) {
     std::weak_ptr<State> weak = s_;
-    s_->params[k].second.register_hook([weak, k](const at::Tensor& g) {
+    s_->params[k].register_hook([weak, k](const at::Tensor& g) {
       if (auto st = weak.lock()) st->on_gradient(k, g);
       return at::Tensor();
     });
@@ -299,7 +288,7 @@ void GradientReducer::finish() {
   // Parameters this rank's backward did not reach: their earlier micro-batches' gradient, or zeros.
   for (size_t k = 0; k < s_->params.size(); ++k) {
     if (s_->defined[k] != 0.0f) continue;
-    const auto& p = s_->params[k].second;
+    const auto& p = s_->params[k];
     auto& b = s_->buckets[s_->bucket_of[k]];
     if (p.grad().defined()) {
       b.flat.narrow(0, b.offsets[s_->slot_of[k]], p.numel()).copy_(p.grad().reshape({-1}));
@@ -315,7 +304,7 @@ void GradientReducer::finish() {
   const float* h = had.data_ptr<float>();
   at::NoGradGuard ng;
   for (size_t k = 0; k < s_->params.size(); ++k) {
-    auto& p = s_->params[k].second;
+    auto& p = s_->params[k];
     if (h[k] == 0.0f) {
       p.mutable_grad() = at::Tensor();
       continue;
@@ -325,26 +314,6 @@ void GradientReducer::finish() {
     if (p.grad().defined()) p.mutable_grad().copy_(sum);
     else p.mutable_grad() = sum.clone();
   }
-}
-
-void allreduce_gradients(Collective& c, const std::vector<std::pair<std::string, at::Tensor>>& params) {
-  std::vector<at::Tensor> trainable, grads;
-  std::vector<float> defined;
-  for (const auto& [name, p] : params) {
-    if (!p.requires_grad()) continue;
-    defined.push_back(p.grad().defined() ? 1.0f : 0.0f);
-    if (!p.grad().defined()) p.mutable_grad() = at::zeros_like(p);
-    trainable.push_back(p);
-    grads.push_back(p.grad());
-  }
-  // Which parameters had a gradient on some rank, reduced with the gradients: for the optimizer a
-  // zero gradient and none differ (weight decay, Adam's moments).
-  at::Tensor had = at::tensor(defined, at::kFloat);
-  grads.push_back(had);
-  c.allreduce_sum(grads);
-  const float* h = had.data_ptr<float>();
-  for (size_t i = 0; i < trainable.size(); ++i)
-    if (h[i] == 0.0f) trainable[i].mutable_grad() = at::Tensor();
 }
 
 }  // namespace distill

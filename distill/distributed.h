@@ -5,6 +5,7 @@
 #pragma once
 
 #include <ATen/Tensor.h>
+#include <c10/util/intrusive_ptr.h>
 
 #include <chrono>
 #include <functional>
@@ -15,6 +16,9 @@
 
 #include "models/errors.h"
 
+namespace c10d {
+class Work;  // a started collective (c10d's ProcessGroup headers stay in distributed.cpp)
+}
 
 namespace distill {
 
@@ -67,6 +71,10 @@ class Collective {
  private:
   struct Group;
   [[noreturn]] void fail(const std::string& op, const std::exception& e) const;
+  // `tensors` in flat buckets: each bucket's `start` begins a collective on it in place; then every
+  // bucket is waited on and copied back.
+  void bucketed(const char* op, const std::vector<at::Tensor>& tensors,
+                const std::function<c10::intrusive_ptr<c10d::Work>(std::vector<at::Tensor>&)>& start);
   WorldEnv env_;
   std::unique_ptr<Group> group_;
 };
@@ -87,7 +95,8 @@ class GradientReducer {
   ~GradientReducer();
   GradientReducer(const GradientReducer&) = delete;
   GradientReducer& operator=(const GradientReducer&) = delete;
-  // Before the step's last backward (earlier micro-batches accumulate into .grad as usual).
+  // Before the step's last backward (earlier micro-batches accumulate into .grad as usual); or
+  // after backward, and finish() at once, to reduce with no overlap.
   void arm();
   // After that backward: every rank's gradient summed into .grad; a parameter no rank produced a
   // gradient for stays without one, as in one process.
@@ -97,9 +106,5 @@ class GradientReducer {
   struct State;
   std::shared_ptr<State> s_;  // the parameters' hooks hold it weakly: they outlive the reducer
 };
-
-// Sums the gradients of `params` over the ranks after backward (no overlap). A parameter without a gradient on some rank takes
-// zeros there; one that no rank produced a gradient for stays without one (as in one process).
-void allreduce_gradients(Collective& c, const std::vector<std::pair<std::string, at::Tensor>>& params);
 
 }  // namespace distill
