@@ -10,11 +10,11 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
-#include <filesystem>
 #include <map>
 #include <thread>
 
 #include "distill/interrupt.h"
+#include "distill/spawn_self.h"
 #include "models/errors.h"
 
 namespace distill {
@@ -41,30 +41,17 @@ int exit_code(int status) { return WIFEXITED(status) ? WEXITSTATUS(status) : 128
 }  // namespace
 
 int launch_local_ranks(const std::vector<std::string>& args, int nproc, int threads) {
-  std::error_code ec;
-  const std::string exe = std::filesystem::read_symlink("/proc/self/exe", ec).string();
-  if (ec) throw Error("--nproc: cannot find this executable (/proc/self/exe): " + ec.message());
   const std::string port = std::to_string(free_port());
   const interrupt::Scope interruptible;
   std::map<pid_t, int> ranks;  // pid -> rank
   for (int r = 0; r < nproc; ++r) {
-    std::vector<std::string> a{exe, "--threads", std::to_string(threads)};
+    std::vector<std::string> a{"--threads", std::to_string(threads)};
     a.insert(a.end(), args.begin() + 1, args.end());
-    std::vector<char*> argv;
-    for (auto& s : a) argv.push_back(s.data());
-    argv.push_back(nullptr);
-    const pid_t pid = fork();
-    if (pid < 0) throw Error(std::string("--nproc: fork failed: ") + std::strerror(errno));
-    if (pid == 0) {
-      setenv("RANK", std::to_string(r).c_str(), 1);
-      setenv("LOCAL_RANK", std::to_string(r).c_str(), 1);
-      setenv("WORLD_SIZE", std::to_string(nproc).c_str(), 1);
-      setenv("LOCAL_WORLD_SIZE", std::to_string(nproc).c_str(), 1);
-      setenv("MASTER_ADDR", "127.0.0.1", 1);
-      setenv("MASTER_PORT", port.c_str(), 1);
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
+    SpawnOptions o;
+    o.env = {{"RANK", std::to_string(r)},         {"LOCAL_RANK", std::to_string(r)},
+             {"WORLD_SIZE", std::to_string(nproc)}, {"LOCAL_WORLD_SIZE", std::to_string(nproc)},
+             {"MASTER_ADDR", "127.0.0.1"},          {"MASTER_PORT", port}};
+    const pid_t pid = spawn_self(a, o, "rank " + std::to_string(r));
     ranks[pid] = r;
   }
   spdlog::info("launched {} ranks on this machine ({} thread{} each, rendezvous at 127.0.0.1:{})", nproc, threads,

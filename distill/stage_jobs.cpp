@@ -8,13 +8,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <cerrno>
 #include <cstring>
-#include <filesystem>
 #include <map>
 
 #include "distill/interrupt.h"
+#include "distill/spawn_self.h"
 #include "distill/trainer.h"
 #include "models/errors.h"
 
@@ -71,32 +70,23 @@ void drain(Child& child, bool all) {
   }
 }
 
-std::string self_executable() {
-  std::error_code ec;
-  auto p = std::filesystem::read_symlink("/proc/self/exe", ec);
-  if (ec) throw Error("cannot find this executable (/proc/self/exe) to start stage processes: " + ec.message());
-  return p.string();
-}
-
-Child launch(const std::string& exe, const StageJob& job, size_t index, const std::string& config, bool resume, int threads) {
+Child launch(const StageJob& job, size_t index, const std::string& config, bool resume, int threads) {
   int fds[2];
   if (pipe(fds) != 0) throw Error(std::string("cannot start a stage process: pipe: ") + std::strerror(errno));
-  std::vector<std::string> args{exe, "--threads", std::to_string(threads), "stage", config,
+  std::vector<std::string> args{"--threads", std::to_string(threads), "stage", config,
                                 "--seed-index", std::to_string(job.seed_index), "--stage", job.stage};
   if (resume) args.push_back("--resume");
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  const pid_t pid = fork();
-  if (pid < 0) throw Error(std::string("cannot start a stage process: fork: ") + std::strerror(errno));
-  if (pid == 0) {
-    dup2(fds[1], STDERR_FILENO);
-    const int null = open("/dev/null", O_WRONLY);
-    if (null >= 0) dup2(null, STDOUT_FILENO);
+  SpawnOptions o;
+  o.stderr_fd = fds[1];
+  o.close_fd = fds[0];
+  o.stdout_to_null = true;
+  pid_t pid = -1;
+  try {
+    pid = spawn_self(args, o, "a stage process");
+  } catch (...) {
     close(fds[0]);
     close(fds[1]);
-    execv(argv[0], argv.data());
-    _exit(127);
+    throw;
   }
   close(fds[1]);
   fcntl(fds[0], F_SETFL, fcntl(fds[0], F_GETFL) | O_NONBLOCK);
@@ -113,7 +103,6 @@ void use_child_logging() {
 }
 
 void run_stage_jobs(const std::vector<StageJob>& jobs, const std::string& config, bool resume, int workers, int threads) {
-  const std::string exe = self_executable();
   const interrupt::Scope interruptible;
 
   std::vector<int> state(jobs.size(), 0);  // 0 waiting, 1 running, 2 done
@@ -134,7 +123,7 @@ void run_stage_jobs(const std::vector<StageJob>& jobs, const std::string& config
         bool ready = true;
         for (size_t a : jobs[j].after) ready = ready && state[a] == 2;
         if (!ready) continue;
-        auto child = launch(exe, jobs[j], j, config, resume, threads);
+        auto child = launch(jobs[j], j, config, resume, threads);
         running.emplace(child.pid, std::move(child));
         state[j] = 1;
       }
