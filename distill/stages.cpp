@@ -122,18 +122,6 @@ bool stage_is_done(const std::string& dir, const json& fingerprint) {
 }
 
 namespace {
-StageAction prepare_stage_here(const std::string& name, const std::string& dir, const json& fingerprint, bool resume);
-}  // namespace
-
-StageAction prepare_stage(const std::string& name, const std::string& dir, const json& fingerprint, bool resume) {
-  Collective* w = world();
-  if (!w) return prepare_stage_here(name, dir, fingerprint, resume);
-  // Rank 0 decides and prepares the directory; the others follow its decision.
-  const double mine = w->is_root() ? static_cast<double>(prepare_stage_here(name, dir, fingerprint, resume)) : 0.0;
-  return static_cast<StageAction>(static_cast<int>(w->sum_over_ranks({mine})[0]));
-}
-
-namespace {
 StageAction prepare_stage_here(const std::string& name, const std::string& dir, const json& fingerprint, bool resume) {
   const fs::path root(dir);
   const json now = json::parse(fingerprint.dump());  // as it reads back from stage.json
@@ -161,6 +149,14 @@ StageAction prepare_stage_here(const std::string& name, const std::string& dir, 
   return StageAction::kTrain;
 }
 }  // namespace
+
+StageAction prepare_stage(const std::string& name, const std::string& dir, const json& fingerprint, bool resume) {
+  Collective* w = world();
+  if (!w) return prepare_stage_here(name, dir, fingerprint, resume);
+  // Rank 0 decides and prepares the directory; the others follow its decision.
+  const double mine = w->is_root() ? static_cast<double>(prepare_stage_here(name, dir, fingerprint, resume)) : 0.0;
+  return static_cast<StageAction>(static_cast<int>(w->sum_over_ranks({mine})[0]));
+}
 
 FinishedStage read_finished_stage(const std::string& dir) {
   const auto path = (fs::path(dir) / "DONE.json").string();

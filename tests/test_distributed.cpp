@@ -125,53 +125,54 @@ TEST(E2eDataParallel, RunWithTwoRanksReportsWhatOneProcessDoesWithinNoise) {
   EXPECT_EQ(done["tokens_per_s_by_rank"].size(), 2u);
 }
 
-// Starts ranks by hand with torchrun's variables; returns the shell script's exit status.
-std::string rank_command(int rank, const std::string& port, const std::string& args) {
+// A rank started by hand with torchrun's variables, as a shell command.
+std::string rank_command(int rank, const std::string& port, const std::string& args, int timeout_s = 120) {
   return "RANK=" + std::to_string(rank) + " WORLD_SIZE=2 LOCAL_RANK=" + std::to_string(rank) +
-         " MASTER_ADDR=127.0.0.1 MASTER_PORT=" + port + " DISTILL_COLLECTIVE_TIMEOUT=120 " + DISTILL_BINARY +
-         " --threads 1 " + args;
+         " MASTER_ADDR=127.0.0.1 MASTER_PORT=" + port + " DISTILL_COLLECTIVE_TIMEOUT=" + std::to_string(timeout_s) + " " +
+         DISTILL_BINARY + " --threads 1 " + args;
+}
+
+struct RankZeroOutcome {
+  std::string code;  // rank 0's exit status, as the shell printed it
+  int seconds = 0;   // from the signal to rank 0's exit
+  std::string err;   // rank 0's stderr
+};
+
+// Two ranks train; at rank 0's third step rank 1 gets `signal` (KILL: it dies, STOP: it hangs),
+// and rank 0 is timed until it exits.
+RankZeroOutcome signal_rank_one(const test::TempDir& dir, int port_base, const std::string& signal, int timeout_s) {
+  const std::string port = std::to_string(port_base + ::getpid() % 200);
+  const std::string args = "train configs/tiny.yaml --dense --output " + dir.file("run") +
+                           " --set training.steps=5000 --set training.log_interval=1";
+  const std::string script = "cd " + std::string(DISTILL_SOURCE_DIR) + " && (" + rank_command(0, port, args, timeout_s) + " 2>" +
+                             dir.file("err0") + " & p0=$!; " + rank_command(1, port, args, timeout_s) + " 2>" + dir.file("err1") +
+                             " & p1=$!; for i in $(seq 900); do grep -q 'step 3/' " + dir.file("err0") +
+                             " && break; sleep 0.1; done; kill -" + signal + " $p1; s=$(date +%s); wait $p0; echo $? >" +
+                             dir.file("code") + "; echo $(( $(date +%s) - s )) >" + dir.file("seconds") +
+                             "; kill -9 $p1 2>/dev/null; wait $p1; true)";
+  EXPECT_EQ(std::system(script.c_str()), 0);
+  RankZeroOutcome r{read_text_file(dir.file("code")), std::stoi(read_text_file(dir.file("seconds"))), read_text_file(dir.file("err0"))};
+  EXPECT_NE(r.err.find("step 3/"), std::string::npos) << r.err << read_text_file(dir.file("err1"));
+  return r;
 }
 
 TEST(E2eDataParallel, KillingOneRankMakesTheOtherExitNonZeroWithinAMinute) {
   ASSERT_TRUE(have_sotu());
   test::TempDir dir;
-  const std::string port = std::to_string(29700 + ::getpid() % 200);
-  const std::string args = "train configs/tiny.yaml --dense --output " + dir.file("run") +
-                           " --set training.steps=5000 --set training.log_interval=1";
-  const std::string script = "cd " + std::string(DISTILL_SOURCE_DIR) + " && (" + rank_command(0, port, args) + " 2>" +
-                             dir.file("err0") + " & p0=$!; " + rank_command(1, port, args) + " 2>" + dir.file("err1") +
-                             " & p1=$!; for i in $(seq 900); do grep -q 'step 3/' " + dir.file("err0") +
-                             " && break; sleep 0.1; done; kill -9 $p1; s=$(date +%s); wait $p0; echo $? >" + dir.file("code") +
-                             "; echo $(( $(date +%s) - s )) >" + dir.file("seconds") + ")";
-  ASSERT_EQ(std::system(script.c_str()), 0);
-  const std::string err = read_text_file(dir.file("err0"));
-  ASSERT_NE(err.find("step 3/"), std::string::npos) << err << read_text_file(dir.file("err1"));
-  EXPECT_NE(read_text_file(dir.file("code")), "0\n") << err;
-  EXPECT_LT(std::stoi(read_text_file(dir.file("seconds"))), 60) << err;
-  EXPECT_NE(err.find("rank 0: all-reduce failed"), std::string::npos) << err;
+  const auto r = signal_rank_one(dir, 29700, "9", 120);
+  EXPECT_NE(r.code, "0\n") << r.err;
+  EXPECT_LT(r.seconds, 60) << r.err;
+  EXPECT_NE(r.err.find("rank 0: all-reduce failed"), std::string::npos) << r.err;
 }
 
 TEST(E2eDataParallel, ARankThatHangsFailsTheOtherAfterTheCollectiveTimeout) {
   ASSERT_TRUE(have_sotu());
   test::TempDir dir;
-  const std::string port = std::to_string(29300 + ::getpid() % 200);
-  const std::string args = "train configs/tiny.yaml --dense --output " + dir.file("run") +
-                           " --set training.steps=5000 --set training.log_interval=1";
-  auto rank = [&](int r) {  // a 10 s collective timeout instead of the default 300 s
-    std::string c = rank_command(r, port, args);
-    return c.replace(c.find("DISTILL_COLLECTIVE_TIMEOUT=120"), 30, "DISTILL_COLLECTIVE_TIMEOUT=10 ");
-  };
-  const std::string script = "cd " + std::string(DISTILL_SOURCE_DIR) + " && (" + rank(0) + " 2>" + dir.file("err0") + " & p0=$!; " +
-                             rank(1) + " 2>" + dir.file("err1") + " & p1=$!; for i in $(seq 900); do grep -q 'step 3/' " +
-                             dir.file("err0") + " && break; sleep 0.1; done; kill -STOP $p1; s=$(date +%s); wait $p0; echo $? >" +
-                             dir.file("code") + "; echo $(( $(date +%s) - s )) >" + dir.file("seconds") + "; kill -9 $p1; wait $p1; true)";
-  ASSERT_EQ(std::system(script.c_str()), 0);
-  const std::string err = read_text_file(dir.file("err0"));
-  EXPECT_EQ(read_text_file(dir.file("code")), "1\n") << err;
-  const int seconds = std::stoi(read_text_file(dir.file("seconds")));
-  EXPECT_GE(seconds, 8) << err;   // it waited for the stopped rank
-  EXPECT_LT(seconds, 40) << err;  // and no longer than the timeout allows
-  EXPECT_NE(err.find("did not answer within 10 s"), std::string::npos) << err;
+  const auto r = signal_rank_one(dir, 29300, "STOP", 10);  // a 10 s collective timeout instead of 300 s
+  EXPECT_EQ(r.code, "1\n") << r.err;
+  EXPECT_GE(r.seconds, 8) << r.err;   // it waited for the stopped rank
+  EXPECT_LT(r.seconds, 40) << r.err;  // and no longer than the timeout allows
+  EXPECT_NE(r.err.find("did not answer within 10 s"), std::string::npos) << r.err;
 }
 
 TEST(E2eDataParallel, RanksWithDifferentConfigurationsRefuseToStart) {
