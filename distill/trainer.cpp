@@ -449,7 +449,6 @@ TrainResult Trainer::run() {
   result.steps = step;
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   result.tokens_per_second = result.seconds > 0 ? static_cast<double>(total_tokens) / result.seconds : 0.0;
-  result.budget = budget_;
   result.end = position;
   if (eval_) {
     result.eval = evaluate(model_, *eval_, o_.dist);
@@ -460,9 +459,9 @@ TrainResult Trainer::run() {
   }
   save_checkpoint(step, position);
   // Each rank's own throughput (its share of the tokens over the loop's wall time).
-  std::vector<double> by_rank{result.tokens_per_second};
-  if (o_.dist) by_rank = o_.dist->allgather(result.seconds > 0 ? static_cast<double>(own_tokens) / result.seconds : 0.0);
-  budget_.tokens_per_s_by_rank = by_rank;
+  budget_.tokens_per_s_by_rank =
+      o_.dist ? o_.dist->allgather(result.seconds > 0 ? static_cast<double>(own_tokens) / result.seconds : 0.0)
+              : std::vector<double>{result.tokens_per_second};
   result.budget = budget_;
   if (!writer()) {
     o_.dist->barrier();  // until rank 0 has written the model the stage's caller reads back
@@ -473,8 +472,6 @@ TrainResult Trainer::run() {
                {"steps", step},
                {"seconds", budget_.seconds},
                {"tokens_per_s", result.tokens_per_second},
-               {"world_size", ranks},
-               {"tokens_per_s_by_rank", by_rank},
                {"budget", budget_.to_json()},
                {"data_end", {{"epoch", position.epoch}, {"batch", position.batch}}}};
   write_text_atomic((fs::path(o_.dir) / "DONE.json").string(), done.dump(2) + "\n");

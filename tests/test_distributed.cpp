@@ -122,7 +122,8 @@ TEST(E2eDataParallel, RunWithTwoRanksReportsWhatOneProcessDoesWithinNoise) {
   ASSERT_EQ(a["routing"].size(), b["routing"].size());
   for (size_t i = 0; i < a["routing"].size(); ++i) EXPECT_EQ(a["routing"][i]["tokens"], b["routing"][i]["tokens"]) << i;
   const auto done = json::parse(read_text_file(dir.file("two/baseline/DONE.json")));
-  EXPECT_EQ(done["tokens_per_s_by_rank"].size(), 2u);
+  EXPECT_EQ(done["budget"]["world_size"], 2);
+  EXPECT_EQ(done["budget"]["tokens_per_s_by_rank"].size(), 2u);
 }
 
 // A rank started by hand with torchrun's variables, as a shell command.
