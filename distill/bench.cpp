@@ -166,7 +166,7 @@ BenchResult run_bench(const BenchShape& s, const BenchOptions& o) {
   NamedParams params;
   for (auto& p : student->named_parameters()) params.emplace_back(p.key(), p.value());
   AdamW adamw(params, OptimizerConfig{});
-  const DistillLossOptions loss_options{0.75, 0.25, 1.0, false};
+  const DistillLossOptions loss_options{0.75, 0.25, 1.0, SoftLoss::kCe};
 
   auto teacher_forward = [&] {
     torch::NoGradGuard ng;

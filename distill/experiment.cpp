@@ -106,11 +106,15 @@ json teacher_fingerprint(const RunConfig& c, const PreparedData& data) {
           {"training", training_fingerprint(c.training, teacher_steps(c))}, {"seed", c.seed}};
 }
 
+FfnInitOptions ffn_init_options(const RunConfig& c) {
+  return {parse_ffn_init(c.student.init), c.student.top_k, c.student.weighting == "plain"};
+}
+
 // The shape of the dense baseline and the student: the teacher's, dense, at the student's width.
 ModelConfig dense_shape(const RunConfig& c, int64_t vocab_size) {
   const ModelConfig teacher = !c.teacher.path.empty() ? read_hf_config((fs::path(c.teacher.path) / "config.json").string())
                                                       : teacher_model_config(c, vocab_size, /*dense_only=*/false);
-  return student_config(teacher, c.student.d_ff, c.training.dropout);
+  return student_config(teacher, student_d_ff(teacher, c.student.d_ff, ffn_init_options(c)), c.training.dropout);
 }
 
 // A dense model trained here for `steps`: the baseline (from scratch, or on from baseline.path),
@@ -456,25 +460,35 @@ StageResult distill_student(const RunConfig& c, const PreparedData& data, const 
   r.reused = action == StageAction::kReuse;
   if (!r.reused) {
     auto teacher = load_teacher(c, teacher_stage, data.tokenizer);
-    ModelConfig sc = student_config(teacher->config(), c.student.d_ff, c.training.dropout);
+    const FfnInitOptions init_options = ffn_init_options(c);
+    ModelConfig sc = student_config(teacher->config(), student_d_ff(teacher->config(), c.student.d_ff, init_options),
+                                    c.training.dropout);
     Seq2SeqModel student(sc);
     init_from_scratch(student, c.training.init_scale, c.seed + 3);
-    const FfnInit mode = parse_ffn_init(c.student.init);
     std::map<std::string, at::Tensor> frequency;
-    if (mode == FfnInit::kRouterWeighted || mode == FfnInit::kTopExpert) {
+    if (needs_routing_frequency(init_options.mode)) {
       auto epoch = data.train->make_epoch(0);
       std::vector<Batch> calibration;
       for (size_t i = 0; i < epoch.batches.size() && static_cast<int64_t>(i) < c.student.calibration_batches; ++i)
         calibration.push_back(data.train->collate_batch(epoch, i));
       frequency = routing_frequency(teacher, calibration);
     }
-    auto init = init_student(student, teacher, mode, c.student.copy_non_expert, frequency);
-    spdlog::info("[{}] from teacher {}: {} tensors copied, {} built from experts ({}), {} fresh; data from epoch {} batch {}",
-                 label, teacher_stage.model_dir, init.copied.size(), init.from_experts.size(), c.student.init, init.fresh.size(),
-                 start.epoch, start.batch);
-    TeacherSignal signal{teacher, {c.distillation.hard_weight, c.distillation.soft_weight, c.distillation.temperature,
-                                   c.distillation.soft_loss == "kl"},
-                         c.distillation.teacher_cache ? c.distillation.teacher_cache_top_k : 0};
+    auto init = init_student(student, teacher, init_options, c.student.copy_non_expert, frequency);
+    spdlog::info("[{}] from teacher {}: {} tensors copied, {} built from experts ({}), {} widened, {} fresh; student d_ff {}; "
+                 "data from epoch {} batch {}",
+                 label, teacher_stage.model_dir, init.copied.size(), init.from_experts.size(), c.student.init,
+                 init.widened.size(), init.fresh.size(), sc.d_ff, start.epoch, start.batch);
+    const auto& x = c.distillation;
+    TeacherSignal signal;
+    signal.teacher = teacher;
+    signal.loss = {x.hard_weight, x.soft_weight, x.temperature, parse_soft_loss(x.soft_loss), x.jsd_beta};
+    signal.cache_top_k = x.teacher_cache ? x.teacher_cache_top_k : 0;
+    if (x.hidden_weight > 0) {
+      signal.hidden_weight = x.hidden_weight;
+      signal.hidden_loss = parse_hidden_loss(x.hidden_loss);
+      signal.hidden_pairs = parse_hidden_layer_map(x.hidden_layers, teacher->config().num_layers,
+                                                   teacher->config().num_decoder_layers, "distillation.hidden_layers");
+    }
     TrainerOptions o{label, dir, c.training, c.seed, action == StageAction::kResume, data.tokenizer_files, start};
     Trainer(student, data.train, &data.eval, o, signal).run();
   }

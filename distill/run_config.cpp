@@ -9,6 +9,7 @@
 #include <set>
 #include <sstream>
 
+#include "distill/losses.h"
 #include "models/io/atomic_file.h"
 #include "models/errors.h"
 
@@ -144,6 +145,8 @@ void visit(V& v, StudentConfig& c) {
   v.field("copy_non_expert", c.copy_non_expert);
   v.field("calibration_batches", c.calibration_batches);
   v.field("d_ff", c.d_ff);
+  v.field("top_k", c.top_k);
+  v.field("weighting", c.weighting);
 }
 
 template <class V>
@@ -152,6 +155,10 @@ void visit(V& v, DistillationConfig& c) {
   v.field("soft_weight", c.soft_weight);
   v.field("temperature", c.temperature);
   v.field("soft_loss", c.soft_loss);
+  v.field("jsd_beta", c.jsd_beta);
+  v.field("hidden_weight", c.hidden_weight);
+  v.field("hidden_loss", c.hidden_loss);
+  v.field("hidden_layers", c.hidden_layers);
   v.field("teacher_capacity_factor", c.teacher_capacity_factor);
   v.field("teacher_cache", c.teacher_cache);
   v.field("teacher_cache_top_k", c.teacher_cache_top_k);
@@ -518,7 +525,16 @@ void check(ReadContext& ctx, const RunConfig& r) {
   if (bl.trained_tokens) c.need(*bl.trained_tokens >= 1, "baseline.trained_tokens", "must be >= 1");
 
   const auto& s = r.student;
-  c.one_of(s.init, "student.init", {"fresh", "mean", "router_weighted", "top_expert"});
+  c.one_of(s.init, "student.init", {"fresh", "mean", "router_weighted", "top_expert", "concat_top_k", "merge_aligned"});
+  c.need(s.top_k >= 1 && s.top_k <= 4096, "student.top_k", "must be in [1, 4096]");
+  c.one_of(s.weighting, "student.weighting", {"frequency", "plain"});
+  if (s.init == "concat_top_k" && t.path.empty() && a.num_experts > 0) {
+    c.need(s.top_k <= a.num_experts, "student.top_k", "must be <= teacher.model.num_experts");
+    if (s.d_ff) {
+      c.need(*s.d_ff == s.top_k * a.d_ff, "student.d_ff",
+             "must be student.top_k x teacher.model.d_ff (" + std::to_string(s.top_k * a.d_ff) + ") with init concat_top_k, or unset");
+    }
+  }
   c.need(s.calibration_batches >= 1, "student.calibration_batches", "must be >= 1");
   if (s.d_ff) c.need(*s.d_ff >= 1, "student.d_ff", "must be >= 1");
 
@@ -530,7 +546,20 @@ void check(ReadContext& ctx, const RunConfig& r) {
   }
   // Beyond these, logits / T or the T^2 factor overflow float32.
   c.need(x.temperature >= 0.01 && x.temperature <= 100, "distillation.temperature", "must be in [0.01, 100]");
-  c.one_of(x.soft_loss, "distillation.soft_loss", {"ce", "kl"});
+  c.one_of(x.soft_loss, "distillation.soft_loss", {"ce", "kl", "reverse_kl", "jsd"});
+  c.need(x.jsd_beta >= 0 && x.jsd_beta <= 1, "distillation.jsd_beta", "must be in [0, 1]");
+  c.need(x.hidden_weight >= 0 && x.hidden_weight <= 1000, "distillation.hidden_weight", "must be in [0, 1000]");
+  c.one_of(x.hidden_loss, "distillation.hidden_loss", {"mse", "cosine"});
+  if (x.hidden_weight > 0) {
+    c.need(!x.teacher_cache, "distillation.hidden_weight",
+           "needs the teacher run at every step; distillation.teacher_cache keeps only its soft targets");
+    try {
+      const bool here = t.path.empty();  // a given teacher's depths are checked when it is loaded
+      parse_hidden_layer_map(x.hidden_layers, here ? a.num_layers : 9999, here ? a.num_decoder_layers : 9999, "");
+    } catch (const ConfigError& e) {
+      c.need(false, "distillation.hidden_layers", std::string(e.what()).substr(2));
+    }
+  }
   if (x.teacher_capacity_factor) c.need(*x.teacher_capacity_factor > 0, "distillation.teacher_capacity_factor", "must be > 0");
   c.need(x.teacher_cache_top_k >= 1, "distillation.teacher_cache_top_k", "must be >= 1");
   if (x.teacher_cache) {

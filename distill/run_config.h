@@ -140,17 +140,30 @@ struct BaselineConfig {
 };
 
 struct StudentConfig {
-  std::string init = "fresh";         // FFN in expert positions: fresh | mean | router_weighted | top_expert
+  std::string init = "fresh";         // FFN in expert positions: fresh | mean | router_weighted |
+                                      // top_expert | concat_top_k | merge_aligned (student_init.h)
   bool copy_non_expert = true;        // initialise every non-expert tensor from the teacher
-  int64_t calibration_batches = 8;    // router_weighted: batches used to measure routing frequency
-  std::optional<int64_t> d_ff;        // student FFN width; default: the teacher's
+  int64_t calibration_batches = 8;    // batches used to measure routing frequency (router_weighted,
+                                      // top_expert, concat_top_k, merge_aligned)
+  std::optional<int64_t> d_ff;        // student FFN width; default: the teacher's (concat_top_k:
+                                      // top_k x the teacher's)
+  int64_t top_k = 2;                  // concat_top_k: the most-routed experts concatenated per layer
+  std::string weighting = "frequency";  // concat_top_k: the experts' outputs mixed by routed frequency
+                                        // (renormalised over the k) | plain (equal shares)
 };
 
 struct DistillationConfig {
   double hard_weight = 0.75;          // weight of CE against the ground truth
   double soft_weight = 0.25;          // weight of the soft-label term against the teacher
   double temperature = 1.0;           // softmax temperature of both sides in the soft term (scaled by T^2)
-  std::string soft_loss = "ce";       // ce (the paper) | kl (same gradient, 0 when equal)
+  std::string soft_loss = "ce";       // ce (the paper) | kl (same gradient, 0 when equal) |
+                                      // reverse_kl | jsd (losses.h)
+  double jsd_beta = 0.5;              // jsd: the teacher's share of the mixture; 0 = kl, 1 = reverse_kl
+  double hidden_weight = 0.0;         // weight of hidden-state matching; 0 = off
+  std::string hidden_loss = "mse";    // mse | cosine, per token, over real tokens
+  std::vector<std::string> hidden_layers;  // pairs "encoder.2" or "decoder.1:decoder.3" (student:teacher,
+                                           // Hugging Face's hidden_states index: 0 embeddings, i block
+                                           // i's output); empty: every block output of both stacks
   std::optional<double> teacher_capacity_factor = 2.0;  // teacher eval capacity factor; null: the checkpoint's
   bool teacher_cache = false;         // keep the teacher's top-k probabilities per target token so later
                                       // epochs skip the teacher (needs data.static_examples)

@@ -62,7 +62,7 @@ at::Generator& cpu_generator() {
 }  // namespace
 
 struct Trainer::StepLosses {
-  double total = 0, hard = 0, soft = 0, kl = 0, aux = 0, z = 0;
+  double total = 0, hard = 0, soft = 0, kl = 0, aux = 0, z = 0, hidden = 0;
   int64_t tokens = 0, examples = 0;
   double flops = 0;  // forward + backward of the model, and the teacher's forward if it ran
 };
@@ -113,23 +113,36 @@ Trainer::StepLosses Trainer::train_step(const Batch& b, double scale, const std:
   l.flops = 3.0 * static_cast<double>(B) * forward_flops(model_->config(), S, T);
   torch::Tensor loss;
   if (teacher_) {
+    const bool hidden = teacher_->hidden_weight > 0;
+    Seq2SeqOutput t_out;
     auto teacher_logits = [&] {
       c10::InferenceMode frozen;
       l.flops += static_cast<double>(B) * forward_flops(teacher_->teacher->config(), S, T);
-      return teacher_->teacher->forward(model_inputs(b)).logits;
+      t_out = teacher_->teacher->forward(model_inputs(b), hidden);
+      return t_out.logits;
     };
     in.labels = torch::Tensor();
     DistillLoss d;
+    Seq2SeqOutput s_out;
     if (cache_) {
       auto targets = cache_->targets(b, teacher_logits);
       Bf16Autocast amp(o_.training.bf16);
-      d = distillation_loss(model_->forward(in).logits, targets, b.labels, teacher_->loss);
+      s_out = model_->forward(in, hidden);
+      d = distillation_loss(s_out.logits, targets, b.labels, teacher_->loss);
     } else {
       auto t = teacher_logits();
       Bf16Autocast amp(o_.training.bf16);
-      d = distillation_loss(model_->forward(in).logits, t, b.labels, teacher_->loss);
+      s_out = model_->forward(in, hidden);
+      d = distillation_loss(s_out.logits, t, b.labels, teacher_->loss);
     }
     loss = d.total;
+    if (hidden) {
+      auto h = hidden_state_loss(s_out.encoder_hidden_states, s_out.decoder_hidden_states, t_out.encoder_hidden_states,
+                                 t_out.decoder_hidden_states, teacher_->hidden_pairs, b.attention_mask, b.labels != -100,
+                                 teacher_->hidden_loss);
+      loss = loss + teacher_->hidden_weight * h;
+      l.hidden = h.item<double>();
+    }
     l.hard = d.hard.item<double>();
     l.soft = d.soft.item<double>();
     l.kl = d.kl.item<double>();
@@ -340,10 +353,10 @@ TrainResult Trainer::run() {
         auto reduce = [&](StepLosses& x) {
           own_tokens += x.tokens;
           const auto g = o_.dist->sum_over_ranks({x.total * share, x.hard * share, x.soft * share, x.kl * share, x.aux * share,
-                                                  x.z * share, static_cast<double>(x.tokens), static_cast<double>(x.examples),
-                                                  x.flops, interrupt::requested() ? 1.0 : 0.0});
-          x = {g[0], g[1], g[2], g[3], g[4], g[5], static_cast<int64_t>(g[6]), static_cast<int64_t>(g[7]), g[8]};
-          stop = g[9] > 0;
+                                                  x.z * share, x.hidden * share, static_cast<double>(x.tokens),
+                                                  static_cast<double>(x.examples), x.flops, interrupt::requested() ? 1.0 : 0.0});
+          x = {g[0], g[1], g[2], g[3], g[4], g[5], g[6], static_cast<int64_t>(g[7]), static_cast<int64_t>(g[8]), g[9]};
+          stop = g[10] > 0;
           return std::isfinite(x.total);
         };
         if (micro + 1 == t.grad_accumulation) reducer->arm();  // the step's last backward reduces as it goes
@@ -361,6 +374,7 @@ TrainResult Trainer::run() {
       sl.kl += l.kl * k;
       sl.aux += l.aux * k;
       sl.z += l.z * k;
+      sl.hidden += l.hidden * k;
       sl.tokens += l.tokens;
       sl.examples += l.examples;
       sl.flops += l.flops;
@@ -379,6 +393,7 @@ TrainResult Trainer::run() {
     window.kl += sl.kl;
     window.aux += sl.aux;
     window.z += sl.z;
+    window.hidden += sl.hidden;
     window_tokens += sl.tokens;
     total_tokens += sl.tokens;
     ++window_steps;
@@ -414,12 +429,17 @@ TrainResult Trainer::run() {
       const double eta = elapsed / static_cast<double>(step - first_step) * static_cast<double>(t.steps - step);
       const double n = static_cast<double>(window_steps);
       json m = {{"stage", o_.stage}, {"step", step}, {"loss", window.total / n}, {"hard", window.hard / n},
-                {"lr", lr}, {"grad_norm", grad_norm}, {"tokens_per_s", tps}};
+                {"lr", lr}, {"grad_norm", grad_norm}, {"tokens_per_s", tps}, {"tokens", budget_.tokens}};
       std::string extra;
       if (teacher_) {
         m["soft"] = window.soft / n;
         m["kl"] = window.kl / n;
-        extra = fmt::format(" (hard {:.4f} soft {:.4f})", window.hard / n, window.soft / n);
+        extra = fmt::format(" (hard {:.4f} soft {:.4f}", window.hard / n, window.soft / n);
+        if (teacher_->hidden_weight > 0) {
+          m["hidden"] = window.hidden / n;
+          extra += fmt::format(" hidden {:.4f}", window.hidden / n);
+        }
+        extra += ")";
       } else if (E > 0) {
         m["aux"] = window.aux / n;
         m["z"] = window.z / n;
@@ -435,7 +455,7 @@ TrainResult Trainer::run() {
     }
     if (eval_ && t.eval_interval > 0 && step % t.eval_interval == 0 && step != t.steps) {
       auto e = evaluate(model_, *eval_, o_.dist);
-      if (writer()) append_jsonl(metrics, {{"stage", o_.stage}, {"step", step}, {"eval", e.to_json()}});
+      if (writer()) append_jsonl(metrics, {{"stage", o_.stage}, {"step", step}, {"tokens", budget_.tokens}, {"eval", e.to_json()}});
       spdlog::info("[{}] eval at step {}: nll {:.4f} ppl {:.2f} acc {:.3f}", o_.stage, step, e.nll, e.perplexity, e.accuracy);
     }
     const bool checkpoint_due = t.checkpoint_interval > 0 && step % t.checkpoint_interval == 0;

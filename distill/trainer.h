@@ -50,6 +50,9 @@ struct TeacherSignal {
   Seq2SeqModel teacher{nullptr};          // frozen, eval mode
   DistillLossOptions loss;                // hard / soft mix
   int64_t cache_top_k = 0;                // > 0: cache the teacher's top-k soft targets per example
+  double hidden_weight = 0;               // > 0: add this times the hidden-state term (needs no cache)
+  HiddenLoss hidden_loss = HiddenLoss::kMse;
+  std::vector<HiddenLayerPair> hidden_pairs;  // student/teacher hidden states matched
 };
 
 struct TrainResult {

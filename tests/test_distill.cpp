@@ -16,6 +16,7 @@
 #include "distill/student_init.h"
 #include "distill/teacher_cache.h"
 #include "distill/trainer.h"
+#include "distill/unit_matching.h"
 #include "models/io/atomic_file.h"
 #include "models/io/checkpoint.h"
 #include "models/io/hf_config.h"
@@ -47,7 +48,7 @@ TEST(GoldenDistillStep, LossGradientsAndAdamWUpdate) {
   EXPECT_TRUE(tensors_close(teacher_logits, io["teacher_logits"]));
   auto out = student->forward({io["input_ids"], io["attention_mask"], io["decoder_input_ids"], {}, {}});
   EXPECT_TRUE(tensors_close(out.logits, io["student_logits"]));
-  auto loss = distillation_loss(out.logits, teacher_logits, io["labels"], {0.75, 0.25, 1.0, false});
+  auto loss = distillation_loss(out.logits, teacher_logits, io["labels"], {0.75, 0.25, 1.0, SoftLoss::kCe});
   EXPECT_NEAR(loss.total.item<double>(), g["loss"].get<double>(), 1e-4 * g["loss"].get<double>());
   EXPECT_NEAR(loss.hard.item<double>(), g["ce"].get<double>(), 1e-4 * g["ce"].get<double>());
   EXPECT_NEAR(loss.soft.item<double>(), g["soft_ce"].get<double>(), 1e-4 * g["soft_ce"].get<double>());
@@ -151,6 +152,93 @@ TEST_F(StudentInitTest, EachFfnModeDoesWhatItSays) {
   EXPECT_THROW(parse_ffn_init("median"), ConfigError);
 }
 
+// Each expert's FFN of one sparse layer applied to x [N, D].
+std::vector<at::Tensor> expert_outputs(Seq2SeqModel& teacher, const std::string& stack, int64_t block, const at::Tensor& x) {
+  auto b = stack == "encoder" ? teacher->encoder->blocks[static_cast<size_t>(block)] : teacher->decoder->blocks[static_cast<size_t>(block)];
+  std::vector<at::Tensor> out;
+  for (auto& e : b->ff->sparse()->experts->experts) out.push_back(e->forward(x));
+  return out;
+}
+
+TEST_F(StudentInitTest, ConcatOfAllExpertsWithPlainWeightsIsTheirMeanExactly) {
+  torch::NoGradGuard ng;
+  const int64_t E = teacher_->config().num_experts, F = teacher_->config().d_ff;
+  std::map<std::string, at::Tensor> freq = {{"encoder.block.1.layer.1.", torch::tensor({0.1, 0.2, 0.6, 0.1}, torch::kDouble)},
+                                            {"decoder.block.1.layer.2.", torch::tensor({0.7, 0.1, 0.1, 0.1}, torch::kDouble)}};
+  FfnInitOptions o{FfnInit::kConcatTopK, E, /*plain_weights=*/true};
+  ASSERT_EQ(student_d_ff(teacher_->config(), std::nullopt, o), E * F);
+  config_ = student_config(teacher_->config(), student_d_ff(teacher_->config(), std::nullopt, o), 0.0);
+  auto s = fresh_student();
+  auto r = init_student(s, teacher_, o, true, freq);
+  EXPECT_EQ(r.from_experts.size(), 4u);
+  EXPECT_TRUE(r.fresh.empty());
+  EXPECT_EQ(r.widened.size(), 4u);  // the dense FFNs of blocks 0, tiled
+  teacher_->eval();
+  s->eval();
+  auto x = torch::randn({5, teacher_->config().d_model});
+  auto experts = expert_outputs(teacher_, "encoder", 1, x);
+  auto mean = torch::stack(experts).mean(0);
+  auto student_ffn = s->encoder->blocks[1]->ff->dense()->forward(x);
+  EXPECT_TRUE(tensors_close(student_ffn, mean, 1e-5));
+  // A tiled dense FFN computes what the teacher's did.
+  EXPECT_TRUE(tensors_close(s->encoder->blocks[0]->ff->dense()->forward(x), teacher_->encoder->blocks[0]->ff->dense()->forward(x), 1e-5));
+
+  // Frequency weights over the top 2 (experts 2 and 1 of the encoder layer: shares 0.6 / 0.8, 0.2 / 0.8).
+  o = {FfnInit::kConcatTopK, 2, false};
+  config_ = student_config(teacher_->config(), student_d_ff(teacher_->config(), std::nullopt, o), 0.0);
+  s = fresh_student();
+  init_student(s, teacher_, o, true, freq);
+  s->eval();
+  EXPECT_TRUE(tensors_close(s->encoder->blocks[1]->ff->dense()->forward(x), 0.75 * experts[2] + 0.25 * experts[1], 1e-5));
+  // A width that is not top_k x d_ff is refused, naming the tensor.
+  config_ = student_config(teacher_->config(), 3 * F, 0.0);
+  s = fresh_student();
+  EXPECT_THROW(init_student(s, teacher_, o, true, freq), ConfigError);
+}
+
+TEST_F(StudentInitTest, AlignedMergeUndoesAPermutationOfHiddenUnits) {
+  torch::NoGradGuard ng;
+  // A teacher whose experts of one layer are the same FFN with its hidden units shuffled: a plain
+  // mean blurs them, the aligned merge gives that FFN back.
+  const std::string layer = "encoder.block.1.layer.1.";
+  auto params = teacher_->named_parameters();
+  const int64_t E = teacher_->config().num_experts, F = teacher_->config().d_ff;
+  auto wi0 = params[layer + "mlp.experts.expert_0.wi.weight"].clone(), wo0 = params[layer + "mlp.experts.expert_0.wo.weight"].clone();
+  for (int64_t e = 1; e < E; ++e) {
+    auto perm = torch::randperm(F);
+    params[layer + "mlp.experts.expert_" + std::to_string(e) + ".wi.weight"].copy_(wi0.index_select(0, perm));
+    params[layer + "mlp.experts.expert_" + std::to_string(e) + ".wo.weight"].copy_(wo0.index_select(1, perm));
+  }
+  std::map<std::string, at::Tensor> freq = {{layer, torch::tensor({0.4, 0.2, 0.3, 0.1}, torch::kDouble)},
+                                            {"decoder.block.1.layer.2.", torch::tensor({0.7, 0.1, 0.1, 0.1}, torch::kDouble)}};
+  auto s = fresh_student();
+  init_student(s, teacher_, FfnInitOptions{FfnInit::kMergeAligned}, true, freq);
+  EXPECT_TRUE(tensors_close(s->named_parameters()[layer + "DenseReluDense.wi.weight"], wi0, 1e-5));
+  EXPECT_TRUE(tensors_close(s->named_parameters()[layer + "DenseReluDense.wo.weight"], wo0, 1e-5));
+  s = fresh_student();
+  init_student(s, teacher_, FfnInit::kMean, true);
+  EXPECT_FALSE(tensors_close(s->named_parameters()[layer + "DenseReluDense.wi.weight"], wi0, 1e-2));
+}
+
+TEST(UnitMatching, TheHungarianMethodFindsTheCheapestAssignment) {
+  auto cost = torch::tensor({{4.0, 1.0, 3.0}, {2.0, 0.0, 5.0}, {3.0, 2.0, 2.0}});
+  EXPECT_EQ(min_cost_assignment(cost), (std::vector<int64_t>{1, 0, 2}));  // 1 + 2 + 2 = 5, the optimum
+  // Against every permutation of a random 6 x 6.
+  torch::manual_seed(6);
+  auto c = torch::rand({6, 6}, torch::kDouble);
+  auto got = min_cost_assignment(c);
+  auto sum = [&](const std::vector<int64_t>& p) {
+    double t = 0;
+    for (size_t i = 0; i < p.size(); ++i) t += c[static_cast<int64_t>(i)][p[i]].item<double>();
+    return t;
+  };
+  std::vector<int64_t> p = {0, 1, 2, 3, 4, 5};
+  double best = 1e9;
+  do best = std::min(best, sum(p));
+  while (std::next_permutation(p.begin(), p.end()));
+  EXPECT_NEAR(sum(got), best, 1e-12);
+}
+
 TEST_F(StudentInitTest, RoutingFrequencySumsToOne) {
   auto g = test::load_fixture_tensors("switch-tiny-4/golden.safetensors");
   Batch b{g["input_ids"], g["attention_mask"], g["decoder_input_ids"], g["labels"], 0, 0, {}};
@@ -168,15 +256,15 @@ TEST(DistillLoss, TemperatureScalingAndKl) {
   torch::manual_seed(1);
   auto s = torch::randn({2, 3, 7}), t = torch::randn({2, 3, 7});
   auto labels = torch::tensor({{1, 2, -100}, {3, -100, -100}});
-  auto d1 = distillation_loss(s, t, labels, {0.0, 1.0, 2.0, false});
+  auto d1 = distillation_loss(s, t, labels, {0.0, 1.0, 2.0, SoftLoss::kCe});
   // Manual soft CE at T = 2, over the three real tokens, times T^2.
   auto mask = labels != -100;
   auto ce = -(torch::softmax(t / 2, -1) * torch::log_softmax(s / 2, -1)).sum(-1);
   EXPECT_NEAR(d1.soft.item<double>(), ce.masked_select(mask).mean().item<double>() * 4, 1e-5);
   // KL is zero when the student equals the teacher, CE is then the teacher's entropy.
-  auto same = distillation_loss(t, t, labels, {0.0, 1.0, 1.0, true});
+  auto same = distillation_loss(t, t, labels, {0.0, 1.0, 1.0, SoftLoss::kKl});
   EXPECT_NEAR(same.soft.item<double>(), 0.0, 1e-6);
-  auto ref = distillation_loss(s, t, labels, {0.75, 0.25, 1.0, false});
+  auto ref = distillation_loss(s, t, labels, {0.75, 0.25, 1.0, SoftLoss::kCe});
   EXPECT_NEAR(ref.total.item<double>(), 0.75 * ref.hard.item<double>() + 0.25 * ref.soft.item<double>(), 1e-6);
 }
 
@@ -184,9 +272,9 @@ TEST(DistillLoss, TopKTargetsWithTheWholeVocabularyGiveTheFullLoss) {
   torch::manual_seed(2);
   auto t = torch::randn({2, 3, 7}) * 2;
   auto labels = torch::tensor({{1, 2, -100}, {3, -100, -100}});
-  for (bool kl : {false, true}) {
+  for (auto kind : {SoftLoss::kCe, SoftLoss::kKl, SoftLoss::kReverseKl, SoftLoss::kJsd}) {
     for (double T : {1.0, 2.0}) {
-      const DistillLossOptions o{0.75, 0.25, T, kl};
+      const DistillLossOptions o{0.75, 0.25, T, kind, 0.3};
       auto s1 = torch::randn({2, 3, 7}, torch::requires_grad());
       auto s2 = s1.detach().clone().requires_grad_(true);
       auto full = distillation_loss(s1, t, labels, o);
@@ -195,9 +283,103 @@ TEST(DistillLoss, TopKTargetsWithTheWholeVocabularyGiveTheFullLoss) {
       EXPECT_NEAR(top.kl.item<double>(), full.kl.item<double>(), 1e-5);
       full.total.backward();
       top.total.backward();
-      EXPECT_TRUE(tensors_close(s2.grad(), s1.grad()));
+      EXPECT_TRUE(tensors_close(s2.grad(), s1.grad(), 1e-4)) << static_cast<int>(kind);
     }
   }
+}
+
+TEST(DistillLoss, ReverseKlAndJsdAreWhatTheySayAndJsdEndsAtTheTwoKls) {
+  torch::manual_seed(4);
+  // Mild logits: the JSD nears its ends once beta is small against the ratios of the two distributions.
+  auto s = torch::randn({2, 3, 9}, torch::kDouble) * 0.7, t = torch::randn({2, 3, 9}, torch::kDouble) * 0.7;
+  auto labels = torch::tensor({{1, 2, -100}, {3, -100, 4}});
+  auto mask = labels != -100;
+  auto p = torch::softmax(t, -1), q = torch::softmax(s, -1);
+  auto mean = [&](const torch::Tensor& per_token) { return per_token.masked_select(mask).mean().item<double>(); };
+  const double forward = mean((p * (p.log() - q.log())).sum(-1)), reverse = mean((q * (q.log() - p.log())).sum(-1));
+  auto soft = [&](SoftLoss kind, double beta) { return distillation_loss(s, t, labels, {0.0, 1.0, 1.0, kind, beta}).soft.item<double>(); };
+  EXPECT_NEAR(soft(SoftLoss::kKl, 0.5), forward, 1e-6);
+  EXPECT_NEAR(soft(SoftLoss::kReverseKl, 0.5), reverse, 1e-6);
+  EXPECT_GT(std::abs(forward - reverse), 0.02);  // the two differ here, so the checks below tell them apart
+  // The generalised JSD with mixture m = b p + (1 - b) q, divided by b (1 - b).
+  const double b = 0.3;
+  auto m = b * p + (1 - b) * q;
+  const double jsd = mean(b * (p * (p.log() - m.log())).sum(-1) + (1 - b) * (q * (q.log() - m.log())).sum(-1)) / (b * (1 - b));
+  EXPECT_NEAR(soft(SoftLoss::kJsd, b), jsd, 1e-5);
+  // Its ends: 0 and 1 are the two KLs, and it tends to them continuously.
+  EXPECT_NEAR(soft(SoftLoss::kJsd, 0.0), forward, 1e-6);
+  EXPECT_NEAR(soft(SoftLoss::kJsd, 1.0), reverse, 1e-6);
+  for (double eps : {1e-2, 1e-3}) {  // (float32 arithmetic: closer than 1e-3 the cancellation shows)
+    EXPECT_NEAR(soft(SoftLoss::kJsd, eps), forward, 10 * eps * forward) << eps;
+    EXPECT_NEAR(soft(SoftLoss::kJsd, 1 - eps), reverse, 10 * eps * reverse) << eps;
+  }
+  EXPECT_LT(std::abs(soft(SoftLoss::kJsd, 1e-3) - forward), std::abs(soft(SoftLoss::kJsd, 1e-2) - forward));
+  // All vanish when the student is the teacher.
+  for (auto kind : {SoftLoss::kKl, SoftLoss::kReverseKl, SoftLoss::kJsd})
+    EXPECT_NEAR(distillation_loss(t, t, labels, {0.0, 1.0, 1.0, kind, b}).soft.item<double>(), 0.0, 1e-6);
+  EXPECT_THROW(parse_soft_loss("kld"), ConfigError);
+}
+
+TEST(DistillLoss, HiddenStateTermsAndTheirLayerMap) {
+  auto pairs = parse_hidden_layer_map({}, 2, 3, "k");
+  ASSERT_EQ(pairs.size(), 5u);
+  EXPECT_FALSE(pairs[0].decoder);
+  EXPECT_EQ(pairs[1].student, 2);
+  EXPECT_TRUE(pairs[4].decoder);
+  pairs = parse_hidden_layer_map({"decoder.1:decoder.3", "encoder.0"}, 2, 3, "k");
+  EXPECT_TRUE(pairs[0].decoder);
+  EXPECT_EQ(pairs[0].student, 1);
+  EXPECT_EQ(pairs[0].teacher, 3);
+  EXPECT_EQ(pairs[1].teacher, 0);
+  for (const char* bad : {"encoder.3", "decoder.1:encoder.1", "block.1", "encoder.", "encoder.-1", "encoder.1:"})
+    EXPECT_THROW(parse_hidden_layer_map({bad}, 2, 3, "distillation.hidden_layers"), ConfigError) << bad;
+
+  torch::manual_seed(5);
+  auto s = torch::randn({2, 4, 6}), t = torch::randn({2, 4, 6});
+  auto mask = torch::tensor({{1, 1, 1, 0}, {1, 1, 0, 0}});
+  const std::vector<HiddenLayerPair> one = {{false, 0, 0}};
+  auto m = mask.to(torch::kBool);
+  auto mse = hidden_state_loss({s}, {}, {t}, {}, one, mask, {}, HiddenLoss::kMse);
+  EXPECT_NEAR(mse.item<double>(), (s - t).pow(2).mean(-1).masked_select(m).mean().item<double>(), 1e-6);
+  auto cos = hidden_state_loss({s}, {}, {t}, {}, one, mask, {}, HiddenLoss::kCosine);
+  EXPECT_NEAR(cos.item<double>(), (1 - torch::cosine_similarity(s, t, -1)).masked_select(m).mean().item<double>(), 1e-6);
+  EXPECT_NEAR(hidden_state_loss({s}, {}, {s * 3}, {}, one, mask, {}, HiddenLoss::kCosine).item<double>(), 0.0, 1e-6);
+}
+
+TEST(DistillLoss, NoTermChangesWithThePaddingLength) {
+  torch::NoGradGuard ng;
+  auto teacher = load_model(test::fixture("switch-tiny-4"));
+  auto student = Seq2SeqModel(student_config(teacher->config(), std::nullopt, 0.0));
+  init_student(student, teacher, FfnInit::kMean, true);
+  teacher->eval();
+  student->eval();
+  auto g = test::load_fixture_tensors("switch-tiny-4/golden.safetensors");
+  const auto pairs = parse_hidden_layer_map({}, teacher->config().num_layers, teacher->config().num_decoder_layers, "k");
+  auto losses = [&](int64_t extra) {
+    const auto pad = [&](const at::Tensor& x, int64_t value) {
+      return torch::constant_pad_nd(x, {0, extra}, static_cast<double>(value));
+    };
+    Seq2SeqInputs in{pad(g["input_ids"], 0), pad(g["attention_mask"], 0), pad(g["decoder_input_ids"], 0), {}, {}};
+    auto labels = pad(g["labels"], -100);
+    auto t = teacher->forward(in, true);
+    auto s = student->forward(in, true);
+    std::vector<double> out;
+    for (auto kind : {SoftLoss::kCe, SoftLoss::kReverseKl, SoftLoss::kJsd}) {
+      auto d = distillation_loss(s.logits, t.logits, labels, {0.75, 0.25, 2.0, kind, 0.5});
+      out.push_back(d.total.item<double>());
+      out.push_back(distillation_loss(s.logits, top_k_soft_targets(t.logits, 5, 2.0), labels, {0.75, 0.25, 2.0, kind, 0.5})
+                        .total.item<double>());
+    }
+    for (auto kind : {HiddenLoss::kMse, HiddenLoss::kCosine}) {
+      out.push_back(hidden_state_loss(s.encoder_hidden_states, s.decoder_hidden_states, t.encoder_hidden_states,
+                                      t.decoder_hidden_states, pairs, in.attention_mask, labels != -100, kind)
+                        .item<double>());
+    }
+    return out;
+  };
+  const auto base = losses(0), padded = losses(7);
+  ASSERT_EQ(base.size(), padded.size());
+  for (size_t i = 0; i < base.size(); ++i) EXPECT_NEAR(padded[i], base[i], 1e-5 * std::abs(base[i])) << i;
 }
 
 TEST(DistillLoss, TopKKeepsTheRestOfTheMassAsOneClass) {
@@ -213,10 +395,10 @@ TEST(DistillLoss, TopKKeepsTheRestOfTheMassAsOneClass) {
   // Cross-entropy of the 3-class teacher (top 2 + rest) against the student's 3 classes.
   auto q_top = q.gather(-1, targets.ids);
   auto ce = -(targets.probs * q_top.log()).sum(-1) - targets.rest * (1 - q_top.sum(-1)).log();
-  auto d = distillation_loss(s, targets, labels, {0.0, 1.0, 1.0, false});
+  auto d = distillation_loss(s, targets, labels, {0.0, 1.0, 1.0, SoftLoss::kCe});
   EXPECT_NEAR(d.soft.item<double>(), ce.mean().item<double>(), 1e-5);
   // KL of identical coarse distributions is zero.
-  EXPECT_NEAR(distillation_loss(t, targets, labels, {0.0, 1.0, 1.0, true}).soft.item<double>(), 0.0, 1e-6);
+  EXPECT_NEAR(distillation_loss(t, targets, labels, {0.0, 1.0, 1.0, SoftLoss::kKl}).soft.item<double>(), 0.0, 1e-6);
 }
 
 TEST(Optim, SchedulesHaveTheirShapes) {
@@ -520,7 +702,9 @@ TEST(TeacherCache, StudentWithTop32IsWithinNoiseOfTheUncachedStudent) {
     auto o = tiny_options(dir.file(name), 120, false);  // about 5 epochs
     o.training.optimizer.lr = 1e-2;
     o.training.log_interval = 40;
-    TeacherSignal signal{teacher, {0.75, 0.25, 1.0, false}, cache_k};
+    TeacherSignal signal;
+    signal.teacher = teacher;
+    signal.cache_top_k = cache_k;
     return *Trainer(student, data, &eval, o, signal).run().eval;
   };
   const auto plain = distill("plain", 0);
