@@ -14,6 +14,7 @@
 #include "distill/run_lock.h"
 #include "distill/stage_jobs.h"
 #include "distill/stages.h"
+#include "distill/html_report.h"
 #include "distill/student_init.h"
 #include "distill/trainer.h"
 #include "models/io/atomic_file.h"
@@ -48,7 +49,12 @@ ObjectiveOptions run_objective_options(const RunConfig& c, const Tokenizer& t) {
 
 uint64_t data_seed(const RunConfig& c) { return c.data.seed ? static_cast<uint64_t>(*c.data.seed) : c.seed; }
 
-std::string stage_dir(const RunConfig& c, const std::string& stage) { return (fs::path(c.output_dir) / stage).string(); }
+// A stage's directory: OUTPUT/<stage>, or with stages_dir one there named by the hash of its
+// fingerprint (students stay in OUTPUT: they are what a run is about).
+std::string stage_dir(const RunConfig& c, const std::string& stage, const json& fingerprint) {
+  if (c.stages_dir.empty() || stage == "student") return (fs::path(c.output_dir) / stage).string();
+  return (fs::path(c.stages_dir) / (stage + "-" + fingerprint_hash(fingerprint))).string();
+}
 
 int64_t teacher_steps(const RunConfig& c) { return c.teacher.steps ? *c.teacher.steps : c.training.steps; }
 
@@ -174,7 +180,15 @@ Tokenizer resolve_tokenizer(const RunConfig& c) {
     if (fs::exists(fs::path(c.teacher.path) / "spiece.model")) return Tokenizer::load(c.teacher.path);
     throw ConfigError("teacher " + c.teacher.path + " has no spiece.model: set data.tokenizer.path to its tokenizer");
   }
-  const std::string dir = (fs::path(c.output_dir) / "tokenizer").string();
+  std::string dir = (fs::path(c.output_dir) / "tokenizer").string();
+  if (!c.stages_dir.empty()) {  // shared by the runs whose corpus and tokenizer settings agree
+    json key = run_config_json(c)["data"]["tokenizer"];
+    key.erase("path");
+    json files = json::array();
+    for (const auto& f : c.data.train.files) files.push_back(file_hash(f));
+    key["train_files"] = files;
+    dir = (fs::path(c.stages_dir) / ("tokenizer-" + fingerprint_hash(key))).string();
+  }
   if (!is_writer()) {  // rank 0 trains it; the others wait, then load it
     world()->barrier();
   } else if (!fs::exists(fs::path(dir) / "spiece.model")) {
@@ -304,10 +318,11 @@ StageResult train_teacher(const RunConfig& c, const PreparedData& data, bool res
   if (!c.teacher.path.empty()) return given_model("teacher", c.teacher.path, c.teacher.trained_tokens);
   StageResult r;
   r.name = "teacher";
-  const std::string dir = stage_dir(c, r.name);
+  const json fingerprint = teacher_fingerprint(c, data);
+  const std::string dir = stage_dir(c, r.name, fingerprint);
   r.model_dir = (fs::path(dir) / "model").string();
   const std::string label = stage_label(c, r.name);
-  const auto action = prepare_stage(label, dir, teacher_fingerprint(c, data), resume);
+  const auto action = prepare_stage(label, dir, fingerprint, resume);
   r.reused = action == StageAction::kReuse;
   if (!r.reused) {
     ModelConfig config = teacher_model_config(c, data.tokenizer.vocab_size(), /*dense_only=*/false);
@@ -361,13 +376,14 @@ namespace {
 StageResult train_dense(const RunConfig& c, const PreparedData& data, const std::string& name, int64_t steps, bool resume) {
   StageResult r;
   r.name = name;
-  const std::string dir = stage_dir(c, r.name);
+  const json fingerprint = baseline_fingerprint(c, data, steps, name);
+  const std::string dir = stage_dir(c, r.name, fingerprint);
   r.model_dir = (fs::path(dir) / "model").string();
   const bool from_path = name == "baseline" && !c.baseline.path.empty();
   TrainingConfig training = c.training;
   training.steps = steps;
   const std::string label = stage_label(c, r.name);
-  const auto action = prepare_stage(label, dir, baseline_fingerprint(c, data, training.steps, name), resume);
+  const auto action = prepare_stage(label, dir, fingerprint, resume);
   r.reused = action == StageAction::kReuse;
   if (!r.reused) {
     Seq2SeqModel model{nullptr};
@@ -415,11 +431,11 @@ StageResult train_dense_counterpart(const RunConfig& c, const PreparedData& data
   return train_dense(c, data, "dense", teacher_steps(c), resume);
 }
 
-StageResult find_teacher(const RunConfig& c) {
+StageResult find_teacher(const RunConfig& c, const PreparedData& data) {
   if (!c.teacher.path.empty()) return given_model("teacher", c.teacher.path, c.teacher.trained_tokens);
   StageResult r;
   r.name = "teacher";
-  const std::string dir = stage_dir(c, r.name);
+  const std::string dir = stage_dir(c, r.name, teacher_fingerprint(c, data));
   r.model_dir = (fs::path(dir) / "model").string();
   if (!fs::exists(fs::path(dir) / "DONE.json") || !fs::exists(fs::path(r.model_dir) / "config.json")) {
     throw ConfigError("no teacher at " + r.model_dir + ": set teacher.path, or train one first (distill train CONFIG, or distill run CONFIG)");
@@ -452,11 +468,12 @@ Seq2SeqModel load_teacher(const RunConfig& c, const StageResult& stage, const To
 StageResult distill_student(const RunConfig& c, const PreparedData& data, const StageResult& teacher_stage, bool resume) {
   StageResult r;
   r.name = "student";
-  const std::string dir = stage_dir(c, r.name);
+  const json fingerprint = student_fingerprint(c, data, teacher_stage);
+  const std::string dir = stage_dir(c, r.name, fingerprint);
   r.model_dir = (fs::path(dir) / "model").string();
   const DataPosition start = student_start(teacher_stage);
   const std::string label = stage_label(c, r.name);
-  const auto action = prepare_stage(label, dir, student_fingerprint(c, data, teacher_stage), resume);
+  const auto action = prepare_stage(label, dir, fingerprint, resume);
   r.reused = action == StageAction::kReuse;
   if (!r.reused) {
     auto teacher = load_teacher(c, teacher_stage, data.tokenizer);
@@ -498,34 +515,46 @@ StageResult distill_student(const RunConfig& c, const PreparedData& data, const 
 
 namespace {
 
-// Evaluates each distinct model directory once (seeds may share a teacher or a given baseline).
+// Evaluates each distinct model once (seeds may share a teacher or a given baseline; a sweep's
+// runs share teachers and baselines): keyed by the stage's identity, its directory, and what
+// decides the evaluation (`context`: the held-out data and how a teacher is run).
 class Evaluations {
  public:
-  explicit Evaluations(const std::vector<Batch>& batches) : batches_(batches) {}
-  const EvalResult& of(const std::string& dir, const std::function<Seq2SeqModel()>& load) {
-    auto it = done_.find(dir);
+  Evaluations(const std::vector<Batch>& batches, std::string context, EvaluationCache* shared)
+      : batches_(batches), context_(std::move(context)), done_(shared ? *shared : own_) {}
+  const EvalResult& of(const StageResult& stage, const std::function<Seq2SeqModel()>& load) {
+    const std::string key = stage.identity + "|" + stage.model_dir + "|" + context_;
+    auto it = done_.find(key);
     if (it != done_.end()) return it->second;
     auto model = load();
-    return done_.emplace(dir, evaluate(model, batches_, world())).first->second;
+    return done_.emplace(key, evaluate(model, batches_, world())).first->second;
   }
 
  private:
   const std::vector<Batch>& batches_;
-  std::map<std::string, EvalResult> done_;
+  std::string context_;
+  EvaluationCache own_;
+  EvaluationCache& done_;
 };
 
 }  // namespace
 
 std::vector<StageJob> pending_stages(const RunConfig& c, const PreparedData& data, bool comparison) {
   std::vector<StageJob> jobs;
+  // Adds the job unless its stage is finished under `fingerprint`; returns its index if added.
+  const auto add = [&](const RunConfig& rc, const std::string& stage, const json& fingerprint,
+                       std::vector<size_t> after = {}) -> std::optional<size_t> {
+    const std::string dir = stage_dir(rc, stage, fingerprint);
+    if (after.empty() && stage_is_done(dir, fingerprint)) return std::nullopt;
+    jobs.push_back({rc.seed_index, stage, std::move(after), dir, ""});
+    return jobs.size() - 1;
+  };
   if (comparison) {
     require_teacher_trained_here(c);
     for (int64_t i = 0; i < c.seeds; ++i) {
       const RunConfig rc = replica_config(c, i);
-      if (!stage_is_done(stage_dir(rc, "teacher"), teacher_fingerprint(rc, data))) jobs.push_back({i, "teacher", {}});
-      if (!stage_is_done(stage_dir(rc, "dense"), baseline_fingerprint(rc, data, teacher_steps(rc), "dense"))) {
-        jobs.push_back({i, "dense", {}});
-      }
+      add(rc, "teacher", teacher_fingerprint(rc, data));
+      add(rc, "dense", baseline_fingerprint(rc, data, teacher_steps(rc), "dense"));
     }
     return jobs;
   }
@@ -534,20 +563,15 @@ std::vector<StageJob> pending_stages(const RunConfig& c, const PreparedData& dat
   for (int64_t i = 0; i < c.seeds; ++i) {
     const RunConfig rc = replica_config(c, i);
     const bool own_teacher = trains_own_teacher(c, i);
-    if (own_teacher && !stage_is_done(stage_dir(rc, "teacher"), teacher_fingerprint(rc, data))) {
-      teacher_job[static_cast<size_t>(i)] = jobs.size();
-      jobs.push_back({i, "teacher", {}});
-    }
-    if (baseline_trained_here(c) && !stage_is_done(stage_dir(rc, "baseline"), baseline_fingerprint(rc, data, steps))) {
-      jobs.push_back({i, "baseline", {}});
-    }
+    if (own_teacher) teacher_job[static_cast<size_t>(i)] = add(rc, "teacher", teacher_fingerprint(rc, data));
+    if (baseline_trained_here(c)) add(rc, "baseline", baseline_fingerprint(rc, data, steps));
     // A student can only be finished if its teacher is (its fingerprint names the teacher).
     const auto& waits = teacher_job[static_cast<size_t>(own_teacher ? i : 0)];
     if (waits) {
-      jobs.push_back({i, "student", {*waits}});
+      jobs.push_back({i, "student", {*waits}, stage_dir(rc, "student", {}), ""});
     } else {
-      const StageResult teacher = find_teacher(own_teacher ? rc : replica_config(c, 0));
-      if (!stage_is_done(stage_dir(rc, "student"), student_fingerprint(rc, data, teacher))) jobs.push_back({i, "student", {}});
+      const StageResult teacher = find_teacher(own_teacher ? rc : replica_config(c, 0), data);
+      add(rc, "student", student_fingerprint(rc, data, teacher));
     }
   }
   return jobs;
@@ -559,7 +583,7 @@ StageResult run_stage(const RunConfig& c, const PreparedData& data, int64_t i, c
   if (stage == "baseline") return train_baseline(rc, data, resume);
   if (stage == "dense") return train_dense_counterpart(rc, data, resume);
   if (stage == "student") {
-    return distill_student(rc, data, find_teacher(trains_own_teacher(c, i) ? rc : replica_config(c, 0)), resume);
+    return distill_student(rc, data, find_teacher(trains_own_teacher(c, i) ? rc : replica_config(c, 0), data), resume);
   }
   throw Error("unknown stage \"" + stage + "\" (expected teacher, baseline, student or dense)");
 }
@@ -613,7 +637,7 @@ json run_comparison(const RunConfig& c, bool resume) {
   return report;
 }
 
-json run_experiment(const RunConfig& c, bool resume) {
+json run_experiment(const RunConfig& c, bool resume, EvaluationCache* evaluations) {
   auto tokenizer = resolve_tokenizer(c);
   auto data = prepare_data(c, tokenizer);
   train_side_by_side(c, pending_stages(c, data, /*comparison=*/false), resume);
@@ -629,12 +653,14 @@ json run_experiment(const RunConfig& c, bool resume) {
   }
 
   spdlog::info("evaluating {} model(s) on {} held-out batches", 3 * runs.size(), data.eval.size());
-  Evaluations evals(data.eval);
-  ModelConfig teacher_config, student_config;
+  const json settings = run_config_json(c);
+  const json context = {{"data", settings["data"]}, {"teacher_bf16", c.teacher.bf16},
+                        {"teacher_capacity_factor", settings["distillation"]["teacher_capacity_factor"]}};
+  Evaluations evals(data.eval, fingerprint_hash(context), evaluations);
   for (auto& run : runs) {
-    run.teacher_eval = evals.of(run.teacher.model_dir, [&] { return load_teacher(c, run.teacher, data.tokenizer); });
-    run.baseline_eval = evals.of(run.baseline.model_dir, [&] { return load_model(run.baseline.model_dir); });
-    run.student_eval = evals.of(run.student.model_dir, [&] { return load_model(run.student.model_dir); });
+    run.teacher_eval = evals.of(run.teacher, [&] { return load_teacher(c, run.teacher, data.tokenizer); });
+    run.baseline_eval = evals.of(run.baseline, [&] { return load_model(run.baseline.model_dir); });
+    run.student_eval = evals.of(run.student, [&] { return load_model(run.student.model_dir); });
   }
   ReportInputs in;
   in.teacher = read_hf_config((fs::path(runs[0].teacher.model_dir) / "config.json").string());
@@ -648,7 +674,8 @@ json run_experiment(const RunConfig& c, bool resume) {
   auto report = build_report(in);
   if (!is_writer()) return report;
   write_text_atomic((fs::path(c.output_dir) / "report.json").string(), report.dump(2) + "\n");
-  write_text_atomic((fs::path(c.output_dir) / "report.md").string(), report_markdown(report));
+  const std::string plots = write_html_report(c.output_dir);
+  write_text_atomic((fs::path(c.output_dir) / "report.md").string(), report_markdown(report) + plots);
   return report;
 }
 

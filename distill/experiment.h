@@ -2,6 +2,7 @@
 // for each seed, and the whole experiment with its evaluation and report.
 #pragma once
 
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -64,8 +65,8 @@ StageResult train_baseline(const RunConfig& config, const PreparedData& data, bo
 // steps on the same batches into OUTPUT/dense: the Switch-vs-dense comparison at equal steps.
 StageResult train_dense_counterpart(const RunConfig& config, const PreparedData& data, bool resume);
 
-// The teacher a `distill distill` job uses: teacher.path, else the finished OUTPUT/teacher.
-StageResult find_teacher(const RunConfig& config);
+// The teacher a `distill distill` job uses: teacher.path, else the finished teacher stage.
+StageResult find_teacher(const RunConfig& config, const PreparedData& data);
 
 // Loads `teacher` frozen for distillation, with the configured evaluation capacity factor and dtype.
 Seq2SeqModel load_teacher(const RunConfig& config, const StageResult& teacher, const Tokenizer& tokenizer);
@@ -80,6 +81,8 @@ struct StageJob {
   int64_t seed_index = 0;
   std::string stage;          // teacher | baseline | student
   std::vector<size_t> after;  // jobs that must finish first (a student waits for its teacher)
+  std::string dir;            // the stage's directory (jobs of several runs that share it are one)
+  std::string config_file;    // the run's resolved configuration; empty: the one run_stage_jobs is given
 };
 
 // Every stage of every seed that is not finished with its current settings, in dependency order:
@@ -91,8 +94,12 @@ std::vector<StageJob> pending_stages(const RunConfig& config, const PreparedData
 StageResult run_stage(const RunConfig& config, const PreparedData& data, int64_t seed_index, const std::string& stage,
                       bool resume);
 
-// The whole experiment, every seed; writes OUTPUT/report.json and OUTPUT/report.md and returns the report.
-nlohmann::json run_experiment(const RunConfig& config, bool resume);
+// Held-out evaluations kept across runs of one process (a sweep's runs share stages).
+using EvaluationCache = std::map<std::string, EvalResult>;
+
+// The whole experiment, every seed; writes OUTPUT/report.json and OUTPUT/report.md and returns the
+// report. `evaluations`, when given, is consulted and filled instead of a cache of this run's own.
+nlohmann::json run_experiment(const RunConfig& config, bool resume, EvaluationCache* evaluations = nullptr);
 
 // Does the teacher earn its gap? Trains the Switch teacher and its dense counterpart for the same
 // steps on the same batches for every seed, evaluates both, and writes OUTPUT/compare.json and

@@ -171,6 +171,7 @@ void visit(V& v, RunConfig& c) {
   v.field("seeds", c.seeds);
   v.field("threads", c.threads);
   v.field("parallel_stages", c.parallel_stages);
+  v.field("stages_dir", c.stages_dir);
   v.section("data", c.data);
   v.section("teacher", c.teacher);
   v.section("baseline", c.baseline);
@@ -606,7 +607,8 @@ void apply_override(YAML::Node root, const std::string& assignment, ReadContext&
 
 }  // namespace
 
-RunConfig load_run_config(const std::string& path, const std::vector<std::string>& overrides) {
+RunConfig load_run_config(const std::string& path, const std::vector<std::string>& overrides,
+                          const std::vector<std::string>& foreign_keys) {
   ReadContext ctx;
   ctx.file = path;
   std::error_code ec;
@@ -622,6 +624,7 @@ RunConfig load_run_config(const std::string& path, const std::vector<std::string
   }
   if (root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
   if (!root.IsMap()) throw ConfigError(path + ": expected a mapping of keys at the top level");
+  for (const auto& k : foreign_keys) root.remove(k);
   for (const auto& o : overrides) apply_override(root, o, ctx);
 
   RunConfig config;

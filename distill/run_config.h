@@ -179,6 +179,9 @@ struct RunConfig {
   int threads = 0;                    // 0 = cores available (--threads wins)
   int64_t parallel_stages = 0;        // stages trained side by side, each in a process of its own with an
                                       // equal share of the threads; 0 = one per thread; 1 = in turn, here
+  std::string stages_dir;             // where the tokenizer, teacher, baseline and dense stages live, each
+                                      // in a directory named by the hash of what determines it, so runs
+                                      // pointed at one share them (a sweep does); empty: OUTPUT/<stage>
   DataConfig data;
   TeacherConfig teacher;
   BaselineConfig baseline;
@@ -192,7 +195,9 @@ struct RunConfig {
 // Reads `path`, applies `overrides` ("a.b=value"), and validates. Every unknown key (with a
 // "did you mean"), wrong type and out-of-range value is reported at once with file:line
 // (ConfigError). Relative paths are taken from the current directory, like any CLI argument.
-RunConfig load_run_config(const std::string& path, const std::vector<std::string>& overrides = {});
+// `foreign_keys`: top-level keys another reader owns (a sweep's `sweep`), left alone.
+RunConfig load_run_config(const std::string& path, const std::vector<std::string>& overrides = {},
+                          const std::vector<std::string>& foreign_keys = {});
 
 // The fully resolved configuration as YAML (every key, defaults included).
 std::string run_config_yaml(const RunConfig& config);

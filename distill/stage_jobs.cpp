@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <filesystem>
 #include <cstring>
 #include <map>
 
@@ -29,7 +30,10 @@ struct Child {
 };
 
 std::string job_name(const StageJob& j) {
-  return (j.stage == "dense" ? std::string("dense counterpart") : j.stage) + " of seed " + std::to_string(j.seed_index + 1);
+  std::string name = (j.stage == "dense" ? std::string("dense counterpart") : j.stage) + " of seed " + std::to_string(j.seed_index + 1);
+  // A sweep's jobs come from several runs: name the run (its output directory).
+  if (!j.config_file.empty()) name += " (" + std::filesystem::path(j.config_file).parent_path().filename().string() + ")";
+  return name;
 }
 
 // One relayed line: "level<TAB>message" from a child's logger, anything else as it is.
@@ -73,7 +77,7 @@ void drain(Child& child, bool all) {
 Child launch(const StageJob& job, size_t index, const std::string& config, bool resume, int threads) {
   int fds[2];
   if (pipe(fds) != 0) throw Error(std::string("cannot start a stage process: pipe: ") + std::strerror(errno));
-  std::vector<std::string> args{"--threads", std::to_string(threads), "stage", config,
+  std::vector<std::string> args{"--threads", std::to_string(threads), "stage", job.config_file.empty() ? config : job.config_file,
                                 "--seed-index", std::to_string(job.seed_index), "--stage", job.stage};
   if (resume) args.push_back("--resume");
   SpawnOptions o;

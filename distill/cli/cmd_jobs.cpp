@@ -82,8 +82,8 @@ Command add_distill(CLI::App& app) {
   return {sub, [a] {
             auto c = load(*a);
             open_run_directory(c);
-            auto teacher = find_teacher(c);
             auto data = prepare_data(c, resolve_tokenizer(c));
+            auto teacher = find_teacher(c, data);
             auto r = distill_student(c, data, teacher, a->resume);
             std::cout << "student model: " << r.model_dir << "\n";
           }};

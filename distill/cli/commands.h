@@ -23,6 +23,8 @@ Command add_distill(CLI::App& app);
 Command add_run(CLI::App& app);
 Command add_stage(CLI::App& app);
 Command add_compare(CLI::App& app);
+Command add_sweep(CLI::App& app);
+Command add_report(CLI::App& app);
 Command add_eval(CLI::App& app);
 Command add_config(CLI::App& app);
 Command add_bench(CLI::App& app);

@@ -36,6 +36,8 @@ int main(int argc, char** argv) {
       distill::cli::add_eval(app),
       distill::cli::add_run(app),
       distill::cli::add_compare(app),
+      distill::cli::add_sweep(app),
+      distill::cli::add_report(app),
       distill::cli::add_stage(app),
       distill::cli::add_config(app),
       distill::cli::add_bench(app),

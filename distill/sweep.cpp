@@ -1,0 +1,144 @@
+#include "distill/sweep.h"
+
+#include <ATen/Parallel.h>
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <filesystem>
+#include <map>
+
+#include "distill/distributed.h"
+#include "distill/experiment.h"
+#include "distill/html_report.h"
+#include "distill/stage_jobs.h"
+#include "models/io/atomic_file.h"
+
+namespace distill {
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+// The pending stages of every variant as one list: a stage two variants share (the same
+// directory: the same settings) is one job, and a student waits for its teacher's job wherever
+// that job came from.
+std::vector<StageJob> all_pending_stages(const SweepConfig& sweep) {
+  std::vector<StageJob> all;
+  std::map<std::string, size_t> by_dir;
+  for (const auto& v : sweep.variants) {
+    const auto data = prepare_data(v.config, resolve_tokenizer(v.config), /*quiet=*/true);
+    const auto jobs = pending_stages(v.config, data);
+    std::vector<size_t> global(jobs.size());
+    for (size_t i = 0; i < jobs.size(); ++i) {
+      StageJob job = jobs[i];
+      if (auto it = by_dir.find(job.dir); it != by_dir.end()) {
+        global[i] = it->second;
+        continue;
+      }
+      for (auto& a : job.after) a = global[a];
+      job.config_file = (fs::path(v.config.output_dir) / "config.yaml").string();
+      global[i] = all.size();
+      by_dir.emplace(job.dir, all.size());
+      all.push_back(std::move(job));
+    }
+  }
+  return all;
+}
+
+json number_or_null(const json& j) { return j.is_number() ? j : json(); }
+
+}  // namespace
+
+json sweep_row(const SweepVariant& v, const json& r) {
+  const auto& q = r["quality"];
+  json row = {{"name", v.name},
+              {"label", v.label},
+              {"set", v.set},
+              {"paper_percent", v.paper_percent ? json(*v.paper_percent) : json()},
+              {"dir", v.config.output_dir},
+              {"seeds", r["seeds"]},
+              {"teacher_parameters", r["teacher"]["parameters"]["total"]},
+              {"student_parameters", r["student"]["parameters"]["total"]},
+              {"compression_percent", r["compression"]["percent"]},
+              {"gain_preserved_percent", number_or_null(q["gain_preserved_percent"])},
+              {"gain_preserved_ci95", q["gain_preserved_ci95"]},
+              {"gain_preserved_per_seed", q["gain_preserved_per_seed"]},
+              {"teacher", q["teacher"]},
+              {"baseline", q["baseline"]},
+              {"student", q["student"]},
+              {"gap", q["gap"]},
+              {"student_minus_baseline", q["student_minus_baseline"]},
+              {"budget", {{"teacher_tokens", r["teacher"]["budget"]["tokens"]},
+                          {"baseline_tokens", r["baseline"]["budget"]["tokens"]},
+                          {"student_path_tokens", r["student"]["path_budget"]["tokens"]},
+                          {"fair", r["budget_check"]["fair"]}}}};
+  if (q.contains("gain_preserved_undefined")) row["gain_preserved_undefined"] = q["gain_preserved_undefined"];
+  return row;
+}
+
+std::string sweep_markdown(const json& s) {
+  std::string md = "# Sweep: " + s["config"].get<std::string>() + "\n\n";
+  md += "Gain preserved = (student - baseline) / (teacher - baseline) on held-out negative log perplexity, mean over " +
+        std::string("seeds with its 95% interval; each row's dense baseline has the student's shape and the student's "
+                    "whole budget (its teacher's training plus its distillation).\n\n");
+  md += "| variant | compression | gain preserved (95% interval) | paper | student | baseline | teacher | seeds | "
+        "baseline tokens / student path tokens |\n|---|---|---|---|---|---|---|---|---|\n";
+  for (const auto& row : s["rows"]) {
+    std::string gain = "undefined";
+    if (row["gain_preserved_percent"].is_number()) {
+      gain = fmt::format("{:.1f}%", row["gain_preserved_percent"].get<double>());
+      if (row["gain_preserved_ci95"].is_array()) {
+        gain += fmt::format(" ({:.1f} to {:.1f})", row["gain_preserved_ci95"][0].get<double>(),
+                            row["gain_preserved_ci95"][1].get<double>());
+      }
+    }
+    const std::string paper = row["paper_percent"].is_number() ? fmt::format("{:.0f}%", row["paper_percent"].get<double>()) : "";
+    md += fmt::format("| {} | {:.1f}% | {} | {} | {:.4f} | {:.4f} | {:.4f} | {} | {} / {}{} |\n", row["label"].get<std::string>(),
+                      row["compression_percent"].get<double>(), gain, paper, row["student"].get<double>(),
+                      row["baseline"].get<double>(), row["teacher"].get<double>(), row["seeds"].get<int64_t>(),
+                      row["budget"]["baseline_tokens"].dump(), row["budget"]["student_path_tokens"].dump(),
+                      row["budget"]["fair"].get<bool>() ? "" : " (unfair)");
+  }
+  for (const auto& row : s["rows"]) {
+    if (row.contains("gain_preserved_undefined")) {
+      md += "\n- " + row["label"].get<std::string>() + ": gain preserved undefined: " + row["gain_preserved_undefined"].get<std::string>();
+    }
+  }
+  md += "\n\nEach variant's own report: `<variant>/report.md`. Plots: `report.html`.\n";
+  return md;
+}
+
+json run_sweep(const SweepConfig& sweep, bool resume) {
+  const std::string out = sweep.base.output_dir;
+  for (const auto& v : sweep.variants) {
+    if (!is_writer()) break;
+    fs::create_directories(v.config.output_dir);
+    write_text_atomic((fs::path(v.config.output_dir) / "config.yaml").string(), run_config_yaml(v.config));
+  }
+  if (world()) world()->barrier();
+  spdlog::info("sweep of {} variant(s) into {}; shared stages in {}", sweep.variants.size(), out,
+               sweep.variants.front().config.stages_dir);
+  const auto jobs = all_pending_stages(sweep);
+  const int threads = at::get_num_threads();
+  const int workers = static_cast<int>(std::min<int64_t>(static_cast<int64_t>(jobs.size()),
+                                                         sweep.base.parallel_stages > 0 ? sweep.base.parallel_stages : threads));
+  if (!jobs.empty()) spdlog::info("{} stage(s) to train across the variants", jobs.size());
+  if (workers > 1 && !world()) {
+    run_stage_jobs(jobs, (fs::path(out) / "config.yaml").string(), resume, workers, std::max(1, threads / workers));
+  }
+  EvaluationCache evaluations;
+  json rows = json::array();
+  for (const auto& v : sweep.variants) {
+    spdlog::info("variant {}: {}", v.name, v.set.empty() ? std::string("the base") : fmt::format("{}", fmt::join(v.set, " ")));
+    const json report = run_experiment(v.config, resume, &evaluations);
+    rows.push_back(sweep_row(v, report));
+  }
+  json s = {{"config", (fs::path(out) / "config.yaml").string()}, {"output_dir", out}, {"rows", rows}};
+  if (!is_writer()) return s;
+  write_text_atomic((fs::path(out) / "sweep.json").string(), s.dump(2) + "\n");
+  const std::string plots = write_html_report(out);
+  write_text_atomic((fs::path(out) / "sweep.md").string(), sweep_markdown(s) + plots);
+  return s;
+}
+
+}  // namespace distill
