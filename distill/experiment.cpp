@@ -16,6 +16,7 @@
 #include "distill/stages.h"
 #include "distill/html_report.h"
 #include "distill/student_init.h"
+#include "distill/teacher_target_file.h"
 #include "distill/trainer.h"
 #include "models/io/atomic_file.h"
 #include "models/io/checkpoint.h"
@@ -465,6 +466,45 @@ Seq2SeqModel load_teacher(const RunConfig& c, const StageResult& stage, const To
   return teacher;
 }
 
+namespace {
+
+// The teacher's soft targets of the student's batches, from the file every student of this teacher
+// with these settings shares (computed here when missing or stale).
+std::shared_ptr<SoftTargetSource> teacher_target_file(const RunConfig& c, const PreparedData& data, const StageResult& teacher_stage,
+                                                      Seq2SeqModel& teacher, DataPosition start) {
+  const auto& x = c.distillation;
+  const int64_t V = teacher->config().vocab_size, k = std::min(x.teacher_cache_top_k, V);
+  const int64_t batches = c.training.steps * c.training.grad_accumulation;
+  const json settings = run_config_json(c);
+  json header = {{"format", 1},
+                 {"teacher", teacher_stage.identity},
+                 {"teacher_run", {{"bf16", c.teacher.bf16}, {"capacity_factor", settings["distillation"]["teacher_capacity_factor"]}}},
+                 {"data", fingerprint_hash(data.fingerprint)},
+                 {"start", {{"epoch", start.epoch}, {"batch", start.batch}}},
+                 {"batches", batches},
+                 {"k", k},
+                 {"temperature", x.temperature},
+                 {"vocab_size", V}};
+  // Named by everything but the teacher's identity: a teacher changed under the same path finds
+  // the old file, which is refused as stale and replaced.
+  json key = header;
+  key.erase("teacher");
+  const fs::path dir = teacher_stage.trained_here ? fs::path(teacher_stage.model_dir).parent_path()
+                                                  : fs::path(c.stages_dir.empty() ? c.output_dir : c.stages_dir) / "teacher-targets";
+  fs::create_directories(dir);
+  const std::string path = (dir / ("soft-targets-" + fingerprint_hash(key) + ".bin")).string();
+  auto file = TeacherTargetFile::open_or_build(path, header, [&] {
+    spdlog::info("computing the teacher's top-{} soft targets of {} batches into {}", k, batches, path);
+    const double per_token = TeacherTargetFile::build(path, header, teacher, data.train, start, batches, V);
+    spdlog::info("wrote {} ({:.1f} MB, {:.0f} bytes per target token)", path,
+                 static_cast<double>(fs::file_size(path)) / (1024.0 * 1024.0), per_token);
+  });
+  spdlog::info("the teacher's soft targets come from {} ({} examples)", path, file->examples());
+  return std::shared_ptr<SoftTargetSource>(std::move(file));
+}
+
+}  // namespace
+
 StageResult distill_student(const RunConfig& c, const PreparedData& data, const StageResult& teacher_stage, bool resume) {
   StageResult r;
   r.name = "student";
@@ -506,6 +546,7 @@ StageResult distill_student(const RunConfig& c, const PreparedData& data, const 
       signal.hidden_pairs = parse_hidden_layer_map(x.hidden_layers, teacher->config().num_layers,
                                                    teacher->config().num_decoder_layers, "distillation.hidden_layers");
     }
+    if (x.teacher_cache_disk) signal.targets = teacher_target_file(c, data, teacher_stage, teacher, start);
     TrainerOptions o{label, dir, c.training, c.seed, action == StageAction::kResume, data.tokenizer_files, start};
     Trainer(student, data.train, &data.eval, o, signal).run();
   }

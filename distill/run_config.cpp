@@ -162,6 +162,7 @@ void visit(V& v, DistillationConfig& c) {
   v.field("teacher_capacity_factor", c.teacher_capacity_factor);
   v.field("teacher_cache", c.teacher_cache);
   v.field("teacher_cache_top_k", c.teacher_cache_top_k);
+  v.field("teacher_cache_disk", c.teacher_cache_disk);
 }
 
 template <class V>
@@ -552,8 +553,8 @@ void check(ReadContext& ctx, const RunConfig& r) {
   c.need(x.hidden_weight >= 0 && x.hidden_weight <= 1000, "distillation.hidden_weight", "must be in [0, 1000]");
   c.one_of(x.hidden_loss, "distillation.hidden_loss", {"mse", "cosine"});
   if (x.hidden_weight > 0) {
-    c.need(!x.teacher_cache, "distillation.hidden_weight",
-           "needs the teacher run at every step; distillation.teacher_cache keeps only its soft targets");
+    c.need(!x.teacher_cache && !x.teacher_cache_disk, "distillation.hidden_weight",
+           "needs the teacher run at every step; the teacher caches keep only its soft targets");
     try {
       const bool here = t.path.empty();  // a given teacher's depths are checked when it is loaded
       parse_hidden_layer_map(x.hidden_layers, here ? a.num_layers : 9999, here ? a.num_decoder_layers : 9999, "");
@@ -566,6 +567,11 @@ void check(ReadContext& ctx, const RunConfig& r) {
   if (x.teacher_cache) {
     c.need(r.data.static_examples, "distillation.teacher_cache",
            "needs data.static_examples: true (otherwise every epoch draws new examples and the cache never hits)");
+  }
+  if (x.teacher_cache_disk) {
+    c.need(r.data.static_examples, "distillation.teacher_cache_disk",
+           "needs data.static_examples: true (the stored targets are looked up by example)");
+    c.need(!x.teacher_cache, "distillation.teacher_cache_disk", "and distillation.teacher_cache exclude each other: choose one");
   }
   check_training(c, r.training, "training");
 }

@@ -168,6 +168,11 @@ struct DistillationConfig {
   bool teacher_cache = false;         // keep the teacher's top-k probabilities per target token so later
                                       // epochs skip the teacher (needs data.static_examples)
   int64_t teacher_cache_top_k = 32;   // k; the rest of the teacher's mass is kept as one number
+  bool teacher_cache_disk = false;    // compute the teacher's top-k targets of the student's batches once
+                                      // into a file (next to the teacher, or in stages_dir) that every
+                                      // student of this teacher with the same data, steps, k and
+                                      // temperature memory-maps: a sweep's variants run the teacher once
+                                      // (needs data.static_examples)
 };
 
 struct RunConfig {

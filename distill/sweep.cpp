@@ -11,6 +11,7 @@
 #include "distill/experiment.h"
 #include "distill/html_report.h"
 #include "distill/stage_jobs.h"
+#include "distill/stats.h"
 #include "models/io/atomic_file.h"
 
 namespace distill {
@@ -47,6 +48,31 @@ std::vector<StageJob> all_pending_stages(const SweepConfig& sweep) {
 
 json number_or_null(const json& j) { return j.is_number() ? j : json(); }
 
+// Per seed: the student's held-out negative log perplexity and its teacher's directory.
+std::vector<std::pair<double, std::string>> student_per_seed(const json& report) {
+  std::vector<std::pair<double, std::string>> out;
+  for (size_t i = 0; i < report["runs"].size() && i < report["student"]["evals"].size(); ++i) {
+    out.emplace_back(report["student"]["evals"][i]["neg_log_perplexity"].get<double>(),
+                     report["runs"][i]["teacher"]["dir"].get<std::string>());
+  }
+  return out;
+}
+
+// The student of `report` against the reference variant's, paired by seed: both distilled from
+// the same teacher on the same batches, so the teacher's and the data's luck cancel. Null when
+// their seeds have different teachers.
+json paired_difference(const json& report, const json& reference) {
+  const auto a = student_per_seed(report), b = student_per_seed(reference);
+  if (a.size() != b.size() || a.empty()) return json();
+  std::vector<double> d;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (a[i].second != b[i].second) return json();
+    d.push_back(a[i].first - b[i].first);
+  }
+  const auto e = stats::estimate(d, 0.0, 1e9);
+  return {{"mean", e.mean}, {"sd", e.sd}, {"ci95", {e.lo, e.hi}}, {"n", e.n}};
+}
+
 }  // namespace
 
 json sweep_row(const SweepVariant& v, const json& r) {
@@ -81,8 +107,14 @@ std::string sweep_markdown(const json& s) {
   md += "Gain preserved = (student - baseline) / (teacher - baseline) on held-out negative log perplexity, mean over " +
         std::string("seeds with its 95% interval; each row's dense baseline has the student's shape and the student's "
                     "whole budget (its teacher's training plus its distillation).\n\n");
-  md += "| variant | compression | gain preserved (95% interval) | paper | student | baseline | teacher | seeds | "
-        "baseline tokens / student path tokens |\n|---|---|---|---|---|---|---|---|---|\n";
+  const std::string first = s["rows"].empty() ? "" : s["rows"][0]["label"].get<std::string>();
+  md += "| variant | compression | gain preserved (95% interval) | paper | student | student - baseline (95% interval) | "
+        "student - " + first + ", paired by seed (95% interval) | baseline | teacher | seeds | "
+        "baseline tokens / student path tokens |\n|---|---|---|---|---|---|---|---|---|---|---|\n";
+  const auto interval = [](const json& e) {
+    if (!e.is_object()) return std::string();
+    return fmt::format("{:+.4f} ({:+.4f} to {:+.4f})", e["mean"].get<double>(), e["ci95"][0].get<double>(), e["ci95"][1].get<double>());
+  };
   for (const auto& row : s["rows"]) {
     std::string gain = "undefined";
     if (row["gain_preserved_percent"].is_number()) {
@@ -93,8 +125,10 @@ std::string sweep_markdown(const json& s) {
       }
     }
     const std::string paper = row["paper_percent"].is_number() ? fmt::format("{:.0f}%", row["paper_percent"].get<double>()) : "";
-    md += fmt::format("| {} | {:.1f}% | {} | {} | {:.4f} | {:.4f} | {:.4f} | {} | {} / {}{} |\n", row["label"].get<std::string>(),
-                      row["compression_percent"].get<double>(), gain, paper, row["student"].get<double>(),
+    md += fmt::format("| {} | {:.1f}% | {} | {} | {:.4f} | {} | {} | {:.4f} | {:.4f} | {} | {} / {}{} |\n",
+                      row["label"].get<std::string>(), row["compression_percent"].get<double>(), gain, paper,
+                      row["student"].get<double>(), interval(row["student_minus_baseline"]),
+                      row.contains("student_minus_first") ? interval(row["student_minus_first"]) : "",
                       row["baseline"].get<double>(), row["teacher"].get<double>(), row["seeds"].get<int64_t>(),
                       row["budget"]["baseline_tokens"].dump(), row["budget"]["student_path_tokens"].dump(),
                       row["budget"]["fair"].get<bool>() ? "" : " (unfair)");
@@ -127,11 +161,13 @@ json run_sweep(const SweepConfig& sweep, bool resume) {
     run_stage_jobs(jobs, (fs::path(out) / "config.yaml").string(), resume, workers, std::max(1, threads / workers));
   }
   EvaluationCache evaluations;
-  json rows = json::array();
+  json rows = json::array(), first;
   for (const auto& v : sweep.variants) {
     spdlog::info("variant {}: {}", v.name, v.set.empty() ? std::string("the base") : fmt::format("{}", fmt::join(v.set, " ")));
     const json report = run_experiment(v.config, resume, &evaluations);
     rows.push_back(sweep_row(v, report));
+    if (first.is_null()) first = report;
+    rows.back()["student_minus_first"] = &v == &sweep.variants.front() ? json() : paired_difference(report, first);
   }
   json s = {{"config", (fs::path(out) / "config.yaml").string()}, {"output_dir", out}, {"rows", rows}};
   if (!is_writer()) return s;

@@ -14,18 +14,31 @@
 
 namespace distill {
 
-class TeacherCache {
+// Where a student's soft targets come from when the teacher does not run at every step.
+class SoftTargetSource {
+ public:
+  virtual ~SoftTargetSource() = default;
+  // The soft targets of `batch`; `teacher_logits` ([B, T, V] for the batch) is called when the
+  // source does not hold every example of it.
+  virtual SoftTargets targets(const Batch& batch, const std::function<at::Tensor()>& teacher_logits) = 0;
+  virtual int64_t hits() const = 0;      // batches served without the teacher
+  virtual int64_t misses() const = 0;    // batches that ran the teacher
+  virtual int64_t examples() const = 0;  // examples held
+  virtual double megabytes() const = 0;
+};
+
+class TeacherCache : public SoftTargetSource {
  public:
   TeacherCache(int64_t top_k, double temperature);
 
   // The soft targets of `batch`. When an example of the batch is not cached yet, calls
-  // `teacher_logits` once ([B, T, V] for the batch) and caches every missing example.
-  SoftTargets targets(const Batch& batch, const std::function<at::Tensor()>& teacher_logits);
+  // `teacher_logits` once and caches every missing example.
+  SoftTargets targets(const Batch& batch, const std::function<at::Tensor()>& teacher_logits) override;
 
-  int64_t hits() const { return hits_; }      // batches served without the teacher
-  int64_t misses() const { return misses_; }  // batches that ran the teacher
-  int64_t examples() const { return examples_; }
-  double megabytes() const;
+  int64_t hits() const override { return hits_; }
+  int64_t misses() const override { return misses_; }
+  int64_t examples() const override { return examples_; }
+  double megabytes() const override;
 
  private:
   struct Entry {

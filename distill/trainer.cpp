@@ -102,7 +102,8 @@ Trainer::Trainer(Seq2SeqModel model, std::shared_ptr<const Dataset> data, const 
   if (teacher_) {
     teacher_->teacher->eval();
     for (auto& p : teacher_->teacher->parameters()) p.set_requires_grad(false);
-    if (teacher_->cache_top_k > 0) cache_ = std::make_unique<TeacherCache>(teacher_->cache_top_k, teacher_->loss.temperature);
+    if (teacher_->targets) cache_ = teacher_->targets;
+    else if (teacher_->cache_top_k > 0) cache_ = std::make_shared<TeacherCache>(teacher_->cache_top_k, teacher_->loss.temperature);
   }
 }
 

@@ -50,6 +50,7 @@ struct TeacherSignal {
   Seq2SeqModel teacher{nullptr};          // frozen, eval mode
   DistillLossOptions loss;                // hard / soft mix
   int64_t cache_top_k = 0;                // > 0: cache the teacher's top-k soft targets per example
+  std::shared_ptr<SoftTargetSource> targets;  // or: its soft targets read from here (a file on disk)
   double hidden_weight = 0;               // > 0: add this times the hidden-state term (needs no cache)
   HiddenLoss hidden_loss = HiddenLoss::kMse;
   std::vector<HiddenLayerPair> hidden_pairs;  // student/teacher hidden states matched
@@ -93,7 +94,7 @@ class Trainer {
   std::optional<TeacherSignal> teacher_;
   std::unique_ptr<Optimizer> optimizer_;
   std::vector<std::pair<std::string, at::Tensor>> params_;
-  std::unique_ptr<TeacherCache> cache_;
+  std::shared_ptr<SoftTargetSource> cache_;  // the teacher's stored soft targets, when it does not run every step
   Budget budget_;                         // consumed so far (restored on resume)
   RoutingAccumulator routing_;            // a sparse model's routing since the last log line
 };

@@ -15,6 +15,7 @@
 #include "distill/run_config.h"
 #include "distill/student_init.h"
 #include "distill/teacher_cache.h"
+#include "distill/teacher_target_file.h"
 #include "distill/trainer.h"
 #include "distill/unit_matching.h"
 #include "models/io/atomic_file.h"
@@ -675,6 +676,81 @@ TEST(TeacherCache, FillsOnceThenServesEveryEpochWithoutTheTeacher) {
   EXPECT_EQ(teacher_calls, cache.misses());
   EXPECT_EQ(cache.hits() + cache.misses(), 3 * static_cast<int64_t>(data->make_epoch(0).batches.size()));
   EXPECT_GT(cache.megabytes(), 0.0);
+}
+
+TEST(TeacherTargetFile, ServesWhatTheTeacherGivesAndRefusesAStaleOrDamagedFile) {
+  torch::manual_seed(6);
+  Seq2SeqModel teacher(cache_teacher_config());
+  teacher->eval();
+  auto data = markov_dataset(4, true);
+  test::TempDir dir;
+  const std::string path = dir.file("targets.bin");
+  const json header = {{"teacher", "abc"}, {"data", "d1"}, {"k", 8}, {"temperature", 2.0}, {"vocab_size", teacher->config().vocab_size}};
+  const int64_t n = static_cast<int64_t>(data->make_epoch(0).batches.size());
+  const DataPosition start{0, 2};  // the student's batches: from batch 2 on, into the next epoch
+  const double per_token = TeacherTargetFile::build(path, header, teacher, data, start, n, teacher->config().vocab_size);
+  EXPECT_NEAR(per_token, 8 * (2 + 4) + 4, 8.0);  // u16 ids, f32 probabilities, f32 rest; + the table and header
+  auto file = TeacherTargetFile::open(path, header);
+  std::set<uint32_t> met;  // the examples of the n batches from `start` (into the next epoch), each once
+  {
+    BatchStream s(data, start);
+    for (int64_t i = 0; i < n; ++i)
+      for (auto id : s.next().batch.example_ids) met.insert(id);
+  }
+  EXPECT_EQ(file->examples(), static_cast<int64_t>(met.size()));
+  int teacher_calls = 0;
+  BatchStream stream(data, start);
+  for (int64_t i = 0; i < n + 3; ++i) {  // 3 batches past the ones stored: still right, from the teacher
+    auto b = stream.next().batch;
+    auto logits = [&] {
+      ++teacher_calls;
+      torch::NoGradGuard ng;
+      return teacher->forward({b.input_ids, b.attention_mask, b.decoder_input_ids, {}, {}}).logits;
+    };
+    auto got = file->targets(b, logits);
+    auto fresh = top_k_soft_targets(logits(), 8, 2.0);
+    --teacher_calls;
+    auto real = (b.labels != -100).unsqueeze(-1);
+    EXPECT_TRUE(torch::equal(got.ids * real, fresh.ids * real)) << i;
+    EXPECT_TRUE(tensors_close(got.probs * real, fresh.probs * real, 1e-5)) << i;
+    EXPECT_TRUE(tensors_close(got.rest * real.squeeze(-1), fresh.rest * real.squeeze(-1), 1e-5)) << i;
+  }
+  // Static examples: the batches after the stored ones hold the same examples, so they hit too.
+  EXPECT_EQ(teacher_calls, file->misses());
+  EXPECT_EQ(file->hits() + file->misses(), n + 3);
+
+  // Another teacher (or data, k, ...) than the file was made for: refused, naming what differs.
+  json other = header;
+  other["teacher"] = "def";
+  try {
+    TeacherTargetFile::open(path, other);
+    ADD_FAILURE() << "a stale file was accepted";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("stale soft targets, made for other settings (teacher: \"abc\" in the file, \"def\" now)"),
+              std::string::npos) << e.what();
+  }
+  // open_or_build replaces a stale file, and leaves a current one alone.
+  int builds = 0;
+  auto rebuilt = TeacherTargetFile::open_or_build(path, other, [&] {
+    ++builds;
+    TeacherTargetFile::build(path, other, teacher, data, start, 2, teacher->config().vocab_size);
+  });
+  EXPECT_EQ(builds, 1);
+  EXPECT_EQ(rebuilt->header()["teacher"], "def");
+  TeacherTargetFile::open_or_build(path, other, [&] { ++builds; });
+  EXPECT_EQ(builds, 1);
+
+  // Damaged files: one clear error each, never a read outside the file.
+  const std::string bytes = read_text_file(path);
+  for (size_t cut : {size_t{0}, size_t{10}, size_t{40}, bytes.size() / 2, bytes.size() - 3}) {
+    write_text_atomic(dir.file("cut.bin"), bytes.substr(0, cut));
+    EXPECT_THROW(TeacherTargetFile::open(dir.file("cut.bin"), other), InputError) << cut;
+  }
+  std::string garbled = bytes;
+  garbled[0] = 'X';
+  write_text_atomic(dir.file("garbled.bin"), garbled);
+  EXPECT_THROW(TeacherTargetFile::open(dir.file("garbled.bin"), other), InputError);
+  EXPECT_THROW(TeacherTargetFile::open(dir.file("missing.bin"), other), InputError);
 }
 
 TEST(TeacherCache, StudentWithTop32IsWithinNoiseOfTheUncachedStudent) {

@@ -163,11 +163,15 @@ TEST(SvgPlots, ParseAsXmlAndDrawEveryDatum) {
 TEST(E2eSweep, SharedStagesReportsPlotsAndReportRegeneration) {
   test::TempDir dir;
   const std::string out = dir.file("sweep");
-  const auto path = write(dir, "s.yaml", tiny_sweep(out, R"(  variants:
-    - {name: fresh, paper_percent: 29}
-    - {name: concat, set: [student.init=concat_top_k, student.top_k=2, distillation.soft_loss=jsd]}
+  // Two variants read the teacher's soft targets from one file per teacher; the third runs it.
+  std::string base = tiny_sweep(out, R"(  variants:
+    - {name: fresh, paper_percent: 29, set: [distillation.teacher_cache_disk=true]}
+    - {name: concat, set: [student.init=concat_top_k, student.top_k=2, distillation.soft_loss=jsd, distillation.teacher_cache_disk=true]}
     - {name: hidden, set: [distillation.hidden_weight=0.5, distillation.hidden_loss=cosine]}
-)"));
+)");
+  const std::string batches = "  eval_batches: 4";
+  base.replace(base.find(batches), batches.size(), batches + "\n  static_examples: true");
+  const auto path = write(dir, "s.yaml", base);
   std::string o, e;
   ASSERT_EQ(run_distill("sweep " + path, &o, &e), 0) << e;
   // Two seeds: two teachers (shared by every variant), two baselines per student shape (fresh and
@@ -180,6 +184,13 @@ TEST(E2eSweep, SharedStagesReportsPlotsAndReportRegeneration) {
   }
   EXPECT_EQ(teachers, 2u);
   EXPECT_EQ(baselines, 4u);
+  // The soft targets: computed once per teacher, read by both variants' students.
+  size_t target_files = 0;
+  for (const auto& f : fs::recursive_directory_iterator(out + "/stages"))
+    target_files += f.path().extension() == ".bin" && f.path().filename().string().rfind("soft-targets-", 0) == 0;
+  EXPECT_EQ(target_files, 2u);
+  EXPECT_EQ(count(e, "computing the teacher's top-"), 2u) << e;
+  EXPECT_EQ(count(e, "the teacher's soft targets come from"), 4u) << e;
   const auto s = json::parse(read_text_file(out + "/sweep.json"));
   ASSERT_EQ(s["rows"].size(), 3u);
   const auto& rows = s["rows"];
