@@ -107,7 +107,7 @@ std::string sweep_markdown(const json& s) {
   md += "Gain preserved = (student - baseline) / (teacher - baseline) on held-out negative log perplexity, mean over " +
         std::string("seeds with its 95% interval; each row's dense baseline has the student's shape and the student's "
                     "whole budget (its teacher's training plus its distillation).\n\n");
-  const std::string first = s["rows"].empty() ? "" : s["rows"][0]["label"].get<std::string>();
+  const std::string first = s.value("reference", json()).is_string() ? s["reference"].get<std::string>() : "the first";
   md += "| variant | compression | gain preserved (95% interval) | paper | student | student - baseline (95% interval) | "
         "student - " + first + ", paired by seed (95% interval) | baseline | teacher | seeds | "
         "baseline tokens / student path tokens |\n|---|---|---|---|---|---|---|---|---|---|---|\n";
@@ -128,7 +128,7 @@ std::string sweep_markdown(const json& s) {
     md += fmt::format("| {} | {:.1f}% | {} | {} | {:.4f} | {} | {} | {:.4f} | {:.4f} | {} | {} / {}{} |\n",
                       row["label"].get<std::string>(), row["compression_percent"].get<double>(), gain, paper,
                       row["student"].get<double>(), interval(row["student_minus_baseline"]),
-                      row.contains("student_minus_first") ? interval(row["student_minus_first"]) : "",
+                      row.contains("student_minus_reference") ? interval(row["student_minus_reference"]) : "",
                       row["baseline"].get<double>(), row["teacher"].get<double>(), row["seeds"].get<int64_t>(),
                       row["budget"]["baseline_tokens"].dump(), row["budget"]["student_path_tokens"].dump(),
                       row["budget"]["fair"].get<bool>() ? "" : " (unfair)");
@@ -161,15 +161,22 @@ json run_sweep(const SweepConfig& sweep, bool resume) {
     run_stage_jobs(jobs, (fs::path(out) / "config.yaml").string(), resume, workers, std::max(1, threads / workers));
   }
   EvaluationCache evaluations;
-  json rows = json::array(), first;
+  json rows = json::array();
+  std::vector<json> reports;
+  size_t reference = 0;
   for (const auto& v : sweep.variants) {
     spdlog::info("variant {}: {}", v.name, v.set.empty() ? std::string("the base") : fmt::format("{}", fmt::join(v.set, " ")));
-    const json report = run_experiment(v.config, resume, &evaluations);
-    rows.push_back(sweep_row(v, report));
-    if (first.is_null()) first = report;
-    rows.back()["student_minus_first"] = &v == &sweep.variants.front() ? json() : paired_difference(report, first);
+    reports.push_back(run_experiment(v.config, resume, &evaluations));
+    rows.push_back(sweep_row(v, reports.back()));
+    if (v.name == sweep.reference) reference = reports.size() - 1;
   }
-  json s = {{"config", (fs::path(out) / "config.yaml").string()}, {"output_dir", out}, {"rows", rows}};
+  for (size_t i = 0; i < rows.size(); ++i) {
+    rows[i]["student_minus_reference"] = i == reference ? json() : paired_difference(reports[i], reports[reference]);
+  }
+  json s = {{"config", (fs::path(out) / "config.yaml").string()},
+            {"output_dir", out},
+            {"reference", rows.empty() ? json() : rows[reference]["label"]},
+            {"rows", rows}};
   if (!is_writer()) return s;
   write_text_atomic((fs::path(out) / "sweep.json").string(), s.dump(2) + "\n");
   const std::string plots = write_html_report(out);

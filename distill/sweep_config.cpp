@@ -51,7 +51,7 @@ SweepConfig load_sweep_config(const std::string& path, const std::vector<std::st
   const YAML::Node sweep = root["sweep"];
   std::vector<std::string> errors;
   if (!sweep || !sweep.IsMap()) throw ConfigError(path + ": a sweep file needs a `sweep` mapping with its `variants`");
-  check_keys(sweep, "sweep.", {"variants"}, path, errors);
+  check_keys(sweep, "sweep.", {"variants", "reference"}, path, errors);
   const YAML::Node list = sweep["variants"];
   if (!list || !list.IsSequence() || list.size() == 0) {
     throw ConfigError(at(path, sweep) + ": sweep.variants must be a list of variants (name, set)");
@@ -100,6 +100,14 @@ SweepConfig load_sweep_config(const std::string& path, const std::vector<std::st
     variant.config.output_dir = (fs::path(out.base.output_dir) / variant.name).string();
     if (variant.config.stages_dir.empty()) variant.config.stages_dir = (fs::path(out.base.output_dir) / "stages").string();
     out.variants.push_back(std::move(variant));
+  }
+  if (const auto r = sweep["reference"]) {
+    out.reference = r.IsScalar() ? r.as<std::string>() : "";
+    if (!names.count(out.reference)) {
+      errors.push_back(at(path, r) + ": sweep.reference \"" + out.reference + "\" names no variant");
+    }
+  } else if (!out.variants.empty()) {
+    out.reference = out.variants.front().name;
   }
   if (!errors.empty()) {
     std::ostringstream msg;

@@ -23,6 +23,8 @@ struct SweepVariant {
 struct SweepConfig {
   RunConfig base;                     // the file's run configuration (with the command line's --set)
   std::vector<SweepVariant> variants;
+  std::string reference;              // sweep.reference: the variant every other is compared with,
+                                      // paired by seed; default the first
 };
 
 // Reads and validates a sweep file: the sweep section strictly (unknown keys with "did you mean",

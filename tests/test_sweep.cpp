@@ -208,15 +208,16 @@ TEST(E2eSweep, SharedStagesReportsPlotsAndReportRegeneration) {
   const std::string html = read_text_file(out + "/report.html");
   EXPECT_EQ(html.find("<script"), std::string::npos);
   EXPECT_EQ(html.find("http://"), html.find("http://www.w3.org/2000/svg"));  // nothing fetched
-  EXPECT_EQ(count(html, "<svg"), 5u);
+  EXPECT_EQ(count(html, "<svg"), 6u);
   // The frontier: one point per variant with a defined gain, plus the paper's five.
   const std::string frontier = read_text_file(out + "/frontier.svg");
   size_t defined = 0;
   for (const auto& r : rows) defined += r["gain_preserved_percent"].is_number();
   EXPECT_EQ(count(frontier, "class=\"point\""), defined + paper_table7().size());
+  EXPECT_EQ(count(read_text_file(out + "/frontier-nats.svg"), "class=\"point\""), 2 * rows.size());  // teacher and student per row
   if (have_xmllint()) {
     std::string why;
-    for (const char* f : {"gain.svg", "frontier.svg", "curves.svg", "heldout.svg", "routing.svg"})
+    for (const char* f : {"gain.svg", "frontier.svg", "frontier-nats.svg", "curves.svg", "heldout.svg", "routing.svg"})
       EXPECT_TRUE(parses_as_xml(out + "/" + f, &why)) << f << ": " << why;
   }
   // The curves: teacher, baseline and three students, each a line.
