@@ -44,6 +44,15 @@ bool valid_name(const std::string& name) {
 
 }  // namespace
 
+bool is_sweep_file(const std::string& path) {
+  try {
+    const YAML::Node root = YAML::LoadFile(path);
+    return root.IsMap() && root["sweep"];
+  } catch (const YAML::Exception&) {
+    return false;
+  }
+}
+
 SweepConfig load_sweep_config(const std::string& path, const std::vector<std::string>& overrides) {
   SweepConfig out;
   out.base = load_run_config(path, overrides, {"sweep"});  // the file's own problems first, as a run's

@@ -33,4 +33,8 @@ struct SweepConfig {
 // variant, before the variant's own.
 SweepConfig load_sweep_config(const std::string& path, const std::vector<std::string>& overrides = {});
 
+// Whether `path` is a YAML mapping with a top-level `sweep` key (false when it cannot be read:
+// the run configuration's reader then says why).
+bool is_sweep_file(const std::string& path);
+
 }  // namespace distill

@@ -91,6 +91,7 @@ TEST(SweepConfig, VariantsGetTheirOwnDirectoriesAndShareTheStages) {
   EXPECT_EQ(s.variants[1].config.student.init, "concat_top_k");
   EXPECT_EQ(s.variants[1].config.distillation.soft_loss, "jsd");
   EXPECT_EQ(s.variants[0].config.student.init, "fresh");
+  EXPECT_EQ(s.reference, "a");  // by default the first
   for (const auto& v : s.variants) {
     EXPECT_EQ(v.config.training.steps, 7);  // the command line's --set reaches every variant
     EXPECT_EQ(v.config.output_dir, dir.file("out/") + v.name);
@@ -108,6 +109,7 @@ TEST(SweepConfig, EveryProblemAtOnceNamingTheVariantAndLine) {
     - {name: "../up"}
     - {name: c, set: [student.init=medain]}
   varients: []
+  reference: zz
 )"));
   std::string err;
   try {
@@ -116,7 +118,8 @@ TEST(SweepConfig, EveryProblemAtOnceNamingTheVariantAndLine) {
     err = e.what();
   }
   fs::current_path(cwd);
-  EXPECT_NE(err.find("5 problems"), std::string::npos) << err;
+  EXPECT_NE(err.find("6 problems"), std::string::npos) << err;
+  EXPECT_NE(err.find("sweep.reference \"zz\" names no variant"), std::string::npos) << err;
   EXPECT_NE(err.find("s.yaml:24: unknown key \"sweep.variants[0].sett\" (did you mean \"sweep.variants[0].set\"?)"),
             std::string::npos) << err;
   EXPECT_NE(err.find("\"a\" is given twice"), std::string::npos) << err;
@@ -233,6 +236,12 @@ TEST(E2eSweep, SharedStagesReportsPlotsAndReportRegeneration) {
   // A re-run trains nothing.
   ASSERT_EQ(run_distill("sweep " + path, &o, &e), 0) << e;
   EXPECT_EQ(e.find("training a"), std::string::npos) << e;
+
+  // The shipped sweeps validate, through either command.
+  ASSERT_EQ(run_distill("config check configs/table6.yaml", &o, &e), 0) << e;
+  EXPECT_NE(o.find("# a sweep of 5 variant(s):"), std::string::npos) << o;
+  ASSERT_EQ(run_distill("sweep configs/frontier.yaml --check", &o, &e), 0) << e;
+  EXPECT_NE(o.find("e32_half: runs/frontier/e32_half teacher.model.num_experts=32 student.d_ff=64"), std::string::npos) << o;
 
   // A directory with no report is one clear error.
   EXPECT_EQ(run_distill("report " + dir.file("nothing"), &o, &e), 1);

@@ -13,6 +13,7 @@
 #include "distill/run_config.h"
 #include "distill/runtime.h"
 #include "distill/stage_jobs.h"
+#include "distill/sweep_config.h"
 #include "models/io/checkpoint.h"
 #include "models/errors.h"
 
@@ -145,7 +146,21 @@ Command add_config(CLI::App& app) {
   auto* check = sub->add_subcommand("check", "Validate a run configuration and print it resolved");
   check->add_option("config", a->config, "Run configuration (YAML)")->required();
   check->add_option("--set", a->set, "Override a key: --set training.steps=100 (repeatable)");
-  return {sub, [a] { std::cout << run_config_yaml(load(*a)); }};
+  return {sub, [a] {
+            if (is_sweep_file(a->config)) {  // checked as `distill sweep` reads it
+              auto overrides = a->set;
+              if (!a->output.empty()) overrides.push_back("output_dir=" + a->output);
+              const auto sweep = load_sweep_config(a->config, overrides);
+              std::cout << run_config_yaml(sweep.base) << "# a sweep of " << sweep.variants.size() << " variant(s):\n";
+              for (const auto& v : sweep.variants) {
+                std::cout << "#   " << v.name << ":";
+                for (const auto& o : v.set) std::cout << " " << o;
+                std::cout << "\n";
+              }
+              return;
+            }
+            std::cout << run_config_yaml(load(*a));
+          }};
 }
 
 Command add_eval(CLI::App& app) {
