@@ -434,7 +434,7 @@ TEST(SwitchGradients, FusedTop1NodeMatchesTheGeneralPath) {
       EXPECT_TRUE(top1_switch_applies(flat, rw, wi, wo));
       auto noise = torch::empty_like(flat).uniform_(0.9, 1.1);
       const int64_t cap = expert_capacity_for(r, 30, true);
-      auto t = top1_switch(flat, noise, rw, wi, wo, {3, 10, CapacityMode::kFactor, cap}, 0.3);
+      auto t = top1_switch(flat, noise, rw, wi, wo, {3, 10, CapacityMode::kFactor, cap, {}}, 0.3);
       out.hidden = t.out.view({3, 10, 72});
       out.router.logits = t.logits.view({3, 10, 4});
       out.router.expert_choice = t.expert.view({3, 10});
@@ -472,7 +472,7 @@ TEST(SwitchGradients, FusedTop1NodeRejectsMismatchedShapes) {
   auto x = torch::randn({6, 8}), w = torch::randn({2, 8});
   std::vector<torch::Tensor> wi{torch::randn({4, 8}), torch::randn({4, 8})};
   std::vector<torch::Tensor> wo{torch::randn({8, 4}), torch::randn({8, 4})};
-  const Top1Routing routing{2, 3, CapacityMode::kFixed, 3};
+  const Top1Routing routing{2, 3, CapacityMode::kFixed, 3, {}};
   EXPECT_NO_THROW(top1_switch(x, {}, w, wi, wo, routing, 0.0));
   auto throws = [&](const torch::Tensor& rw, const std::vector<torch::Tensor>& i, const Top1Routing& r,
                     const char* what) {
@@ -485,7 +485,7 @@ TEST(SwitchGradients, FusedTop1NodeRejectsMismatchedShapes) {
   };
   throws(torch::randn({2, 7}), wi, routing, "router weight [2, 7]");
   throws(w, {wi[0], torch::randn({4, 7})}, routing, "expert 1 weights [4, 7]");
-  throws(w, wi, {2, 4, CapacityMode::kFixed, 3}, "x [6, 8] for a batch of 2 x 4");
+  throws(w, wi, {2, 4, CapacityMode::kFixed, 3, {}}, "x [6, 8] for a batch of 2 x 4");
 }
 
 TEST(MixedPrecision, Bf16AutocastKeepsRouterLogitsAndGradientsFloat32) {
