@@ -7,15 +7,30 @@
 #include "models/errors.h"
 
 namespace distill {
-namespace {
-
-// Real target positions of each row: labels are -100 only on padding, at the end.
 std::vector<int64_t> target_lengths(const at::Tensor& labels) {
   auto n = (labels != -100).sum(1).contiguous();
   return std::vector<int64_t>(n.data_ptr<int64_t>(), n.data_ptr<int64_t>() + n.numel());
 }
 
-}  // namespace
+std::vector<ExampleTargets> split_rows(const SoftTargets& targets, const at::Tensor& labels) {
+  auto ids = targets.ids.to(torch::kInt32).contiguous();
+  auto probs = targets.probs.contiguous();
+  auto rest = targets.rest.contiguous();
+  const int64_t T = ids.size(1), k = ids.size(2);
+  const auto lengths = target_lengths(labels);
+  std::vector<ExampleTargets> rows(lengths.size());
+  for (size_t row = 0; row < rows.size(); ++row) {
+    const int64_t L = lengths[row], at = static_cast<int64_t>(row) * T;
+    rows[row].ids.assign(ids.data_ptr<int32_t>() + at * k, ids.data_ptr<int32_t>() + (at + L) * k);
+    rows[row].probs.assign(probs.data_ptr<float>() + at * k, probs.data_ptr<float>() + (at + L) * k);
+    rows[row].rest.assign(rest.data_ptr<float>() + at, rest.data_ptr<float>() + at + L);
+  }
+  return rows;
+}
+
+SoftTargets zero_targets(int64_t B, int64_t T, int64_t k) {
+  return {torch::zeros({B, T, k}, torch::kLong), torch::zeros({B, T, k}, torch::kFloat32), torch::zeros({B, T}, torch::kFloat32)};
+}
 
 TeacherCache::TeacherCache(int64_t top_k, double temperature) : k_(top_k), temperature_(temperature) {
   if (k_ < 1) throw ConfigError("teacher cache: top_k must be >= 1");
@@ -42,24 +57,15 @@ SoftTargets TeacherCache::targets(const Batch& batch, const std::function<at::Te
 }
 
 void TeacherCache::fill(const Batch& batch, const SoftTargets& fresh) {
-  const int64_t k = fresh.ids.size(-1), T = fresh.ids.size(1);
-  k_ = k;  // a k above the vocabulary was cut to V
-  auto ids = fresh.ids.to(torch::kInt32).contiguous();
-  auto probs = fresh.probs.contiguous();
-  auto rest = fresh.rest.contiguous();
-  const auto lengths = target_lengths(batch.labels);
+  k_ = fresh.ids.size(-1);  // a k above the vocabulary was cut to V
+  auto rows = split_rows(fresh, batch.labels);
   for (size_t row = 0; row < batch.example_ids.size(); ++row) {
     const auto id = batch.example_ids[row];
     if (id >= entries_.size()) entries_.resize(id + 1);
     Entry& e = entries_[id];
     if (e.filled()) continue;
-    const int64_t L = lengths[row];
-    const auto* pi = ids.data_ptr<int32_t>() + static_cast<int64_t>(row) * T * k;
-    const auto* pp = probs.data_ptr<float>() + static_cast<int64_t>(row) * T * k;
-    const auto* pr = rest.data_ptr<float>() + static_cast<int64_t>(row) * T;
-    e.ids.assign(pi, pi + L * k);
-    e.probs.assign(pp, pp + L * k);
-    e.rest.assign(pr, pr + L);
+    const auto L = static_cast<int64_t>(rows[row].rest.size());
+    static_cast<ExampleTargets&>(e) = std::move(rows[row]);
     if (L == 0) e.rest.push_back(0.0f);  // an example without targets is still "filled"
     ++examples_;
     positions_ += L;
@@ -68,10 +74,7 @@ void TeacherCache::fill(const Batch& batch, const SoftTargets& fresh) {
 
 SoftTargets TeacherCache::assemble(const Batch& batch) const {
   const int64_t B = batch.labels.size(0), T = batch.labels.size(1), k = k_;
-  SoftTargets t;
-  t.ids = torch::zeros({B, T, k}, torch::kLong);
-  t.probs = torch::zeros({B, T, k}, torch::kFloat32);
-  t.rest = torch::zeros({B, T}, torch::kFloat32);
+  SoftTargets t = zero_targets(B, T, k);
   auto* ids = t.ids.data_ptr<int64_t>();
   auto* probs = t.probs.data_ptr<float>();
   auto* rest = t.rest.data_ptr<float>();

@@ -14,6 +14,22 @@
 
 namespace distill {
 
+// Real target positions of each row of labels [B, T] (-100 only on padding, at the end).
+std::vector<int64_t> target_lengths(const at::Tensor& labels);
+
+// One example's stored targets: its L real positions' ids [L, k], probabilities [L, k], rest [L].
+struct ExampleTargets {
+  std::vector<int32_t> ids;
+  std::vector<float> probs;
+  std::vector<float> rest;
+};
+
+// Each row of a batch's targets, cut to its real positions.
+std::vector<ExampleTargets> split_rows(const SoftTargets& targets, const at::Tensor& labels);
+
+// Zero targets [B, T, k] for a store to fill row by row (padding stays zero).
+SoftTargets zero_targets(int64_t B, int64_t T, int64_t k);
+
 // Where a student's soft targets come from when the teacher does not run at every step.
 class SoftTargetSource {
  public:
@@ -41,10 +57,7 @@ class TeacherCache : public SoftTargetSource {
   double megabytes() const override;
 
  private:
-  struct Entry {
-    std::vector<int32_t> ids;    // [L, k] token ids of the L real target positions
-    std::vector<float> probs;    // [L, k]
-    std::vector<float> rest;     // [L]
+  struct Entry : ExampleTargets {
     bool filled() const { return !rest.empty(); }
   };
   void fill(const Batch& batch, const SoftTargets& fresh);

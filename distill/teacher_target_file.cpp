@@ -28,12 +28,6 @@ constexpr uint64_t kMaxHeader = 1 << 20;
 
 uint64_t padded8(uint64_t n) { return (n + 7) & ~uint64_t{7}; }
 
-// Real target positions of each row: labels are -100 only on padding, at the end.
-std::vector<int64_t> target_lengths(const at::Tensor& labels) {
-  auto n = (labels != -100).sum(1).contiguous();
-  return std::vector<int64_t>(n.data_ptr<int64_t>(), n.data_ptr<int64_t>() + n.numel());
-}
-
 // The first field where `got` differs from `want`, as "key: got -> want"; empty when equal.
 std::string first_difference(const json& got, const json& want) {
   for (auto it = want.begin(); it != want.end(); ++it) {
@@ -44,11 +38,6 @@ std::string first_difference(const json& got, const json& want) {
     if (!want.contains(it.key())) return it.key() + ": not expected";
   return "";
 }
-
-struct Record {
-  std::vector<int32_t> ids;
-  std::vector<float> probs, rest;
-};
 
 }  // namespace
 
@@ -153,10 +142,7 @@ SoftTargets TeacherTargetFile::targets(const Batch& batch, const std::function<a
     return top_k_soft_targets(teacher_logits(), k, header_["temperature"].get<double>());
   }
   ++hits_;
-  SoftTargets t;
-  t.ids = torch::zeros({B, T, k}, torch::kLong);
-  t.probs = torch::zeros({B, T, k}, torch::kFloat32);
-  t.rest = torch::zeros({B, T}, torch::kFloat32);
+  SoftTargets t = zero_targets(B, T, k);
   auto* ids = t.ids.data_ptr<int64_t>();
   auto* probs = t.probs.data_ptr<float>();
   auto* rest = t.rest.data_ptr<float>();
@@ -188,32 +174,21 @@ double TeacherTargetFile::build(const std::string& path, const json& header, Seq
   const int64_t k = std::min<int64_t>(header.at("k").get<int64_t>(), vocab_size);
   const double temperature = header.at("temperature").get<double>();
   const bool wide = vocab_size > 65536;
-  std::vector<Record> records;
+  std::vector<ExampleTargets> records;
   int64_t positions = 0;
   {
     BatchStream stream(std::move(data), start);
     c10::InferenceMode frozen;
     for (int64_t i = 0; i < batches; ++i) {
       const Batch b = stream.next().batch;
-      auto t = top_k_soft_targets(teacher->forward(model_inputs(b)).logits, k, temperature);
-      auto ids = t.ids.to(torch::kInt32).contiguous();
-      auto probs = t.probs.contiguous();
-      auto rest = t.rest.contiguous();
-      const int64_t T = ids.size(1);
-      const auto lengths = target_lengths(b.labels);
+      auto rows = split_rows(top_k_soft_targets(teacher->forward(model_inputs(b)).logits, k, temperature), b.labels);
       for (size_t row = 0; row < b.example_ids.size(); ++row) {
         const auto id = b.example_ids[row];
         if (id >= records.size()) records.resize(id + 1);
-        Record& r = records[id];
-        if (!r.rest.empty() || lengths[row] == 0) continue;  // the first batch an example was met in
-        const int64_t L = lengths[row];
-        const auto* pi = ids.data_ptr<int32_t>() + static_cast<int64_t>(row) * T * k;
-        const auto* pp = probs.data_ptr<float>() + static_cast<int64_t>(row) * T * k;
-        const auto* pr = rest.data_ptr<float>() + static_cast<int64_t>(row) * T;
-        r.ids.assign(pi, pi + L * k);
-        r.probs.assign(pp, pp + L * k);
-        r.rest.assign(pr, pr + L);
-        positions += L;
+        // The first batch an example was met in; an example without targets is not stored.
+        if (!records[id].rest.empty() || rows[row].rest.empty()) continue;
+        positions += static_cast<int64_t>(rows[row].rest.size());
+        records[id] = std::move(rows[row]);
       }
     }
   }

@@ -171,14 +171,15 @@ TEST(E2eSweep, SharedStagesReportsPlotsAndReportRegeneration) {
     - {name: fresh, paper_percent: 29, set: [distillation.teacher_cache_disk=true]}
     - {name: concat, set: [student.init=concat_top_k, student.top_k=2, distillation.soft_loss=jsd, distillation.teacher_cache_disk=true]}
     - {name: hidden, set: [distillation.hidden_weight=0.5, distillation.hidden_loss=cosine]}
+    - {name: merge, set: [student.init=merge_aligned, distillation.soft_loss=reverse_kl]}
 )");
   const std::string batches = "  eval_batches: 4";
   base.replace(base.find(batches), batches.size(), batches + "\n  static_examples: true");
   const auto path = write(dir, "s.yaml", base);
   std::string o, e;
   ASSERT_EQ(run_distill("sweep " + path, &o, &e), 0) << e;
-  // Two seeds: two teachers (shared by every variant), two baselines per student shape (fresh and
-  // hidden share theirs; concat's student is twice as wide), and the students.
+  // Two seeds: two teachers (shared by every variant), two baselines per student shape (fresh,
+  // hidden and merge share theirs; concat's student is twice as wide), and the students.
   size_t teachers = 0, baselines = 0;
   for (const auto& d : fs::directory_iterator(out + "/stages")) {
     const std::string n = d.path().filename().string();
@@ -195,7 +196,7 @@ TEST(E2eSweep, SharedStagesReportsPlotsAndReportRegeneration) {
   EXPECT_EQ(count(e, "computing the teacher's top-"), 2u) << e;
   EXPECT_EQ(count(e, "the teacher's soft targets come from"), 4u) << e;
   const auto s = json::parse(read_text_file(out + "/sweep.json"));
-  ASSERT_EQ(s["rows"].size(), 3u);
+  ASSERT_EQ(s["rows"].size(), 4u);
   const auto& rows = s["rows"];
   EXPECT_EQ(rows[0]["teacher"], rows[1]["teacher"]);  // one teacher, evaluated once
   EXPECT_EQ(rows[0]["baseline"], rows[2]["baseline"]);
@@ -223,8 +224,8 @@ TEST(E2eSweep, SharedStagesReportsPlotsAndReportRegeneration) {
     for (const char* f : {"gain.svg", "frontier.svg", "frontier-nats.svg", "curves.svg", "heldout.svg", "routing.svg"})
       EXPECT_TRUE(parses_as_xml(out + "/" + f, &why)) << f << ": " << why;
   }
-  // The curves: teacher, baseline and three students, each a line.
-  EXPECT_EQ(count(read_text_file(out + "/curves.svg"), "<polyline"), 5u);
+  // The curves: teacher, baseline and four students, each a line.
+  EXPECT_EQ(count(read_text_file(out + "/curves.svg"), "<polyline"), 6u);
 
   // distill report writes the same files again from what the sweep left.
   for (const char* f : {"report.html", "gain.svg", "sweep.md"}) fs::remove(out + "/" + f);
