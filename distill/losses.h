@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "distill/hidden_layer_map.h"
+
 namespace distill {
 
 // What the soft term compares. At equal distributions every one but kCe is 0.
@@ -64,20 +66,6 @@ enum class HiddenLoss {
   kCosine,  // 1 - cosine similarity per token
 };
 HiddenLoss parse_hidden_loss(const std::string& name);  // mse | cosine
-
-// One matched pair of hidden states, indexed as Hugging Face's hidden_states: 0 the embeddings,
-// i the output of block i, num_layers the stack's final (normed) output.
-struct HiddenLayerPair {
-  bool decoder = false;
-  int64_t student = 0;
-  int64_t teacher = 0;
-};
-
-// "encoder.3" (the same index in both models) or "decoder.2:decoder.4" (student:teacher), checked
-// against the stacks' depths; an empty list matches every block output of both stacks at the
-// same index. Throws ConfigError naming `key` and the bad entry.
-std::vector<HiddenLayerPair> parse_hidden_layer_map(const std::vector<std::string>& spec, int64_t encoder_layers,
-                                                    int64_t decoder_layers, const std::string& key);
 
 // Mean over `pairs` of the per-token distance between student and teacher hidden states
 // ([B, S, D] encoder, [B, T, D] decoder), over real tokens only: encoder_mask [B, S] and

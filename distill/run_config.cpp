@@ -9,7 +9,7 @@
 #include <set>
 #include <sstream>
 
-#include "distill/losses.h"
+#include "distill/hidden_layer_map.h"
 #include "models/io/atomic_file.h"
 #include "models/errors.h"
 
