@@ -98,6 +98,13 @@ SweepConfig load_sweep_config(const std::string& path, const std::vector<std::st
       errors.push_back(where + ": " + key + ".name \"" + variant.name + "\" is given twice; names must differ");
       continue;
     }
+    bool own_dir = false;
+    for (const auto& o : variant.set) own_dir |= o.substr(0, o.find('=')) == "output_dir";
+    if (own_dir) {
+      errors.push_back(where + ": " + key + ".set sets output_dir; a variant is written to OUTPUT/" + variant.name +
+                       " (set output_dir for the whole sweep)");
+      continue;
+    }
     std::vector<std::string> all = overrides;
     all.insert(all.end(), variant.set.begin(), variant.set.end());
     try {

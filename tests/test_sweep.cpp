@@ -108,6 +108,7 @@ TEST(SweepConfig, EveryProblemAtOnceNamingTheVariantAndLine) {
     - {name: a}
     - {name: "../up"}
     - {name: c, set: [student.init=medain]}
+    - {name: d, set: [output_dir=elsewhere]}
   varients: []
   reference: zz
 )"));
@@ -118,7 +119,8 @@ TEST(SweepConfig, EveryProblemAtOnceNamingTheVariantAndLine) {
     err = e.what();
   }
   fs::current_path(cwd);
-  EXPECT_NE(err.find("6 problems"), std::string::npos) << err;
+  EXPECT_NE(err.find("7 problems"), std::string::npos) << err;
+  EXPECT_NE(err.find("sweep.variants[4].set sets output_dir; a variant is written to OUTPUT/d"), std::string::npos) << err;
   EXPECT_NE(err.find("sweep.reference \"zz\" names no variant"), std::string::npos) << err;
   EXPECT_NE(err.find("s.yaml:24: unknown key \"sweep.variants[0].sett\" (did you mean \"sweep.variants[0].set\"?)"),
             std::string::npos) << err;
