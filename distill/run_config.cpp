@@ -181,6 +181,18 @@ void visit(V& v, RunConfig& c) {
   v.section("training", c.training);
 }
 
+std::string closest_key(const std::string& key, const std::vector<std::string>& known) {
+  std::string best;
+  size_t best_d = 4;
+  for (const auto& k : known) {
+    if (const size_t d = edit_distance(key, k); d < best_d) {
+      best_d = d;
+      best = k;
+    }
+  }
+  return best;
+}
+
 size_t edit_distance(const std::string& a, const std::string& b) {
   std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
   for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
@@ -264,15 +276,7 @@ class Reader {
         continue;
       }
       if (std::find(known_.begin(), known_.end(), key) != known_.end()) continue;
-      std::string best;
-      size_t best_d = 4;
-      for (const auto& k : known_) {
-        size_t d = edit_distance(key, k);
-        if (d < best_d) {
-          best_d = d;
-          best = k;
-        }
-      }
+      const std::string best = closest_key(key, known_);
       std::string msg = ctx_.locate(prefix_ + key, it->first) + ": unknown key \"" + prefix_ + key + "\"";
       if (!best.empty()) msg += " (did you mean \"" + prefix_ + best + "\"?)";
       ctx_.errors.push_back(msg);

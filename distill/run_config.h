@@ -212,4 +212,8 @@ nlohmann::json run_config_json(const RunConfig& config);
 // Levenshtein distance, for "did you mean".
 size_t edit_distance(const std::string& a, const std::string& b);
 
+// The key of `known` closest to an unknown `key` (edit distance under 4), for "did you mean";
+// empty when none is that close.
+std::string closest_key(const std::string& key, const std::vector<std::string>& known);
+
 }  // namespace distill

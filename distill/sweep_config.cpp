@@ -24,14 +24,7 @@ void check_keys(const YAML::Node& map, const std::string& prefix, const std::vec
   for (auto it = map.begin(); it != map.end(); ++it) {
     const std::string key = it->first.as<std::string>("");
     if (std::find(known.begin(), known.end(), key) != known.end()) continue;
-    std::string best;
-    size_t best_d = 4;
-    for (const auto& k : known) {
-      if (const size_t d = edit_distance(key, k); d < best_d) {
-        best_d = d;
-        best = k;
-      }
-    }
+    const std::string best = closest_key(key, known);
     errors.push_back(at(file, it->first) + ": unknown key \"" + prefix + key + "\"" +
                      (best.empty() ? "" : " (did you mean \"" + prefix + best + "\"?)"));
   }
