@@ -78,12 +78,12 @@ std::vector<StageCurve> run_curves(const json& r, const std::string& student_nam
     return evals.is_array() && !evals.empty() ? number(evals[0]["nll"]) : std::nan("");
   };
   for (const char* who : {"teacher", "baseline", "student"}) {
-    if (std::string(who) == "teacher" && !with_teacher) continue;
-    if (std::string(who) == "baseline" && !with_teacher) continue;
-    const double offset = std::string(who) == "student" ? teacher_tokens : 0;
+    const bool student = std::string(who) == "student";
+    if (!student && !with_teacher) continue;
+    const double offset = student ? teacher_tokens : 0;
     Curve c = read_curve(run[who]["dir"].get<std::string>(), run[who]["budget"], offset);
     add_final_eval(c, offset + number(run[who]["budget"]["tokens"], 0), final_nll(who));
-    out.push_back({std::string(who) == "student" ? student_name : who, c});
+    out.push_back({student ? student_name : who, c});
   }
   return out;
 }
@@ -148,6 +148,14 @@ std::string page(const std::string& title, const std::string& summary, const std
   return s + "</body></html>\n";
 }
 
+// A point at (x, y) with its 95% interval `ci` ([lo, hi], or null: none).
+void add_point(svg::Series& s, double x, double y, const json& ci) {
+  s.x.push_back(x);
+  s.y.push_back(y);
+  s.lo.push_back(ci.is_array() ? number(ci[0]) : std::nan(""));
+  s.hi.push_back(ci.is_array() ? number(ci[1]) : std::nan(""));
+}
+
 json read_json_file(const std::string& path) {
   json j = json::parse(read_text_file(path), nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object()) throw InputError(path + ": not a JSON object (was it written by distill?)");
@@ -180,25 +188,16 @@ std::vector<Figure> sweep_figures(const json& s) {
   json first_report;
   for (const auto& row : s["rows"]) {
     const double x = number(row["compression_percent"]);
-    teacher_lift.x.push_back(x);
-    teacher_lift.y.push_back(number(row["gap"]["mean"]));
-    teacher_lift.lo.push_back(row["gap"]["ci95"].is_array() ? number(row["gap"]["ci95"][0]) : std::nan(""));
-    teacher_lift.hi.push_back(row["gap"]["ci95"].is_array() ? number(row["gap"]["ci95"][1]) : std::nan(""));
-    student_lift.x.push_back(x);
-    student_lift.y.push_back(number(row["student_minus_baseline"]["mean"]));
-    student_lift.lo.push_back(row["student_minus_baseline"]["ci95"].is_array() ? number(row["student_minus_baseline"]["ci95"][0]) : std::nan(""));
-    student_lift.hi.push_back(row["student_minus_baseline"]["ci95"].is_array() ? number(row["student_minus_baseline"]["ci95"][1]) : std::nan(""));
-    svg::Bar b{row["label"].get<std::string>(), number(row["gain_preserved_percent"]), {}, {}, {}};
+    add_point(teacher_lift, x, number(row["gap"]["mean"]), row["gap"]["ci95"]);
+    add_point(student_lift, x, number(row["student_minus_baseline"]["mean"]), row["student_minus_baseline"]["ci95"]);
+    add_point(measured, x, number(row["gain_preserved_percent"]), row["gain_preserved_ci95"]);
+    svg::Bar b{row["label"].get<std::string>(), measured.y.back(), {}, {}, {}};
     if (row["gain_preserved_ci95"].is_array()) {
-      b.lo = number(row["gain_preserved_ci95"][0]);
-      b.hi = number(row["gain_preserved_ci95"][1]);
+      b.lo = measured.lo.back();
+      b.hi = measured.hi.back();
     }
     if (row["paper_percent"].is_number()) b.reference = number(row["paper_percent"]);
     bars.push_back(b);
-    measured.x.push_back(number(row["compression_percent"]));
-    measured.y.push_back(b.value);
-    measured.lo.push_back(b.lo.value_or(std::nan("")));
-    measured.hi.push_back(b.hi.value_or(std::nan("")));
     const std::string report_path = (fs::path(row["dir"].get<std::string>()) / "report.json").string();
     if (!fs::exists(report_path)) continue;
     const json r = read_json_file(report_path);
