@@ -136,13 +136,19 @@ json baseline_fingerprint(const RunConfig& c, const PreparedData& data, int64_t 
 
 DataPosition student_start(const StageResult& teacher) { return teacher.trained_here ? teacher.data_end : DataPosition{}; }
 
+// How the frozen teacher is run, which its outputs depend on.
+json teacher_run(const RunConfig& c) {
+  return {{"bf16", c.teacher.bf16},
+          {"capacity_factor", c.distillation.teacher_capacity_factor ? json(*c.distillation.teacher_capacity_factor) : json()}};
+}
+
 json student_fingerprint(const RunConfig& c, const PreparedData& data, const StageResult& teacher) {
   const json settings = run_config_json(c);
   const DataPosition start = student_start(teacher);
   return {{"stage", "student"},
           {"data", data.fingerprint},
           {"teacher", teacher.identity},
-          {"teacher_run", {{"bf16", c.teacher.bf16}, {"capacity_factor", settings["distillation"]["teacher_capacity_factor"]}}},
+          {"teacher_run", teacher_run(c)},
           {"student", settings["student"]},
           {"distillation", settings["distillation"]},
           {"training", training_fingerprint(c.training, c.training.steps)},
@@ -475,10 +481,9 @@ std::shared_ptr<SoftTargetSource> teacher_target_file(const RunConfig& c, const 
   const auto& x = c.distillation;
   const int64_t V = teacher->config().vocab_size, k = std::min(x.teacher_cache_top_k, V);
   const int64_t batches = c.training.steps * c.training.grad_accumulation;
-  const json settings = run_config_json(c);
   json header = {{"format", 1},
                  {"teacher", teacher_stage.identity},
-                 {"teacher_run", {{"bf16", c.teacher.bf16}, {"capacity_factor", settings["distillation"]["teacher_capacity_factor"]}}},
+                 {"teacher_run", teacher_run(c)},
                  {"data", fingerprint_hash(data.fingerprint)},
                  {"start", {{"epoch", start.epoch}, {"batch", start.batch}}},
                  {"batches", batches},
@@ -678,9 +683,9 @@ json run_comparison(const RunConfig& c, bool resume) {
   return report;
 }
 
-json run_experiment(const RunConfig& c, bool resume, EvaluationCache* evaluations) {
-  auto tokenizer = resolve_tokenizer(c);
-  auto data = prepare_data(c, tokenizer);
+json run_experiment(const RunConfig& c, bool resume) { return run_experiment(c, prepare_data(c, resolve_tokenizer(c)), resume); }
+
+json run_experiment(const RunConfig& c, const PreparedData& data, bool resume, EvaluationCache* evaluations) {
   train_side_by_side(c, pending_stages(c, data, /*comparison=*/false), resume);
   std::vector<SeedRun> runs;
   for (int64_t i = 0; i < c.seeds; ++i) {
@@ -694,9 +699,7 @@ json run_experiment(const RunConfig& c, bool resume, EvaluationCache* evaluation
   }
 
   spdlog::info("evaluating {} model(s) on {} held-out batches", 3 * runs.size(), data.eval.size());
-  const json settings = run_config_json(c);
-  const json context = {{"data", settings["data"]}, {"teacher_bf16", c.teacher.bf16},
-                        {"teacher_capacity_factor", settings["distillation"]["teacher_capacity_factor"]}};
+  const json context = {{"data", run_config_json(c)["data"]}, {"teacher_run", teacher_run(c)}};
   Evaluations evals(data.eval, fingerprint_hash(context), evaluations);
   for (auto& run : runs) {
     run.teacher_eval = evals.of(run.teacher, [&] { return load_teacher(c, run.teacher, data.tokenizer); });

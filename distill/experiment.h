@@ -97,9 +97,12 @@ StageResult run_stage(const RunConfig& config, const PreparedData& data, int64_t
 // Held-out evaluations kept across runs of one process (a sweep's runs share stages).
 using EvaluationCache = std::map<std::string, EvalResult>;
 
-// The whole experiment, every seed; writes OUTPUT/report.json and OUTPUT/report.md and returns the
-// report. `evaluations`, when given, is consulted and filled instead of a cache of this run's own.
-nlohmann::json run_experiment(const RunConfig& config, bool resume, EvaluationCache* evaluations = nullptr);
+// The whole experiment, every seed; writes OUTPUT/report.json and OUTPUT/report.md and returns the report.
+nlohmann::json run_experiment(const RunConfig& config, bool resume);
+// The same on `data` already prepared for `config` (a sweep prepares each distinct data set once).
+// `evaluations`, when given, is consulted and filled instead of a cache of this run's own.
+nlohmann::json run_experiment(const RunConfig& config, const PreparedData& data, bool resume,
+                              EvaluationCache* evaluations = nullptr);
 
 // Does the teacher earn its gap? Trains the Switch teacher and its dense counterpart for the same
 // steps on the same batches for every seed, evaluates both, and writes OUTPUT/compare.json and

@@ -20,15 +20,31 @@ using json = nlohmann::json;
 
 namespace {
 
+// Each distinct data set of a sweep, prepared once: variants that leave the data alone share it.
+class SweepData {
+ public:
+  const PreparedData& of(const RunConfig& c) {
+    // What prepare_data and resolve_tokenizer read: the data settings, the seed (the data seed's
+    // default), a given teacher's tokenizer and where a trained tokenizer is kept.
+    const std::string key = json{{"data", run_config_json(c)["data"]}, {"seed", c.seed}, {"teacher", c.teacher.path},
+                                 {"stages_dir", c.stages_dir}}.dump();
+    auto it = prepared_.find(key);
+    if (it == prepared_.end()) it = prepared_.emplace(key, prepare_data(c, resolve_tokenizer(c))).first;
+    return it->second;
+  }
+
+ private:
+  std::map<std::string, PreparedData> prepared_;
+};
+
 // The pending stages of every variant as one list: a stage two variants share (the same
 // directory: the same settings) is one job, and a student waits for its teacher's job wherever
 // that job came from.
-std::vector<StageJob> all_pending_stages(const SweepConfig& sweep) {
+std::vector<StageJob> all_pending_stages(const SweepConfig& sweep, SweepData& data) {
   std::vector<StageJob> all;
   std::map<std::string, size_t> by_dir;
   for (const auto& v : sweep.variants) {
-    const auto data = prepare_data(v.config, resolve_tokenizer(v.config), /*quiet=*/true);
-    const auto jobs = pending_stages(v.config, data);
+    const auto jobs = pending_stages(v.config, data.of(v.config));
     std::vector<size_t> global(jobs.size());
     for (size_t i = 0; i < jobs.size(); ++i) {
       StageJob job = jobs[i];
@@ -152,7 +168,8 @@ json run_sweep(const SweepConfig& sweep, bool resume) {
   if (world()) world()->barrier();
   spdlog::info("sweep of {} variant(s) into {}; shared stages in {}", sweep.variants.size(), out,
                sweep.variants.front().config.stages_dir);
-  const auto jobs = all_pending_stages(sweep);
+  SweepData data;
+  const auto jobs = all_pending_stages(sweep, data);
   const int threads = at::get_num_threads();
   const int workers = static_cast<int>(std::min<int64_t>(static_cast<int64_t>(jobs.size()),
                                                          sweep.base.parallel_stages > 0 ? sweep.base.parallel_stages : threads));
@@ -166,7 +183,7 @@ json run_sweep(const SweepConfig& sweep, bool resume) {
   size_t reference = 0;
   for (const auto& v : sweep.variants) {
     spdlog::info("variant {}: {}", v.name, v.set.empty() ? std::string("the base") : fmt::format("{}", fmt::join(v.set, " ")));
-    reports.push_back(run_experiment(v.config, resume, &evaluations));
+    reports.push_back(run_experiment(v.config, data.of(v.config), resume, &evaluations));
     rows.push_back(sweep_row(v, reports.back()));
     if (v.name == sweep.reference) reference = reports.size() - 1;
   }
