@@ -131,13 +131,6 @@ std::string html_table(const std::vector<std::string>& head, const std::vector<s
   return s + "</table>\n";
 }
 
-std::string gain_text(const json& gain, const json& ci) {
-  if (!gain.is_number()) return "undefined";
-  std::string s = fmt::format("{:.1f}%", gain.get<double>());
-  if (ci.is_array()) s += fmt::format(" ({:.1f} to {:.1f})", ci[0].get<double>(), ci[1].get<double>());
-  return s;
-}
-
 std::string page(const std::string& title, const std::string& summary, const std::vector<Figure>& figures) {
   std::string s = "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>" + svg::escape(title) +
                   "</title>\n<style>body{font-family:sans-serif;max-width:960px;margin:2em auto;color:#222}"
@@ -237,7 +230,7 @@ std::string write_html_report(const std::string& dir) {
     std::vector<std::vector<std::string>> rows;
     for (const auto& r : s["rows"]) {
       rows.push_back({r["label"].get<std::string>(), fmt::format("{:.1f}%", number(r["compression_percent"])),
-                      gain_text(r["gain_preserved_percent"], r["gain_preserved_ci95"]),
+                      gain_preserved_text(r["gain_preserved_percent"], r["gain_preserved_ci95"]),
                       r["paper_percent"].is_number() ? fmt::format("{:.0f}%", number(r["paper_percent"])) : "",
                       fmt::format("{:.4f}", number(r["student"])), fmt::format("{:.4f}", number(r["baseline"])),
                       fmt::format("{:.4f}", number(r["teacher"])), r["seeds"].dump()});
@@ -253,7 +246,7 @@ std::string write_html_report(const std::string& dir) {
     const auto& q = r["quality"];
     summary = html_table({"", "compression", "gain preserved (95% interval)", "student", "baseline", "teacher", "seeds"},
                          {{"negative log perplexity", fmt::format("{:.1f}%", number(r["compression"]["percent"])),
-                           gain_text(q["gain_preserved_percent"], q["gain_preserved_ci95"]), fmt::format("{:.4f}", number(q["student"])),
+                           gain_preserved_text(q["gain_preserved_percent"], q["gain_preserved_ci95"]), fmt::format("{:.4f}", number(q["student"])),
                            fmt::format("{:.4f}", number(q["baseline"])), fmt::format("{:.4f}", number(q["teacher"])), r["seeds"].dump()}});
     if (q.contains("gain_preserved_undefined")) summary += "<p>" + svg::escape(q["gain_preserved_undefined"].get<std::string>()) + "</p>\n";
   } else {

@@ -118,6 +118,13 @@ json sweep_row(const SweepVariant& v, const json& r) {
   return row;
 }
 
+std::string gain_preserved_text(const json& gain, const json& ci) {
+  if (!gain.is_number()) return "undefined";
+  std::string s = fmt::format("{:.1f}%", gain.get<double>());
+  if (ci.is_array()) s += fmt::format(" ({:.1f} to {:.1f})", ci[0].get<double>(), ci[1].get<double>());
+  return s;
+}
+
 std::string sweep_markdown(const json& s) {
   std::string md = "# Sweep: " + s["config"].get<std::string>() + "\n\n";
   md += "Gain preserved = (student - baseline) / (teacher - baseline) on held-out negative log perplexity, mean over " +
@@ -132,14 +139,7 @@ std::string sweep_markdown(const json& s) {
     return fmt::format("{:+.4f} ({:+.4f} to {:+.4f})", e["mean"].get<double>(), e["ci95"][0].get<double>(), e["ci95"][1].get<double>());
   };
   for (const auto& row : s["rows"]) {
-    std::string gain = "undefined";
-    if (row["gain_preserved_percent"].is_number()) {
-      gain = fmt::format("{:.1f}%", row["gain_preserved_percent"].get<double>());
-      if (row["gain_preserved_ci95"].is_array()) {
-        gain += fmt::format(" ({:.1f} to {:.1f})", row["gain_preserved_ci95"][0].get<double>(),
-                            row["gain_preserved_ci95"][1].get<double>());
-      }
-    }
+    const std::string gain = gain_preserved_text(row["gain_preserved_percent"], row["gain_preserved_ci95"]);
     const std::string paper = row["paper_percent"].is_number() ? fmt::format("{:.0f}%", row["paper_percent"].get<double>()) : "";
     md += fmt::format("| {} | {:.1f}% | {} | {} | {:.4f} | {} | {} | {:.4f} | {:.4f} | {} | {} / {}{} |\n",
                       row["label"].get<std::string>(), row["compression_percent"].get<double>(), gain, paper,

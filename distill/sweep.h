@@ -15,6 +15,9 @@ nlohmann::json run_sweep(const SweepConfig& sweep, bool resume);
 // One row of sweep.json from a variant's report.json: what it kept and what it cost.
 nlohmann::json sweep_row(const SweepVariant& variant, const nlohmann::json& report);
 
+// "29.0% (12.1 to 45.3)" for a gain preserved and its interval (null: none), or "undefined".
+std::string gain_preserved_text(const nlohmann::json& gain, const nlohmann::json& ci);
+
 // sweep.md from sweep.json.
 std::string sweep_markdown(const nlohmann::json& sweep);
 
