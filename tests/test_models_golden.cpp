@@ -99,8 +99,12 @@ TEST_F(GoldenSwitch, GreedyGeneration) {
   auto& g = *golden_;
   GenerateOptions opts;
   opts.max_new_tokens = 8;
-  auto ids = greedy_generate(*model_, g["input_ids"], g["attention_mask"], opts);
-  EXPECT_TRUE(torch::equal(ids, g["greedy_generate_8"])) << ids << "\nexpected\n" << g["greedy_generate_8"];
+  for (bool cache : {true, false}) {
+    opts.use_cache = cache;
+    auto ids = greedy_generate(*model_, g["input_ids"], g["attention_mask"], opts);
+    EXPECT_TRUE(torch::equal(ids, g["greedy_generate_8"])) << "cache " << cache << "\n" << ids << "\nexpected\n"
+                                                           << g["greedy_generate_8"];
+  }
 }
 
 TEST(GoldenStudent, DenseT5MatchesHuggingFace) {

@@ -12,10 +12,14 @@ namespace distill {
 struct GenerateOptions {
   int64_t max_new_tokens = 20;          // tokens generated after the decoder start token
   bool suppress_pad = true;             // never emit the pad id (it doubles as the start token)
+  bool use_cache = true;                // keep each step's keys and values (decode_step) instead of
+                                        // re-running the decoder on the whole prefix every step
 };
 
 // input_ids [B, S], attention_mask [B, S] or undefined -> [B, 1 + n] beginning with the decoder
 // start token; a sequence that emitted EOS is padded with the pad id; stops early when all did.
+// With the cache, finished sequences leave the batch, so later steps only decode the rest; a
+// sparse decoder layer's capacity then applies to the sequences still decoding.
 at::Tensor greedy_generate(Seq2SeqModel& model, const at::Tensor& input_ids, const at::Tensor& attention_mask,
                            const GenerateOptions& options = {});
 

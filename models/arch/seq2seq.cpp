@@ -1,5 +1,6 @@
 #include "models/arch/seq2seq.h"
 
+#include "models/errors.h"
 #include "models/kernels/projection.h"
 #include "models/kernels/mixed_precision.h"
 
@@ -90,6 +91,14 @@ torch::Tensor T5BlockImpl::forward(const torch::Tensor& x, const torch::Tensor& 
   return ff->forward(h, routing, routing_mask);
 }
 
+torch::Tensor T5BlockImpl::forward_step(const torch::Tensor& x, const torch::Tensor& self_bias,
+                                        const torch::Tensor& memory, const torch::Tensor& cross_bias,
+                                        AttentionCache& self_cache, AttentionCache& cross_cache, int64_t max_length) {
+  auto h = self_attention->forward_step(x, self_bias, self_cache, max_length);
+  h = cross_attention->forward_step(h, memory, cross_bias, cross_cache);
+  return ff->forward(h, nullptr);
+}
+
 T5StackImpl::T5StackImpl(const ModelConfig& c, bool is_decoder, std::string prefix)
     : is_decoder_(is_decoder), prefix_(std::move(prefix)), num_heads_(c.num_heads) {
   block = register_module("block", torch::nn::ModuleList());
@@ -149,6 +158,34 @@ StackOutput T5StackImpl::forward(const torch::Tensor& embeds, const torch::Tenso
   return out;
 }
 
+torch::Tensor T5StackImpl::forward_step(const torch::Tensor& embeds, const torch::Tensor& memory,
+                                        const torch::Tensor& memory_mask, DecoderCache& cache) {
+  if (!is_decoder_) throw Error("forward_step: incremental decoding is for the decoder stack");
+  const auto T = embeds.size(1);
+  const auto dtype = embeds.scalar_type();
+  if (cache.self.empty()) {
+    cache.self.resize(blocks.size());
+    cache.cross.resize(blocks.size());
+  }
+  // Queries at positions length.. over keys 0..length+T-1: causal within the new positions only.
+  auto bias = blocks[0]->self_attention->SelfAttention->compute_bias(T, cache.length + T, embeds.device(),
+                                                                     cache.length).to(dtype);  // [1, H, T, L]
+  if (T > 1) {
+    auto q = torch::arange(cache.length, cache.length + T, torch::TensorOptions().device(embeds.device()));
+    auto k = torch::arange(cache.length + T, torch::TensorOptions().device(embeds.device()));
+    auto allowed = (k.unsqueeze(0) <= q.unsqueeze(1)).to(dtype);  // [T, L]
+    bias = bias + (1.0 - allowed) * mask_min_value(dtype);
+  }
+  auto cross_bias = memory_mask.defined() ? padding_bias(memory_mask, dtype)
+                                          : torch::zeros({1, 1, 1, memory.size(1)}, embeds.options());
+  auto h = embeds;  // [B, T, D]
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    h = blocks[i]->forward_step(h, bias, memory, cross_bias, cache.self[i], cache.cross[i], cache.max_length);
+  }
+  cache.length += T;
+  return final_layer_norm->forward(h);
+}
+
 Seq2SeqModelImpl::Seq2SeqModelImpl(ModelConfig config) : config_(std::move(config)) {
   config_.validate("model");
   shared = register_module("shared", torch::nn::Embedding(config_.vocab_size, config_.d_model));
@@ -171,6 +208,11 @@ StackOutput Seq2SeqModelImpl::decode(const torch::Tensor& decoder_input_ids,
                                      const torch::Tensor& routing_mask) {
   return decoder->forward(shared->forward(decoder_input_ids), decoder_attention_mask, memory, memory_mask,
                           keep_hidden_states, routing_mask);
+}
+
+torch::Tensor Seq2SeqModelImpl::decode_step(const torch::Tensor& decoder_input_ids, const torch::Tensor& memory,
+                                            const torch::Tensor& memory_mask, DecoderCache& cache) {
+  return decoder->forward_step(shared->forward(decoder_input_ids), memory, memory_mask, cache);
 }
 
 torch::Tensor Seq2SeqModelImpl::lm_logits(const torch::Tensor& hidden) {

@@ -51,6 +51,11 @@ class T5BlockImpl : public torch::nn::Module {
                         const torch::Tensor& cross_bias, std::vector<RouterOutput>* routing,
                         const torch::Tensor& routing_mask = {});
 
+  // One decoding step of a decoder block (eval only): x [B, T, D] the next positions.
+  torch::Tensor forward_step(const torch::Tensor& x, const torch::Tensor& self_bias, const torch::Tensor& memory,
+                             const torch::Tensor& cross_bias, AttentionCache& self_cache,
+                             AttentionCache& cross_cache, int64_t max_length);
+
   torch::nn::ModuleList layer;  // [self-attention, (cross-attention,) FFN], HF's "layer.N"
   T5LayerSelfAttention self_attention{nullptr};
   T5LayerCrossAttention cross_attention{nullptr};
@@ -64,6 +69,14 @@ struct StackOutput {
   std::vector<std::pair<std::string, RouterOutput>> routing;  // HF prefix -> routing, per sparse layer
 };
 
+// What incremental decoding keeps between steps: every decoder block's self-attention keys and
+// values so far and its cross-attention keys and values of the encoder output.
+struct DecoderCache {
+  std::vector<AttentionCache> self, cross;  // one per decoder block
+  int64_t length = 0;                       // decoder positions done
+  int64_t max_length = 0;                   // positions reserved (the longest decode)
+};
+
 class T5StackImpl : public torch::nn::Module {
  public:
   T5StackImpl(const ModelConfig& config, bool is_decoder, std::string prefix);
@@ -72,6 +85,12 @@ class T5StackImpl : public torch::nn::Module {
   StackOutput forward(const torch::Tensor& embeds, const torch::Tensor& mask, const torch::Tensor& memory,
                       const torch::Tensor& memory_mask, bool keep_hidden_states,
                       const torch::Tensor& routing_mask = {});
+
+  // Decoder only, eval only: embeds [B, T, D] of the next T positions after the cache's -> the
+  // final-norm output [B, T, D]; the cache grows by T. A sparse layer routes each step's B x T
+  // tokens as one batch (its capacity is over them), as Hugging Face's and T5X's decoding do.
+  torch::Tensor forward_step(const torch::Tensor& embeds, const torch::Tensor& memory, const torch::Tensor& memory_mask,
+                             DecoderCache& cache);
 
   torch::nn::ModuleList block;
   std::vector<T5Block> blocks;
@@ -118,6 +137,11 @@ class Seq2SeqModelImpl : public torch::nn::Module {
   StackOutput decode(const torch::Tensor& decoder_input_ids, const torch::Tensor& decoder_attention_mask,
                      const torch::Tensor& memory, const torch::Tensor& memory_mask,
                      bool keep_hidden_states = false, const torch::Tensor& routing_mask = {});
+  // Incremental decoding: the next positions' ids [B, T] -> decoder output [B, T, D], keys and values
+  // of earlier positions read from `cache` (start with an empty one whose max_length is the longest
+  // decode). Equal to `decode` on the whole prefix, without recomputing it.
+  torch::Tensor decode_step(const torch::Tensor& decoder_input_ids, const torch::Tensor& memory,
+                            const torch::Tensor& memory_mask, DecoderCache& cache);
   // Decoder hidden state [B, T, D] -> logits [B, T, V] (tied: rescaled by D^-0.5 first).
   torch::Tensor lm_logits(const torch::Tensor& hidden);
 

@@ -71,9 +71,10 @@ T5AttentionImpl::T5AttentionImpl(const AttentionOptions& options) : options_(opt
   dropout_ = register_module("dropout", FastDropout(options.dropout));
 }
 
-torch::Tensor T5AttentionImpl::compute_bias(int64_t query_len, int64_t key_len, const torch::Device& device) {
+torch::Tensor T5AttentionImpl::compute_bias(int64_t query_len, int64_t key_len, const torch::Device& device,
+                                            int64_t query_offset) {
   auto opts = torch::TensorOptions().dtype(torch::kLong).device(device);
-  auto context = torch::arange(query_len, opts).unsqueeze(1);  // [T, 1]
+  auto context = torch::arange(query_offset, query_offset + query_len, opts).unsqueeze(1);  // [T, 1]
   auto memory = torch::arange(key_len, opts).unsqueeze(0);     // [1, S]
   auto buckets = relative_position_bucket(memory - context, options_.bidirectional,
                                           options_.num_buckets, options_.max_distance);
@@ -101,6 +102,41 @@ torch::Tensor T5AttentionImpl::forward(const torch::Tensor& x, const torch::Tens
   auto kh = kp.view({B, S, H, Dk}).transpose(1, 2);  // [B, H, S, Dk]
   auto vh = vp.view({B, S, H, Dk}).transpose(1, 2);  // [B, H, S, Dk]
   auto ctx = attention_core(qh, kh, vh, bias, is_training() ? dropout_->p() : 0.0);  // [B, T, H*Dk]
+  return project(ctx, o->weight);
+}
+
+torch::Tensor T5AttentionImpl::forward_step(const torch::Tensor& x, const torch::Tensor& kv,
+                                            const torch::Tensor& bias, AttentionCache& cache, int64_t max_length) {
+  const auto B = x.size(0), T = x.size(1), H = options_.num_heads, Dk = options_.d_kv, I = H * Dk;
+  torch::Tensor qp;  // [B, T, I]
+  if (kv.defined()) {
+    qp = project(x, q->weight);
+    if (!cache.k.defined()) {
+      const auto S = kv.size(1);
+      auto parts = project(kv, torch::cat({k->weight, v->weight}, 0)).split(I, -1);  // [B, S, 2I]
+      cache.k = parts[0].reshape({B, S, H, Dk}).transpose(1, 2);  // [B, H, S, Dk]
+      cache.v = parts[1].reshape({B, S, H, Dk}).transpose(1, 2);
+      cache.length = S;
+    }
+  } else {
+    auto parts = project(x, torch::cat({q->weight, k->weight, v->weight}, 0)).split(I, -1);  // [B, T, 3I]
+    qp = parts[0];
+    if (!cache.k.defined()) {
+      cache.k = torch::empty({B, H, max_length, Dk}, x.options());
+      cache.v = torch::empty({B, H, max_length, Dk}, x.options());
+      cache.length = 0;
+    }
+    if (cache.length + T > cache.k.size(2)) {
+      throw Error("decoder cache holds " + std::to_string(cache.k.size(2)) + " positions; step " +
+                  std::to_string(cache.length + T) + " asked for more");
+    }
+    cache.k.narrow(2, cache.length, T).copy_(parts[1].view({B, T, H, Dk}).transpose(1, 2));
+    cache.v.narrow(2, cache.length, T).copy_(parts[2].view({B, T, H, Dk}).transpose(1, 2));
+    cache.length += T;
+  }
+  auto qh = qp.view({B, T, H, Dk}).transpose(1, 2);  // [B, H, T, Dk]
+  auto ctx = attention_core(qh, cache.k.narrow(2, 0, cache.length), cache.v.narrow(2, 0, cache.length), bias,
+                            0.0);  // [B, T, H*Dk]
   return project(ctx, o->weight);
 }
 
@@ -143,6 +179,11 @@ torch::Tensor T5LayerSelfAttentionImpl::forward(const torch::Tensor& x, const to
   return x + dropout_->forward(SelfAttention->forward(layer_norm->forward(x), {}, bias));
 }
 
+torch::Tensor T5LayerSelfAttentionImpl::forward_step(const torch::Tensor& x, const torch::Tensor& bias,
+                                                     AttentionCache& cache, int64_t max_length) {
+  return x + SelfAttention->forward_step(layer_norm->forward(x), {}, bias, cache, max_length);
+}
+
 T5LayerCrossAttentionImpl::T5LayerCrossAttentionImpl(const AttentionOptions& options, double eps, double dropout) {
   EncDecAttention = register_module("EncDecAttention", T5Attention(options));
   layer_norm = register_module("layer_norm", T5LayerNorm(options.d_model, eps));
@@ -152,6 +193,11 @@ T5LayerCrossAttentionImpl::T5LayerCrossAttentionImpl(const AttentionOptions& opt
 torch::Tensor T5LayerCrossAttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& memory,
                                                  const torch::Tensor& bias) {
   return x + dropout_->forward(EncDecAttention->forward(layer_norm->forward(x), memory, bias));
+}
+
+torch::Tensor T5LayerCrossAttentionImpl::forward_step(const torch::Tensor& x, const torch::Tensor& memory,
+                                                      const torch::Tensor& bias, AttentionCache& cache) {
+  return x + EncDecAttention->forward_step(layer_norm->forward(x), memory, bias, cache, 0);
 }
 
 }  // namespace distill

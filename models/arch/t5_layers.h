@@ -44,6 +44,13 @@ struct AttentionOptions {
   int64_t max_distance = 128;      // distance at which buckets saturate
 };
 
+// Keys and values of one attention layer kept between decoding steps.
+struct AttentionCache {
+  torch::Tensor k, v;    // [B, H, L, Dk]: self attention, L = the decode length reserved at the first
+                         // step; cross attention, L = S, projected from the encoder output once
+  int64_t length = 0;    // positions filled
+};
+
 // Multi-head attention without the 1/sqrt(d) scaling (T5 folds it into the initialisation).
 class T5AttentionImpl : public torch::nn::Module {
  public:
@@ -53,8 +60,16 @@ class T5AttentionImpl : public torch::nn::Module {
   // bias [1 or B, H, T, S] = position bias plus additive mask. Returns [B, T, D].
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& kv, const torch::Tensor& bias);
 
-  // Position bias [1, H, T, S] for `query_len` queries over `key_len` keys.
-  torch::Tensor compute_bias(int64_t query_len, int64_t key_len, const torch::Device& device);
+  // Incremental decoding (eval only). Self attention (kv undefined): x [B, T, D] are the next T
+  // positions; their keys and values are appended to `cache` (reserving `max_length` positions at
+  // the first call) and they attend to every cached position; bias [1 or B, H, T, cache + T].
+  // Cross attention: kv [B, S, D] is projected into `cache` at the first call and reused.
+  torch::Tensor forward_step(const torch::Tensor& x, const torch::Tensor& kv, const torch::Tensor& bias,
+                             AttentionCache& cache, int64_t max_length);
+
+  // Position bias [1, H, T, S] for `query_len` queries at positions query_offset.. over `key_len` keys.
+  torch::Tensor compute_bias(int64_t query_len, int64_t key_len, const torch::Device& device,
+                             int64_t query_offset = 0);
 
   torch::nn::Linear q{nullptr}, k{nullptr}, v{nullptr}, o{nullptr};
   torch::nn::Embedding relative_attention_bias{nullptr};
@@ -94,6 +109,9 @@ class T5LayerSelfAttentionImpl : public torch::nn::Module {
  public:
   T5LayerSelfAttentionImpl(const AttentionOptions& options, double eps, double dropout);
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& bias);
+  // One decoding step over cached keys and values (eval only: no dropout).
+  torch::Tensor forward_step(const torch::Tensor& x, const torch::Tensor& bias, AttentionCache& cache,
+                             int64_t max_length);
 
   T5Attention SelfAttention{nullptr};
   T5LayerNorm layer_norm{nullptr};
@@ -108,6 +126,9 @@ class T5LayerCrossAttentionImpl : public torch::nn::Module {
  public:
   T5LayerCrossAttentionImpl(const AttentionOptions& options, double eps, double dropout);
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& memory, const torch::Tensor& bias);
+  // One decoding step; the memory's keys and values are projected once into `cache`.
+  torch::Tensor forward_step(const torch::Tensor& x, const torch::Tensor& memory, const torch::Tensor& bias,
+                             AttentionCache& cache);
 
   T5Attention EncDecAttention{nullptr};
   T5LayerNorm layer_norm{nullptr};

@@ -1,0 +1,96 @@
+// Incremental decoding: decode_step with its key/value cache computes what decode computes on the
+// whole prefix, and greedy generation with the cache equals generation without it, token for token.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "models/arch/generate.h"
+#include "models/errors.h"
+#include "models/io/checkpoint.h"
+#include "tests/test_util.h"
+
+namespace distill {
+namespace {
+
+using test::tensors_close;
+
+// A batch of 5 inputs of different lengths (right padding) for a model of `vocab` ids.
+std::pair<torch::Tensor, torch::Tensor> padded_inputs(int64_t vocab, uint64_t seed) {
+  torch::manual_seed(seed);
+  const std::vector<int64_t> lengths = {9, 3, 14, 6, 11};
+  auto ids = torch::zeros({5, 14}, torch::kLong);
+  auto mask = torch::zeros({5, 14}, torch::kLong);
+  for (size_t b = 0; b < lengths.size(); ++b) {
+    ids[b].narrow(0, 0, lengths[b]).copy_(torch::randint(2, vocab, {lengths[b]}, torch::kLong));
+    mask[b].narrow(0, 0, lengths[b]).fill_(1);
+  }
+  return {ids, mask};
+}
+
+class Decoding : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override { model_ = load_model(test::fixture(GetParam())); model_->eval(); }
+  Seq2SeqModel model_{nullptr};
+};
+
+TEST_P(Decoding, StepsWithTheCacheEqualDecodingThePrefix) {
+  torch::NoGradGuard ng;
+  auto [ids, mask] = padded_inputs(model_->config().vocab_size, 3);
+  auto memory = model_->encode(ids, mask).last_hidden_state;  // [B, S, D]
+  torch::manual_seed(4);
+  auto targets = torch::randint(2, model_->config().vocab_size, {5, 12}, torch::kLong);  // [B, T]
+  auto full = model_->decode(targets, {}, memory, mask).last_hidden_state;              // [B, T, D]
+  DecoderCache cache;
+  cache.max_length = 12;
+  // One position at a time, then the rest in one step of 4 (a multi-token step is causal inside).
+  for (int64_t t = 0; t < 8; ++t) {
+    auto h = model_->decode_step(targets.narrow(1, t, 1), memory, mask, cache);  // [B, 1, D]
+    EXPECT_TRUE(tensors_close(h, full.narrow(1, t, 1), 1e-5)) << "position " << t;
+  }
+  auto h = model_->decode_step(targets.narrow(1, 8, 4), memory, mask, cache);  // [B, 4, D]
+  EXPECT_TRUE(tensors_close(h, full.narrow(1, 8, 4), 1e-5));
+  EXPECT_EQ(cache.length, 12);
+  EXPECT_THROW(model_->decode_step(targets.narrow(1, 0, 1), memory, mask, cache), Error);  // full
+}
+
+TEST_P(Decoding, GenerationWithTheCacheEqualsGenerationWithout) {
+  auto [ids, mask] = padded_inputs(model_->config().vocab_size, 5);
+  GenerateOptions with, without;
+  with.max_new_tokens = without.max_new_tokens = 40;
+  without.use_cache = false;
+  auto a = greedy_generate(model_, ids, mask, with);
+  auto b = greedy_generate(model_, ids, mask, without);
+  EXPECT_TRUE(torch::equal(a, b)) << a << "\nwithout the cache\n" << b;
+  // Each row alone (no other row leaving the batch) decodes the same tokens.
+  for (int64_t r = 0; r < ids.size(0); ++r) {
+    auto alone = greedy_generate(model_, ids.narrow(0, r, 1), mask.narrow(0, r, 1), with);
+    EXPECT_TRUE(torch::equal(alone, a.narrow(0, r, 1).narrow(1, 0, alone.size(1)))) << "row " << r;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, Decoding,
+                         ::testing::Values("switch-tiny-4", "t5-student-from-switch-tiny-4"),
+                         [](const auto& info) { return info.param == "switch-tiny-4" ? "Switch" : "DenseT5"; });
+
+// Rows that end at different steps leave the batch (the cache is compacted) without changing the
+// tokens of the rows still decoding: the EOS id's embedding is pushed so rows end early.
+TEST(Decoding, RowsLeavingTheBatchChangeNoOtherRow) {
+  auto model = load_model(test::fixture("t5-student-from-switch-tiny-4"));
+  {
+    torch::NoGradGuard ng;
+    model->shared->weight[model->config().eos_token_id].mul_(6.0);
+  }
+  auto [ids, mask] = padded_inputs(model->config().vocab_size, 7);
+  GenerateOptions with, without;
+  with.max_new_tokens = without.max_new_tokens = 40;
+  without.use_cache = false;
+  auto a = greedy_generate(model, ids, mask, with);
+  auto b = greedy_generate(model, ids, mask, without);
+  EXPECT_TRUE(torch::equal(a, b)) << a << "\nwithout the cache\n" << b;
+  // Rows ended at different lengths, and at least one before the last step.
+  auto ended = (a == model->config().eos_token_id).to(torch::kLong).argmax(1);
+  EXPECT_GT(ended.max().item<int64_t>(), ended.min().item<int64_t>()) << a;
+  EXPECT_TRUE((a == model->config().eos_token_id).any(1).any().item<bool>()) << a;
+}
+
+}  // namespace
+}  // namespace distill
