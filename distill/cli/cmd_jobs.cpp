@@ -51,14 +51,6 @@ struct StageArgs {
   bool resume = false;
 };
 
-struct EvalArgs {
-  std::string model, tokenizer, format = "text", objective = "span_corruption";
-  std::vector<std::string> data;
-  int64_t input_length = 128, target_length = 32, batch_size = 16, max_batches = 0;
-  uint64_t seed = 1235;
-  bool json = false;
-  bool bf16 = false;
-};
 
 }  // namespace
 
@@ -160,59 +152,6 @@ Command add_config(CLI::App& app) {
               return;
             }
             std::cout << run_config_yaml(load(*a));
-          }};
-}
-
-Command add_eval(CLI::App& app) {
-  auto a = std::make_shared<EvalArgs>();
-  auto* sub = app.add_subcommand("eval", "Negative log perplexity, perplexity, accuracy (and routing) on held-out data");
-  sub->add_option("--model", a->model, "Model directory")->required();
-  sub->add_option("--data", a->data, "Held-out corpus files")->required();
-  sub->add_option("--tokenizer", a->tokenizer, "Tokenizer (default: the model's spiece.model)");
-  sub->add_option("--format", a->format, "Corpus format")->check(CLI::IsMember({"text", "jsonl", "tsv", "jsonl_pairs"}));
-  sub->add_option("--objective", a->objective, "Objective")->check(CLI::IsMember({"span_corruption", "seq2seq", "prefix_lm"}));
-  sub->add_option("--input-length", a->input_length, "Encoder tokens per example")->check(CLI::Range(4, 1 << 20));
-  sub->add_option("--target-length", a->target_length, "Decoder tokens per example")->check(CLI::Range(2, 1 << 20));
-  sub->add_option("--batch-size", a->batch_size, "Examples per batch")->check(CLI::PositiveNumber);
-  sub->add_option("--max-batches", a->max_batches, "Evaluate at most this many batches (0 = all)");
-  sub->add_option("--seed", a->seed, "Seed of the span-corruption noise");
-  sub->add_flag("--json", a->json, "Print one JSON object");
-  sub->add_flag("--bf16", a->bf16, "Evaluate with bfloat16 weights (routers stay float32)");
-  return {sub, [a] {
-            auto tokenizer = Tokenizer::load(a->tokenizer.empty() ? a->model : a->tokenizer);
-            auto model = load_model(a->model);
-            check_vocabulary(model->config(), tokenizer, a->model);
-            if (a->bf16) set_model_dtype(model, torch::kBFloat16);
-            CorpusOptions co;
-            co.files = a->data;
-            co.format = parse_corpus_format(a->format);
-            auto docs = tokenize_corpus(co, tokenizer).train;
-            auto oo = objective_options(tokenizer, a->input_length, a->target_length);
-            BatchingOptions bo;
-            bo.batch_size = a->batch_size;
-            bo.shuffle = false;
-            bo.seed = a->seed;
-            Dataset ds(std::move(docs), std::shared_ptr<const Objective>(make_objective(a->objective, oo)), bo);
-            auto epoch = ds.make_epoch(0);
-            std::vector<Batch> batches;
-            for (size_t i = 0; i < epoch.batches.size() && (a->max_batches <= 0 || static_cast<int64_t>(i) < a->max_batches); ++i)
-              batches.push_back(ds.collate_batch(epoch, i));
-            auto r = evaluate(model, batches);
-            if (a->json) {
-              std::cout << r.to_json().dump(2) << "\n";
-              return;
-            }
-            std::cout << fmt::format("neg_log_perplexity {:.4f} (+- {:.4f})  perplexity {:.3f}  accuracy {:.4f}  on {} target tokens\n",
-                                     r.neg_log_perplexity, r.nll_stderr, r.perplexity, r.accuracy, r.tokens);
-            for (const auto& l : r.routing) {
-              std::cout << fmt::format("{}: dropped {:.2f}% (at training capacity {:.2f}%)  load max {:.2f}% min {:.2f}%  "
-                                       "dead experts {}  mean gate {:.3f}  balance loss {:.3f}\n  load",
-                                       l.layer, 100 * l.dropped_rate, 100 * l.dropped_rate_train.value_or(l.dropped_rate),
-                                       100 * l.max_load, 100 * l.min_load, l.dead_experts, l.mean_gate, l.aux_loss);
-              for (double x : l.load) std::cout << fmt::format(" {:.3f}", x);
-              std::cout << "\n";
-            }
-            for (const auto& w : routing_warnings(r.routing, a->model)) std::cerr << "warning: " << w << "\n";
           }};
 }
 
