@@ -16,6 +16,7 @@
 #include "distill/stages.h"
 #include "distill/html_report.h"
 #include "distill/student_init.h"
+#include "distill/task_eval.h"
 #include "distill/teacher_target_file.h"
 #include "distill/trainer.h"
 #include "models/io/atomic_file.h"
@@ -108,8 +109,8 @@ void read_stage(StageResult& r, const std::string& dir) {
   r.identity = f.fingerprint;
 }
 
-json teacher_fingerprint(const RunConfig& c, const PreparedData& data) {
-  return {{"stage", "teacher"}, {"data", data.fingerprint}, {"model", run_config_json(c)["teacher"]["model"]},
+json teacher_fingerprint(const RunConfig& c, const json& data_fingerprint) {
+  return {{"stage", "teacher"}, {"data", data_fingerprint}, {"model", run_config_json(c)["teacher"]["model"]},
           {"training", training_fingerprint(c.training, teacher_steps(c))}, {"seed", c.seed}};
 }
 
@@ -126,12 +127,91 @@ ModelConfig dense_shape(const RunConfig& c, int64_t vocab_size) {
 
 // A dense model trained here for `steps`: the baseline (from scratch, or on from baseline.path),
 // or the teacher's dense counterpart ("dense", from scratch).
-json baseline_fingerprint(const RunConfig& c, const PreparedData& data, int64_t steps, const std::string& stage = "baseline") {
-  json f = {{"stage", stage}, {"data", data.fingerprint}, {"seed", c.seed}};
+json baseline_fingerprint(const RunConfig& c, const json& data_fingerprint, int64_t vocab_size, int64_t steps,
+                          const std::string& stage) {
+  json f = {{"stage", stage}, {"data", data_fingerprint}, {"seed", c.seed}};
   if (stage == "baseline" && !c.baseline.path.empty()) f["from"] = model_dir_hash(c.baseline.path);
-  else f["model"] = hf_config_json(dense_shape(c, data.tokenizer.vocab_size()));
+  else f["model"] = hf_config_json(dense_shape(c, vocab_size));
   f["training"] = training_fingerprint(c.training, steps);
   return f;
+}
+
+bool pretrains(const RunConfig& c) { return c.pretrain.steps > 0; }
+
+// The pre-training run of `c` (a seed replica): the same seed and models, the pre-training data,
+// and pretrain.steps for the teacher and for the baseline alike. Its stages live in stages_dir
+// (load_run_config sets one), named by their settings, so every process finds them.
+RunConfig pretrain_config(const RunConfig& c) {
+  RunConfig p = c;
+  p.data = c.pretrain.data;
+  p.data.tokenizer = c.data.tokenizer;
+  if (!p.data.seed) p.data.seed = static_cast<int64_t>(data_seed(c));
+  p.pretrain = PretrainConfig{};
+  p.task = TaskConfig{};
+  p.teacher.steps = c.pretrain.steps;
+  p.baseline.steps = c.pretrain.steps;
+  p.output_dir = (fs::path(c.output_dir) / "pretrain").string();
+  return p;
+}
+
+// Where the pre-training run's configuration is written for the stage processes that train it.
+std::string pretrain_config_file(const RunConfig& c) {
+  return (fs::path(c.output_dir) / "pretrain" / "config.yaml").string();
+}
+
+// The checkpoint a teacher or baseline (`stage`) is fine-tuned from: its pre-training stage of this
+// seed, or <stage>.init_from; nullopt when it starts from scratch (or is given by path).
+struct InitSource {
+  std::string stage_dir;    // a pre-training stage's directory; empty for init_from
+  json fingerprint;         // the pre-training stage's fingerprint
+  std::string model_dir;
+  std::string identity;
+};
+
+std::optional<InitSource> init_source(const RunConfig& c, const Tokenizer& tokenizer, const std::string& stage) {
+  InitSource s;
+  if (pretrains(c)) {
+    const RunConfig p = pretrain_config(c);
+    const json data = data_fingerprint(p, tokenizer);
+    s.fingerprint = stage == "teacher" ? teacher_fingerprint(p, data)
+                                       : baseline_fingerprint(p, data, tokenizer.vocab_size(), c.pretrain.steps, "baseline");
+    s.stage_dir = stage_dir(p, stage, s.fingerprint);
+    s.model_dir = (fs::path(s.stage_dir) / "model").string();
+    s.identity = fingerprint_hash(s.fingerprint);
+    return s;
+  }
+  const std::string& from = stage == "teacher" ? c.teacher.init_from : c.baseline.init_from;
+  if (from.empty()) return std::nullopt;
+  s.model_dir = from;
+  s.identity = model_dir_hash(from);
+  return s;
+}
+
+// A stage's fingerprint names the checkpoint it was fine-tuned from, if any.
+json teacher_fingerprint(const RunConfig& c, const PreparedData& data) {
+  json f = teacher_fingerprint(c, data.fingerprint);
+  if (auto init = init_source(c, data.tokenizer, "teacher")) f["from"] = init->identity;
+  return f;
+}
+
+json baseline_fingerprint(const RunConfig& c, const PreparedData& data, int64_t steps, const std::string& stage = "baseline") {
+  json f = baseline_fingerprint(c, data.fingerprint, data.tokenizer.vocab_size(), steps, stage);
+  if (stage == "baseline") {
+    if (auto init = init_source(c, data.tokenizer, "baseline")) f["from"] = init->identity;
+  }
+  return f;
+}
+
+// A checkpoint loaded to be trained on: the training's dropout, its vocabulary checked.
+Seq2SeqModel load_for_training(const std::string& dir, const TrainingConfig& t, const Tokenizer& tokenizer,
+                               const std::string& what) {
+  auto cfg = read_hf_config((fs::path(dir) / "config.json").string());
+  check_vocabulary(cfg, tokenizer, what + " " + dir);
+  cfg.dropout_rate = t.dropout;
+  if (cfg.is_sparse()) cfg.expert_dropout_rate = t.expert_dropout;
+  Seq2SeqModel model(cfg);
+  load_state(model, load_model_tensors(dir), dir);
+  return model;
 }
 
 DataPosition student_start(const StageResult& teacher) { return teacher.trained_here ? teacher.data_end : DataPosition{}; }
@@ -183,6 +263,12 @@ void open_run_directory(const RunConfig& config) {
 
 Tokenizer resolve_tokenizer(const RunConfig& c) {
   if (!c.data.tokenizer.path.empty()) return Tokenizer::load(c.data.tokenizer.path);
+  for (const std::string& from : {c.teacher.init_from, c.baseline.init_from}) {  // the checkpoint's own
+    if (from.empty()) continue;
+    if (fs::exists(fs::path(from) / "spiece.model")) return Tokenizer::load(from);
+    throw ConfigError(from + " has no spiece.model: set data.tokenizer.path to its tokenizer");
+  }
+  if (pretrains(c)) return resolve_tokenizer(pretrain_config(c));  // trained on the pre-training corpus
   if (!c.teacher.path.empty()) {
     if (fs::exists(fs::path(c.teacher.path) / "spiece.model")) return Tokenizer::load(c.teacher.path);
     throw ConfigError("teacher " + c.teacher.path + " has no spiece.model: set data.tokenizer.path to its tokenizer");
@@ -321,6 +407,40 @@ RunConfig replica_config(const RunConfig& c, int64_t i) {
   return r;
 }
 
+namespace {
+
+// The checkpoint a stage is fine-tuned from, with what its training cost.
+struct InitModel {
+  std::string model_dir;
+  Budget budget;
+  bool budget_known = true;
+};
+
+// `init` ready to start from: its pre-training stage trained here first when it is not finished
+// (run_experiment's stage processes normally trained it already).
+InitModel prepare_init(const RunConfig& c, const PreparedData& data, const InitSource& init, const std::string& stage,
+                       bool resume) {
+  InitModel m{init.model_dir, {}, true};
+  if (init.stage_dir.empty()) {  // <stage>.init_from: its budget is what the configuration states
+    const auto& tokens = stage == "teacher" ? c.teacher.trained_tokens : c.baseline.trained_tokens;
+    m.budget_known = tokens.has_value();
+    if (tokens) m.budget.tokens = *tokens;
+    return m;
+  }
+  if (!stage_is_done(init.stage_dir, init.fingerprint)) {
+    const RunConfig p = pretrain_config(c);
+    spdlog::info("[{}] pre-training it first: {} steps on {}", stage_label(c, stage), c.pretrain.steps,
+                 fmt::join(p.data.train.files, ", "));
+    const PreparedData pdata = prepare_data(p, data.tokenizer);
+    if (stage == "teacher") train_teacher(p, pdata, resume);
+    else train_baseline(p, pdata, resume);
+  }
+  m.budget = read_finished_stage(init.stage_dir).budget;
+  return m;
+}
+
+}  // namespace
+
 StageResult train_teacher(const RunConfig& c, const PreparedData& data, bool resume) {
   if (!c.teacher.path.empty()) return given_model("teacher", c.teacher.path, c.teacher.trained_tokens);
   StageResult r;
@@ -329,19 +449,33 @@ StageResult train_teacher(const RunConfig& c, const PreparedData& data, bool res
   const std::string dir = stage_dir(c, r.name, fingerprint);
   r.model_dir = (fs::path(dir) / "model").string();
   const std::string label = stage_label(c, r.name);
+  const auto source = init_source(c, data.tokenizer, r.name);
+  const std::optional<InitModel> init =
+      source ? std::optional<InitModel>(prepare_init(c, data, *source, r.name, resume)) : std::nullopt;
   const auto action = prepare_stage(label, dir, fingerprint, resume);
   r.reused = action == StageAction::kReuse;
   if (!r.reused) {
-    ModelConfig config = teacher_model_config(c, data.tokenizer.vocab_size(), /*dense_only=*/false);
     TrainingConfig training = c.training;
     training.steps = teacher_steps(c);
-    Seq2SeqModel model(config);
-    init_from_scratch(model, training.init_scale, c.seed);  // paired with the baseline's
-    spdlog::info("[{}] training a {} model from scratch for {} steps (seed {})", label, config.model_type, training.steps, c.seed);
+    Seq2SeqModel model{nullptr};
+    if (init) {
+      model = load_for_training(init->model_dir, training, data.tokenizer, "the teacher's starting point");
+      spdlog::info("[{}] fine-tuning {} ({}) for {} steps (seed {})", label, init->model_dir, model->config().model_type,
+                   training.steps, c.seed);
+    } else {
+      model = Seq2SeqModel(teacher_model_config(c, data.tokenizer.vocab_size(), /*dense_only=*/false));
+      init_from_scratch(model, training.init_scale, c.seed);  // paired with the baseline's
+      spdlog::info("[{}] training a {} model from scratch for {} steps (seed {})", label, model->config().model_type,
+                   training.steps, c.seed);
+    }
     TrainerOptions o{label, dir, training, c.seed, action == StageAction::kResume, data.tokenizer_files, {}};
     Trainer(model, data.train, &data.eval, o).run();
   }
   read_stage(r, dir);
+  if (init) {  // the teacher's budget is its pre-training's plus its fine-tuning's
+    r.budget += init->budget;
+    r.budget_known = init->budget_known;
+  }
   return r;
 }
 
@@ -387,6 +521,9 @@ StageResult train_dense(const RunConfig& c, const PreparedData& data, const std:
   const std::string dir = stage_dir(c, r.name, fingerprint);
   r.model_dir = (fs::path(dir) / "model").string();
   const bool from_path = name == "baseline" && !c.baseline.path.empty();
+  const auto source = name == "baseline" ? init_source(c, data.tokenizer, name) : std::nullopt;
+  const std::optional<InitModel> init =
+      source ? std::optional<InitModel>(prepare_init(c, data, *source, name, resume)) : std::nullopt;
   TrainingConfig training = c.training;
   training.steps = steps;
   const std::string label = stage_label(c, r.name);
@@ -394,13 +531,14 @@ StageResult train_dense(const RunConfig& c, const PreparedData& data, const std:
   r.reused = action == StageAction::kReuse;
   if (!r.reused) {
     Seq2SeqModel model{nullptr};
-    if (from_path) {
-      model = load_model(c.baseline.path);
+    const std::string start = from_path ? c.baseline.path : init ? init->model_dir : "";
+    if (!start.empty()) {
+      model = from_path ? load_model(start) : load_for_training(start, training, data.tokenizer, "the baseline's starting point");
       if (model->config().is_sparse()) {
-        throw ConfigError("baseline.path " + c.baseline.path + " is a sparse model; the baseline must be dense");
+        throw ConfigError("baseline " + start + " is a sparse model; the baseline must be dense");
       }
-      check_vocabulary(model->config(), data.tokenizer, "baseline " + c.baseline.path);
-      spdlog::info("[{}] training {} on for {} steps", label, c.baseline.path, training.steps);
+      check_vocabulary(model->config(), data.tokenizer, "baseline " + start);
+      spdlog::info("[{}] training {} on for {} steps", label, start, training.steps);
     } else {
       model = Seq2SeqModel(dense_shape(c, data.tokenizer.vocab_size()));
       init_from_scratch(model, training.init_scale, c.seed);  // paired with the teacher's
@@ -411,6 +549,10 @@ StageResult train_dense(const RunConfig& c, const PreparedData& data, const std:
     Trainer(model, data.train, &data.eval, o).run();
   }
   read_stage(r, dir);
+  if (init) {  // pre-training plus fine-tuning
+    r.budget += init->budget;
+    r.budget_known = init->budget_known;
+  }
   return r;
 }
 
@@ -606,11 +748,24 @@ std::vector<StageJob> pending_stages(const RunConfig& c, const PreparedData& dat
   }
   std::vector<std::optional<size_t>> teacher_job(static_cast<size_t>(c.seeds));
   const int64_t steps = baseline_trained_here(c) ? baseline_train_steps(c, data) : 0;  // the same for every seed
+  if (pretrains(c) && is_writer()) {  // what the pre-training stage processes read
+    fs::create_directories(fs::path(pretrain_config_file(c)).parent_path());
+    write_text_atomic(pretrain_config_file(c), run_config_yaml(pretrain_config(c)));
+  }
+  // A pre-training stage of seed i, if it is not finished: the fine-tuned stage waits for it.
+  const auto pretraining = [&](const RunConfig& rc, const std::string& stage) -> std::vector<size_t> {
+    const auto init = pretrains(c) ? init_source(rc, data.tokenizer, stage) : std::nullopt;
+    if (!init || stage_is_done(init->stage_dir, init->fingerprint)) return {};
+    jobs.push_back({rc.seed_index, stage, {}, init->stage_dir, pretrain_config_file(c)});
+    return {jobs.size() - 1};
+  };
   for (int64_t i = 0; i < c.seeds; ++i) {
     const RunConfig rc = replica_config(c, i);
     const bool own_teacher = trains_own_teacher(c, i);
-    if (own_teacher) teacher_job[static_cast<size_t>(i)] = add(rc, "teacher", teacher_fingerprint(rc, data));
-    if (baseline_trained_here(c)) add(rc, "baseline", baseline_fingerprint(rc, data, steps));
+    if (own_teacher) {
+      teacher_job[static_cast<size_t>(i)] = add(rc, "teacher", teacher_fingerprint(rc, data), pretraining(rc, "teacher"));
+    }
+    if (baseline_trained_here(c)) add(rc, "baseline", baseline_fingerprint(rc, data, steps), pretraining(rc, "baseline"));
     // A student can only be finished if its teacher is (its fingerprint names the teacher).
     const auto& waits = teacher_job[static_cast<size_t>(own_teacher ? i : 0)];
     if (waits) {
@@ -644,6 +799,63 @@ void train_side_by_side(const RunConfig& c, const std::vector<StageJob>& jobs, b
   if (workers > 1 && !world()) {  // a data-parallel job trains its stages one after another
     run_stage_jobs(jobs, (fs::path(c.output_dir) / "config.yaml").string(), resume, workers, std::max(1, threads / workers));
   }
+}
+
+}  // namespace
+
+namespace {
+
+// Every seed's three models decode task.test (each distinct model once) and are scored on it; the
+// predictions are written to OUTPUT/predictions/<model>-<identity>.tsv for inspection.
+std::vector<TaskRun> score_task_runs(const RunConfig& c, const PreparedData& data, const std::vector<SeedRun>& runs) {
+  const TaskPairs pairs = read_task_pairs(corpus_options(c.task.test), c.task.max_examples);
+  DecodeOptions d;
+  d.batch_size = c.task.batch_size;
+  d.input_length = c.data.input_length;
+  d.max_new_tokens = c.task.max_new_tokens;
+  TaskScoreOptions so;
+  so.classification = c.task.classification;
+  so.bootstrap_resamples = c.task.bootstrap_resamples;
+  so.seed = c.seed;
+  spdlog::info("decoding {} task examples of {} with every model", pairs.inputs.size(), fmt::join(c.task.test.files, ", "));
+  std::map<std::string, std::pair<TaskScores, json>> done;
+  const auto score = [&](const StageResult& stage, const char* who, const std::function<Seq2SeqModel()>& load)
+      -> const std::pair<TaskScores, json>& {
+    const std::string key = stage.identity + "|" + stage.model_dir;
+    auto it = done.find(key);
+    if (it != done.end()) return it->second;
+    auto model = load();
+    const Decoded out = decode_task(model, data.tokenizer, pairs.inputs, d);
+    auto scores = score_task(out.predictions, pairs.references, so);
+    spdlog::info("[{}] exact match {:.2f}%, token error rate {:.2f}% ({:.0f} examples/s, {} cut at {} tokens)", who,
+                 100 * scores.exact_match.value, 100 * scores.token_error_rate.value, out.examples_per_second(),
+                 out.truncated, d.max_new_tokens);
+    json speed = {{"examples_per_second", out.examples_per_second()}, {"seconds", out.seconds},
+                  {"generated_tokens", out.generated_tokens}, {"truncated", out.truncated}};
+    if (is_writer()) {
+      std::string text;
+      for (size_t i = 0; i < pairs.inputs.size(); ++i) {
+        text += pairs.inputs[i] + "\t" + pairs.references[i] + "\t" + out.predictions[i] + "\n";
+      }
+      const fs::path dir = fs::path(c.output_dir) / "predictions";
+      fs::create_directories(dir);
+      write_text_atomic((dir / (std::string(who) + "-" + stage.identity.substr(0, 16) + ".tsv")).string(), text);
+    }
+    return done.emplace(key, std::make_pair(std::move(scores), std::move(speed))).first->second;
+  };
+  std::vector<TaskRun> task_runs;
+  for (const auto& run : runs) {
+    TaskRun t;
+    const auto& te = score(run.teacher, "teacher", [&] { return load_teacher(c, run.teacher, data.tokenizer); });
+    const auto& be = score(run.baseline, "baseline", [&] { return load_model(run.baseline.model_dir); });
+    const auto& se = score(run.student, "student", [&] { return load_model(run.student.model_dir); });
+    t.teacher = te.first;
+    t.baseline = be.first;
+    t.student = se.first;
+    t.decoding = {{"teacher", te.second}, {"baseline", be.second}, {"student", se.second}};
+    task_runs.push_back(std::move(t));
+  }
+  return task_runs;
 }
 
 }  // namespace
@@ -707,6 +919,8 @@ json run_experiment(const RunConfig& c, const PreparedData& data, bool resume, E
     run.student_eval = evals.of(run.student, [&] { return load_model(run.student.model_dir); });
   }
   ReportInputs in;
+  if (!c.task.test.files.empty()) in.task_runs = score_task_runs(c, data, runs);
+  in.task_options = {c.task.classification, c.task.bootstrap_resamples, c.seed, fmt::format("{}", fmt::join(c.task.test.files, ", "))};
   in.teacher = read_hf_config((fs::path(runs[0].teacher.model_dir) / "config.json").string());
   in.baseline = read_hf_config((fs::path(runs[0].baseline.model_dir) / "config.json").string());
   in.student = read_hf_config((fs::path(runs[0].student.model_dir) / "config.json").string());

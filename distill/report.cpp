@@ -1,5 +1,7 @@
 #include "distill/report.h"
 
+#include "distill/gain.h"
+
 #include <fmt/format.h>
 
 #include <cmath>
@@ -204,42 +206,24 @@ json build_report(const ReportInputs& in) {
                   // Plain retention on the positive NLL: below 100% when the student is worse.
                   {"retention_percent", 100.0 * mean_nll_t / mean_nll_s},
                   {"accuracy_retention_percent", 100.0 * mean_acc_s / mean_acc_t}};
-  std::vector<double> gaps, lifts;  // per seed
-  json gains = json::array();
+  GainInputs gi;
   for (const auto& run : runs) {
-    gaps.push_back(run.teacher_eval.neg_log_perplexity - run.baseline_eval.neg_log_perplexity);
-    lifts.push_back(run.student_eval.neg_log_perplexity - run.baseline_eval.neg_log_perplexity);
-    // A seed whose teacher is no better than its baseline has no gain to preserve.
-    gains.push_back(gaps.back() > 0 ? json(100.0 * lifts.back() / gaps.back()) : json(nullptr));
+    gi.gaps.push_back(run.teacher_eval.neg_log_perplexity - run.baseline_eval.neg_log_perplexity);
+    gi.lifts.push_back(run.student_eval.neg_log_perplexity - run.baseline_eval.neg_log_perplexity);
   }
-  quality["gain_preserved_per_seed"] = gains;
-
-  // Fieller's interval for lift / gap, at the t quantile of the less certain of the two.
-  const auto lift_sums = seed_mean(runs, {{student_of, -1.0}, {baseline_of, 1.0}}, &EvalResult::batch_nll);
-  const double cov = (N >= 2 ? stats::covariance(lifts, gaps) / static_cast<double>(N) : 0.0) +
-                     stats::ratio_covariance(lift_sums, gap_sums);
-  const double dof = std::min(gap.dof, lift.dof);
-  const double tq = gap.se > 0 ? stats::student_t_quantile(0.975, dof) : 0.0;
-  const auto interval = stats::fieller(lift.mean, gap.mean, lift.se * lift.se, gap.se * gap.se, cov, tq);
-  const std::string gap_text = gap.se > 0 ? fmt::format("{:+.4f} nats, 95% interval {:+.4f} to {:+.4f}", gap.mean, gap.lo, gap.hi)
-                                          : fmt::format("{:+.4f} nats", gap.mean);
-  if (interval && gap.mean > 0) {
-    quality["gain_preserved_percent"] = 100.0 * lift.mean / gap.mean;
-    quality["gain_preserved_ci95"] = {100.0 * interval->lo, 100.0 * interval->hi};
+  gi.gap_sums = gap_sums;
+  gi.lift_sums = seed_mean(runs, {{student_of, -1.0}, {baseline_of, 1.0}}, &EvalResult::batch_nll);
+  gi.sample_dof = sample_dof(runs);
+  const Gain gain = gain_preserved(gi);
+  quality["gain_preserved_per_seed"] = gain.per_seed;
+  if (gain.percent) {
+    quality["gain_preserved_percent"] = *gain.percent;
+    quality["gain_preserved_ci95"] = {gain.ci95->lo, gain.ci95->hi};
   } else {
-    std::string why;
-    if (gap.se <= 0) {
-      why = "the teacher-baseline gap (" + gap_text + ") has no measured uncertainty";
-    } else if (gap.hi < 0) {
-      why = "the teacher is worse than the dense baseline (" + gap_text + "): there is no gain to preserve";
-    } else {
-      why = "the teacher-baseline gap (" + gap_text + ") includes zero: there is no measurable gain to preserve; "
-            "train the teacher longer, use more seeds or evaluate on more data";
-    }
     quality["gain_preserved_percent"] = nullptr;
     quality["gain_preserved_ci95"] = nullptr;
-    quality["gain_preserved_undefined"] = why;
-    warnings.push_back("quality gain preserved is undefined: " + why);
+    quality["gain_preserved_undefined"] = gain.undefined;
+    warnings.push_back("quality gain preserved is undefined: " + gain.undefined);
   }
   r["quality"] = quality;
 
@@ -274,6 +258,14 @@ json build_report(const ReportInputs& in) {
                        "runs, which is often larger; set seeds: 3 or more to measure it");
   }
   add_teacher_routing(r, warnings, first.teacher_eval);
+  if (!in.task_runs.empty()) {
+    r["task"] = build_task_report(in.task_runs, in.task_options);
+    for (const auto& [metric, g] : r["task"]["gain"].items()) {
+      if (g["gain_preserved_percent"].is_null()) {
+        warnings.push_back("task gain preserved on " + metric + " is undefined: " + g["gain_preserved_undefined"].get<std::string>());
+      }
+    }
+  }
   r["warnings"] = warnings;
 
   r["settings"] = {{"hard_weight", c.distillation.hard_weight}, {"soft_weight", c.distillation.soft_weight},
@@ -371,6 +363,7 @@ std::string report_markdown(const json& r) {
     md += "\nTeacher routing per sparse layer (first seed, held-out batches; loads are shares of the layer's real tokens):\n\n";
     md += routing_markdown(r["routing"]);
   }
+  if (r.contains("task")) md += task_markdown(r["task"]);
   if (!r["warnings"].empty()) md += "\n";
   for (const auto& w : r["warnings"]) md += "- **Warning:** " + w.get<std::string>() + "\n";
   return md;

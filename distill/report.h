@@ -11,6 +11,7 @@
 #include "distill/evaluate.h"
 #include "distill/run_config.h"
 #include "distill/stages.h"
+#include "distill/task_report.h"
 #include "models/arch/model_config.h"
 
 namespace distill {
@@ -28,6 +29,8 @@ struct ReportInputs {
   int64_t src_len = 0, tgt_len = 0;        // example lengths used for FLOP counts
   int64_t baseline_steps = 0;              // steps the baseline trained here (0: given as it is)
   RunConfig config;                        // the settings that produced it
+  std::vector<TaskRun> task_runs;          // one per seed when the run has a task; else empty
+  TaskReportOptions task_options;
 };
 
 // report.json content. Per model: parameters, FLOPs per token, training budget, every seed's
@@ -36,7 +39,7 @@ struct ReportInputs {
 // (student - baseline) / (teacher - baseline) with Fieller's 95% interval, or why it is undefined
 // (the gap's interval includes zero, or the teacher is worse); the budget check (the baseline
 // must have trained on at least the tokens of the student's whole path); the teacher's routing
-// per sparse layer; warnings; settings.
+// per sparse layer; warnings; settings; with a task, "task" (task_report.h).
 nlohmann::json build_report(const ReportInputs& in);
 
 // The same as Markdown, for report.md and the README.

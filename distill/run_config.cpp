@@ -122,8 +122,25 @@ void visit(V& v, TrainingConfig& c) {
 }
 
 template <class V>
+void visit(V& v, PretrainConfig& c) {
+  v.field("steps", c.steps);
+  v.section("data", c.data);
+}
+
+template <class V>
+void visit(V& v, TaskConfig& c) {
+  v.section("test", c.test);
+  v.field("max_examples", c.max_examples);
+  v.field("max_new_tokens", c.max_new_tokens);
+  v.field("batch_size", c.batch_size);
+  v.field("classification", c.classification);
+  v.field("bootstrap_resamples", c.bootstrap_resamples);
+}
+
+template <class V>
 void visit(V& v, TeacherConfig& c) {
   v.field("path", c.path);
+  v.field("init_from", c.init_from);
   v.section("model", c.model);
   v.field("steps", c.steps);
   v.field("bf16", c.bf16);
@@ -137,6 +154,7 @@ void visit(V& v, BaselineConfig& c) {
   v.field("path", c.path);
   v.field("continue_steps", c.continue_steps);
   v.field("trained_tokens", c.trained_tokens);
+  v.field("init_from", c.init_from);
 }
 
 template <class V>
@@ -174,6 +192,8 @@ void visit(V& v, RunConfig& c) {
   v.field("parallel_stages", c.parallel_stages);
   v.field("stages_dir", c.stages_dir);
   v.section("data", c.data);
+  v.section("pretrain", c.pretrain);
+  v.section("task", c.task);
   v.section("teacher", c.teacher);
   v.section("baseline", c.baseline);
   v.section("student", c.student);
@@ -457,33 +477,59 @@ void check_corpus(Checker& c, const CorpusConfig& k, const std::string& p, bool 
   for (const auto& f : k.files) c.need(std::filesystem::exists(f), p + ".files", "names " + f + ", which does not exist");
 }
 
+void check_data(Checker& c, const DataConfig& d, const std::string& p) {
+  check_corpus(c, d.train, p + ".train", true);
+  check_corpus(c, d.validation, p + ".validation", false);
+  c.need(d.validation_fraction >= 0 && d.validation_fraction < 1, p + ".validation_fraction", "must be in [0, 1)");
+  c.need(!d.validation.files.empty() || d.validation_fraction > 0, p + ".validation_fraction",
+         "must be > 0 when " + p + ".validation has no files (the evaluation needs held-out data)");
+  c.one_of(d.objective, p + ".objective", {"span_corruption", "seq2seq", "prefix_lm"});
+  c.need(d.noise_density > 0 && d.noise_density < 1, p + ".noise_density", "must be in (0, 1)");
+  c.need(d.mean_span_length >= 1, p + ".mean_span_length", "must be >= 1");
+  c.need(d.input_length >= 4, p + ".input_length", "must be >= 4");
+  c.need(d.target_length >= 2, p + ".target_length", "must be >= 2");
+  c.need(d.batch_size >= 1, p + ".batch_size", "must be >= 1");
+  c.need(d.max_batch_tokens >= 0, p + ".max_batch_tokens", "must be >= 0");
+  c.need(d.eval_batches >= 0, p + ".eval_batches", "must be >= 0 (0 = all)");
+  if (d.seed) c.need(*d.seed >= 0, p + ".seed", "must be >= 0");
+  if (!d.tokenizer.path.empty()) {
+    c.need(std::filesystem::exists(d.tokenizer.path), p + ".tokenizer.path", "names " + d.tokenizer.path + ", which does not exist");
+  }
+  c.need(d.tokenizer.sentinels >= 0, p + ".tokenizer.sentinels", "must be >= 0");
+  c.need(d.tokenizer.vocab_size >= d.tokenizer.sentinels + 16, p + ".tokenizer.vocab_size", "must be at least sentinels + 16");
+  c.need(d.tokenizer.max_sentences >= 1, p + ".tokenizer.max_sentences", "must be >= 1");
+}
+
 void check(ReadContext& ctx, const RunConfig& r) {
   Checker c(ctx);
   c.need(!r.output_dir.empty(), "output_dir", "must not be empty");
   c.need(r.threads >= 0, "threads", "must be >= 0 (0 = cores available)");
   c.need(r.seeds >= 1 && r.seeds <= 100, "seeds", "must be in [1, 100]");
   c.need(r.parallel_stages >= 0 && r.parallel_stages <= 64, "parallel_stages", "must be in [0, 64] (0 = one per thread)");
-  const auto& d = r.data;
-  check_corpus(c, d.train, "data.train", true);
-  check_corpus(c, d.validation, "data.validation", false);
-  c.need(d.validation_fraction >= 0 && d.validation_fraction < 1, "data.validation_fraction", "must be in [0, 1)");
-  c.need(!d.validation.files.empty() || d.validation_fraction > 0, "data.validation_fraction",
-         "must be > 0 when data.validation has no files (the evaluation needs held-out data)");
-  c.one_of(d.objective, "data.objective", {"span_corruption", "seq2seq", "prefix_lm"});
-  c.need(d.noise_density > 0 && d.noise_density < 1, "data.noise_density", "must be in (0, 1)");
-  c.need(d.mean_span_length >= 1, "data.mean_span_length", "must be >= 1");
-  c.need(d.input_length >= 4, "data.input_length", "must be >= 4");
-  c.need(d.target_length >= 2, "data.target_length", "must be >= 2");
-  c.need(d.batch_size >= 1, "data.batch_size", "must be >= 1");
-  c.need(d.max_batch_tokens >= 0, "data.max_batch_tokens", "must be >= 0");
-  c.need(d.eval_batches >= 0, "data.eval_batches", "must be >= 0 (0 = all)");
-  if (d.seed) c.need(*d.seed >= 0, "data.seed", "must be >= 0");
-  if (!d.tokenizer.path.empty()) {
-    c.need(std::filesystem::exists(d.tokenizer.path), "data.tokenizer.path", "names " + d.tokenizer.path + ", which does not exist");
+  check_data(c, r.data, "data");
+  if (r.pretrain.steps > 0) {
+    check_data(c, r.pretrain.data, "pretrain.data");
+    c.need(r.teacher.path.empty() && r.teacher.init_from.empty(), "pretrain.steps",
+           "pre-trains the teacher here: unset teacher.path and teacher.init_from");
+    c.need(r.baseline.path.empty() && r.baseline.init_from.empty(), "pretrain.steps",
+           "pre-trains the baseline here: unset baseline.path and baseline.init_from");
   }
-  c.need(d.tokenizer.sentinels >= 0, "data.tokenizer.sentinels", "must be >= 0");
-  c.need(d.tokenizer.vocab_size >= d.tokenizer.sentinels + 16, "data.tokenizer.vocab_size", "must be at least sentinels + 16");
-  c.need(d.tokenizer.max_sentences >= 1, "data.tokenizer.max_sentences", "must be >= 1");
+  c.need(r.pretrain.steps >= 0, "pretrain.steps", "must be >= 0 (0 = no pre-training)");
+  const auto& k = r.task;
+  check_corpus(c, k.test, "task.test", false);
+  if (!k.test.files.empty()) c.one_of(k.test.format, "task.test.format", {"tsv", "jsonl_pairs"});
+  c.need(k.max_examples >= 0, "task.max_examples", "must be >= 0 (0 = all)");
+  c.need(k.max_new_tokens >= 1 && k.max_new_tokens <= 4096, "task.max_new_tokens", "must be in [1, 4096]");
+  c.need(k.batch_size >= 1, "task.batch_size", "must be >= 1");
+  c.need(k.bootstrap_resamples >= 0 && k.bootstrap_resamples <= 100000, "task.bootstrap_resamples", "must be in [0, 100000]");
+  for (const auto& [key, dir] : {std::pair<const char*, const std::string&>{"teacher.init_from", r.teacher.init_from},
+                                 {"baseline.init_from", r.baseline.init_from}}) {
+    if (dir.empty()) continue;
+    c.need(std::filesystem::exists(std::filesystem::path(dir) / "config.json"), key,
+           "names " + dir + ", which is not a model directory (no config.json)");
+  }
+  if (!r.teacher.init_from.empty()) c.need(r.teacher.path.empty(), "teacher.init_from", "and teacher.path exclude each other");
+  if (!r.baseline.init_from.empty()) c.need(r.baseline.path.empty(), "baseline.init_from", "and baseline.path exclude each other");
 
   const auto& t = r.teacher;
   if (!t.path.empty()) {
@@ -513,7 +559,8 @@ void check(ReadContext& ctx, const RunConfig& r) {
   if (t.steps) c.need(*t.steps >= 1, "teacher.steps", "must be >= 1");
   if (t.trained_tokens) {
     c.need(*t.trained_tokens >= 1, "teacher.trained_tokens", "must be >= 1");
-    c.need(!t.path.empty(), "teacher.trained_tokens", "states the budget of a teacher from teacher.path; a teacher trained here is counted");
+    c.need(!t.path.empty() || !t.init_from.empty(), "teacher.trained_tokens",
+           "states the budget of a teacher from teacher.path or teacher.init_from; a teacher trained here is counted");
   }
   if (t.train_once) c.need(t.path.empty(), "teacher.train_once", "needs a teacher trained here (teacher.path is one teacher already)");
 
@@ -526,7 +573,8 @@ void check(ReadContext& ctx, const RunConfig& r) {
     c.need(!bl.steps, "baseline.steps", "and baseline.path exclude each other: with a path, train on with baseline.continue_steps");
   } else {
     c.need(bl.continue_steps == 0, "baseline.continue_steps", "needs baseline.path (a baseline trained here takes baseline.steps)");
-    c.need(!bl.trained_tokens, "baseline.trained_tokens", "states the budget of a baseline from baseline.path; one trained here is counted");
+    c.need(!bl.trained_tokens || !bl.init_from.empty(), "baseline.trained_tokens",
+           "states the budget of a baseline from baseline.path or baseline.init_from; one trained here is counted");
   }
   if (bl.trained_tokens) c.need(*bl.trained_tokens >= 1, "baseline.trained_tokens", "must be >= 1");
 
@@ -647,6 +695,11 @@ RunConfig load_run_config(const std::string& path, const std::vector<std::string
     msg << path << ": " << ctx.errors.size() << " problem" << (ctx.errors.size() > 1 ? "s" : "") << " in the configuration:";
     for (const auto& e : ctx.errors) msg << "\n  " << e;
     throw ConfigError(msg.str());
+  }
+  // Pre-training stages are found by the hash of their settings from every seed's process, so
+  // they need a stages directory; the resolved config.yaml names it.
+  if (config.pretrain.steps > 0 && config.stages_dir.empty()) {
+    config.stages_dir = (fs::path(config.output_dir) / "stages").string();
   }
   return config;
 }

@@ -117,12 +117,15 @@ struct TrainingConfig {
 
 struct TeacherConfig {
   std::string path;                   // an existing checkpoint; empty: train one (model + training)
+  std::string init_from;              // a checkpoint the teacher starts from and trains on `data` for
+                                      // teacher.steps (fine-tuning); its trained_tokens states the
+                                      // checkpoint's budget. Empty: from scratch (or pretrain's teacher)
   ArchConfig model;                   // architecture when training
   std::optional<int64_t> steps;       // teacher training steps; default: training.steps (a teacher
                                       // usually trains longer than the distillation runs)
   bool bf16 = false;                  // run the frozen teacher in bfloat16 (router stays float32)
-  std::optional<int64_t> trained_tokens;  // with path: the tokens it was trained on, when known (the
-                                          // budget check and the baseline's default steps use it)
+  std::optional<int64_t> trained_tokens;  // with path or init_from: the tokens it was trained on, when
+                                          // known (the budget check and the baseline's default steps use it)
   bool train_once = false;            // with seeds > 1: train one teacher (the first seed's) and distill
                                       // every seed's student from it
 };
@@ -136,7 +139,9 @@ struct BaselineConfig {
   std::string path;                   // an existing dense checkpoint instead (the paper's t5-base)
   int64_t continue_steps = 0;         // with path: ground-truth steps on top of it (training.steps puts
                                       // it on the student's extra budget)
-  std::optional<int64_t> trained_tokens;  // with path: the tokens it was trained on, when known
+  std::optional<int64_t> trained_tokens;  // with path or init_from: the tokens it was trained on, when known
+  std::string init_from;              // a dense checkpoint the baseline starts from and trains on `data`
+                                      // for its default steps (the teacher's fine-tuning plus the student's)
 };
 
 struct StudentConfig {
@@ -175,6 +180,27 @@ struct DistillationConfig {
                                       // (needs data.static_examples)
 };
 
+// Pre-training before the task: the teacher and the dense baseline are first trained from scratch
+// on `data` here (both for `steps`: the student inherits the teacher's pre-training, so the baseline
+// gets as much), then both are fine-tuned on the run's `data` (teacher.steps, and the baseline the
+// teacher's fine-tuning plus the student's steps) and the student distills from the fine-tuned teacher.
+struct PretrainConfig {
+  int64_t steps = 0;                  // pre-training steps of the teacher and of the baseline; 0 = none
+  DataConfig data;                    // the pre-training corpus, objective, lengths and batch; its
+                                      // tokenizer section is unused (data.tokenizer serves both, trained
+                                      // on this corpus)
+};
+
+// A task judged by its own metric: held-out pairs decoded greedily by every model.
+struct TaskConfig {
+  CorpusConfig test;                  // input/target pairs (tsv | jsonl_pairs); no files: no task metrics
+  int64_t max_examples = 0;           // pairs scored, from the top of the file; 0 = all
+  int64_t max_new_tokens = 64;        // decoder tokens at most per prediction
+  int64_t batch_size = 128;           // pairs decoded together
+  bool classification = false;        // the targets are class labels: accuracy too
+  int64_t bootstrap_resamples = 1000; // resamples of the examples for the bootstrap intervals
+};
+
 struct RunConfig {
   std::string output_dir = "runs/default";  // everything the run writes
   uint64_t seed = 1234;               // every random choice derives from it
@@ -187,7 +213,10 @@ struct RunConfig {
   std::string stages_dir;             // where the tokenizer, teacher, baseline and dense stages live, each
                                       // in a directory named by the hash of what determines it, so runs
                                       // pointed at one share them (a sweep does); empty: OUTPUT/<stage>
+                                      // (OUTPUT/stages with pretrain.steps > 0)
   DataConfig data;
+  PretrainConfig pretrain;            // pre-training before the task (the teacher and the baseline)
+  TaskConfig task;                    // task metrics from decoding
   TeacherConfig teacher;
   BaselineConfig baseline;
   StudentConfig student;
