@@ -280,27 +280,33 @@ void train_tokenizer(const TokenizerTrainOptions& o) {
   int64_t n_sentences = 0;
   {
     std::ofstream out(sentences);
+    const auto add = [&](std::string_view line) {  // cut at sentence ends near 2000 bytes
+      size_t start = 0;
+      while (start < line.size()) {
+        size_t end = std::min(line.size(), start + 2000);
+        if (end < line.size()) {
+          size_t cut = line.rfind(". ", end);
+          if (cut != std::string_view::npos && cut > start) end = cut + 1;
+        }
+        std::string_view s = line.substr(start, end - start);
+        while (!s.empty() && s.front() == ' ') s.remove_prefix(1);
+        if (!s.empty()) {
+          out << s << '\n';
+          ++n_sentences;
+        }
+        start = end;
+      }
+    };
     for (const auto& input : o.inputs) {
       if (const auto kind = non_regular_kind(input); !kind.empty()) throw InputError(input + ": is " + kind + ", not a text file");
       std::ifstream in(input);
       if (!in) throw InputError(input + ": cannot open tokenizer training input");
       std::string line;
       while (std::getline(in, line)) {
-        size_t start = 0;
-        while (start < line.size()) {
-          size_t end = std::min(line.size(), start + 2000);
-          if (end < line.size()) {
-            size_t cut = line.rfind(". ", end);
-            if (cut != std::string::npos && cut > start) end = cut + 1;
-          }
-          std::string_view s(line.data() + start, end - start);
-          while (!s.empty() && s.front() == ' ') s.remove_prefix(1);
-          if (!s.empty()) {
-            out << s << '\n';
-            ++n_sentences;
-          }
-          start = end;
-        }
+        // A tab separates the two sides of a pair (TSV): each is a sentence of its own.
+        std::string_view rest(line);
+        for (size_t tab; (tab = rest.find('\t')) != std::string_view::npos; rest.remove_prefix(tab + 1)) add(rest.substr(0, tab));
+        add(rest);
       }
     }
   }

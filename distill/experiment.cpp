@@ -138,6 +138,26 @@ json baseline_fingerprint(const RunConfig& c, const json& data_fingerprint, int6
 
 bool pretrains(const RunConfig& c) { return c.pretrain.steps > 0; }
 
+// What a tokenizer trained here learns from: the training corpus, after the pre-training corpus
+// when there is one (so the task's own pieces, phonemes say, are in the vocabulary too).
+std::vector<std::string> tokenizer_files(const RunConfig& c) {
+  std::vector<std::string> files = pretrains(c) ? c.pretrain.data.train.files : std::vector<std::string>{};
+  files.insert(files.end(), c.data.train.files.begin(), c.data.train.files.end());
+  return files;
+}
+
+// Where a tokenizer trained here lives: OUTPUT/tokenizer, or in stages_dir by the hash of its
+// settings and input files (shared by the runs that agree on them).
+std::string trained_tokenizer_dir(const RunConfig& c) {
+  if (c.stages_dir.empty()) return (fs::path(c.output_dir) / "tokenizer").string();
+  json key = run_config_json(c)["data"]["tokenizer"];
+  key.erase("path");
+  json files = json::array();
+  for (const auto& f : tokenizer_files(c)) files.push_back(file_hash(f));
+  key["train_files"] = files;
+  return (fs::path(c.stages_dir) / ("tokenizer-" + fingerprint_hash(key))).string();
+}
+
 // The pre-training run of `c` (a seed replica): the same seed and models, the pre-training data,
 // and pretrain.steps for the teacher and for the baseline alike. Its stages live in stages_dir
 // (load_run_config sets one), named by their settings, so every process finds them.
@@ -145,6 +165,7 @@ RunConfig pretrain_config(const RunConfig& c) {
   RunConfig p = c;
   p.data = c.pretrain.data;
   p.data.tokenizer = c.data.tokenizer;
+  if (p.data.tokenizer.path.empty()) p.data.tokenizer.path = trained_tokenizer_dir(c);  // the run's, resolved first
   if (!p.data.seed) p.data.seed = static_cast<int64_t>(data_seed(c));
   p.pretrain = PretrainConfig{};
   p.task = TaskConfig{};
@@ -268,27 +289,18 @@ Tokenizer resolve_tokenizer(const RunConfig& c) {
     if (fs::exists(fs::path(from) / "spiece.model")) return Tokenizer::load(from);
     throw ConfigError(from + " has no spiece.model: set data.tokenizer.path to its tokenizer");
   }
-  if (pretrains(c)) return resolve_tokenizer(pretrain_config(c));  // trained on the pre-training corpus
   if (!c.teacher.path.empty()) {
     if (fs::exists(fs::path(c.teacher.path) / "spiece.model")) return Tokenizer::load(c.teacher.path);
     throw ConfigError("teacher " + c.teacher.path + " has no spiece.model: set data.tokenizer.path to its tokenizer");
   }
-  std::string dir = (fs::path(c.output_dir) / "tokenizer").string();
-  if (!c.stages_dir.empty()) {  // shared by the runs whose corpus and tokenizer settings agree
-    json key = run_config_json(c)["data"]["tokenizer"];
-    key.erase("path");
-    json files = json::array();
-    for (const auto& f : c.data.train.files) files.push_back(file_hash(f));
-    key["train_files"] = files;
-    dir = (fs::path(c.stages_dir) / ("tokenizer-" + fingerprint_hash(key))).string();
-  }
+  const std::string dir = trained_tokenizer_dir(c);
   if (!is_writer()) {  // rank 0 trains it; the others wait, then load it
     world()->barrier();
   } else if (!fs::exists(fs::path(dir) / "spiece.model")) {
     spdlog::info("training a {}-id SentencePiece tokenizer on {} file(s) into {}", c.data.tokenizer.vocab_size,
-                 c.data.train.files.size(), dir);
+                 tokenizer_files(c).size(), dir);
     TokenizerTrainOptions o;
-    o.inputs = c.data.train.files;
+    o.inputs = tokenizer_files(c);
     o.vocab_size = c.data.tokenizer.vocab_size;
     o.num_sentinels = c.data.tokenizer.sentinels;
     o.max_sentences = c.data.tokenizer.max_sentences;
@@ -559,6 +571,10 @@ StageResult train_dense(const RunConfig& c, const PreparedData& data, const std:
 void require_teacher_trained_here(const RunConfig& c) {
   if (!c.teacher.path.empty()) {
     throw ConfigError("distill compare trains the teacher and its dense counterpart side by side: unset teacher.path");
+  }
+  if (pretrains(c) || !c.teacher.init_from.empty()) {
+    throw ConfigError("distill compare trains the teacher and its dense counterpart from scratch on the same batches: "
+                      "unset pretrain.steps and teacher.init_from");
   }
 }
 

@@ -37,4 +37,11 @@ Gain gain_preserved(const GainInputs& in) {
   return g;
 }
 
+nlohmann::json estimate_json(const stats::Estimate& e) {
+  nlohmann::json j = {{"mean", e.mean}, {"se", e.se}, {"n", e.n}};
+  j["sd"] = e.n >= 2 ? nlohmann::json(e.sd) : nlohmann::json(nullptr);  // one seed: the spread is unknown, not zero
+  j["ci95"] = e.se > 0 ? nlohmann::json::array({e.lo, e.hi}) : nlohmann::json(nullptr);
+  return j;
+}
+
 }  // namespace distill

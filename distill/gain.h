@@ -4,8 +4,10 @@
 // and Fieller's 95% interval of their ratio, or why the ratio is undefined.
 #pragma once
 
+#include <functional>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -33,5 +35,27 @@ struct Gain {
 };
 
 Gain gain_preserved(const GainInputs& in);
+
+// An estimate as the reports write it: mean, se, n, sd (null for one seed), ci95 (null when nothing
+// is uncertain).
+nlohmann::json estimate_json(const stats::Estimate& e);
+
+// sum_m w_m * (model m's per-item sums), averaged over the seeds' runs: the paired per-item series
+// whose ratio is the mean over seeds of a linear combination of the models' scores (`of` picks a
+// model's scores from a seed's run).
+template <class Run, class Scores>
+stats::BatchSums seed_mean(const std::vector<Run>& runs,
+                           const std::vector<std::pair<std::function<const Scores&(const Run&)>, double>>& terms,
+                           stats::BatchSums Scores::*sums) {
+  std::vector<const stats::BatchSums*> xs;
+  std::vector<double> w;
+  for (const auto& run : runs) {
+    for (const auto& [of, weight] : terms) {
+      xs.push_back(&(of(run).*sums));
+      w.push_back(weight / static_cast<double>(runs.size()));
+    }
+  }
+  return stats::combine(xs, w);
+}
 
 }  // namespace distill

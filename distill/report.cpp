@@ -21,28 +21,6 @@ const EvalResult& teacher_of(const SeedRun& r) { return r.teacher_eval; }
 const EvalResult& baseline_of(const SeedRun& r) { return r.baseline_eval; }
 const EvalResult& student_of(const SeedRun& r) { return r.student_eval; }
 
-json estimate_json(const stats::Estimate& e) {
-  json j = {{"mean", e.mean}, {"se", e.se}, {"n", e.n}};
-  j["sd"] = e.n >= 2 ? json(e.sd) : json(nullptr);  // one seed: the spread is unknown, not zero
-  j["ci95"] = e.se > 0 ? json::array({e.lo, e.hi}) : json(nullptr);
-  return j;
-}
-
-// sum_m w_m * (a model's per-batch sums), averaged over the seeds: the paired per-batch series
-// whose ratio is a mean over seeds of a linear combination of the models' scores.
-stats::BatchSums seed_mean(const std::vector<SeedRun>& runs, const std::vector<std::pair<EvalOf, double>>& terms,
-                           stats::BatchSums EvalResult::*sums) {
-  std::vector<const stats::BatchSums*> xs;
-  std::vector<double> w;
-  for (const auto& run : runs) {
-    for (const auto& [of, weight] : terms) {
-      xs.push_back(&(of(run).*sums));
-      w.push_back(weight / static_cast<double>(runs.size()));
-    }
-  }
-  return stats::combine(xs, w);
-}
-
 double sample_dof(const std::vector<SeedRun>& runs) {
   return static_cast<double>(std::max<size_t>(2, runs[0].teacher_eval.batch_nll.value.size()) - 1);
 }
@@ -277,6 +255,10 @@ json build_report(const ReportInputs& in) {
                    {"eval_tokens", first.student_eval.tokens}, {"eval_batches", first.student_eval.batch_nll.value.size()},
                    {"seed", c.seed}, {"seeds", N}, {"teacher_train_once", c.teacher.train_once}};
   if (c.distillation.teacher_capacity_factor) r["settings"]["teacher_capacity_factor"] = *c.distillation.teacher_capacity_factor;
+  if (c.pretrain.steps > 0) {
+    r["settings"]["pretrain"] = {{"steps", c.pretrain.steps}, {"objective", c.pretrain.data.objective},
+                                 {"batch_size", c.pretrain.data.batch_size}, {"files", c.pretrain.data.train.files}};
+  }
   return r;
 }
 
@@ -312,6 +294,13 @@ std::string report_markdown(const json& r) {
   md += budget_row("student (distillation)", r["student"]["budget"]);
   md += budget_row("student's whole path (teacher + distillation)", r["student"]["path_budget"]);
   if (N > 1) md += fmt::format("\n(Budgets of the first seed; every seed trains on the same batches.)\n");
+  if (r["settings"].contains("pretrain")) {
+    const auto& p = r["settings"]["pretrain"];
+    md += fmt::format("\nThe teacher's and the baseline's budgets include their pre-training: {} steps each of {} "
+                      "(batch {}) before the task; the baseline then fine-tunes for the teacher's fine-tuning steps plus "
+                      "the student's.\n",
+                      p["steps"].get<int64_t>(), p["objective"].get<std::string>(), p["batch_size"].get<int64_t>());
+  }
 
   const auto& q = r["quality"];
   md += fmt::format("\n- Compression: **{:.1f}%** fewer parameters ({:.2f}x smaller); {:.2f}x the FLOPs per token.\n",

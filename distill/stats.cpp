@@ -151,4 +151,11 @@ BatchSums combine(const std::vector<const BatchSums*>& x, const std::vector<doub
   return out;
 }
 
+double percentile(const std::vector<double>& sorted, double q) {
+  const double pos = q * static_cast<double>(sorted.size() - 1);
+  const auto lo = static_cast<size_t>(pos);
+  const size_t hi = std::min(lo + 1, sorted.size() - 1);
+  return sorted[lo] + (pos - static_cast<double>(lo)) * (sorted[hi] - sorted[lo]);
+}
+
 }  // namespace distill::stats

@@ -60,4 +60,7 @@ double ratio_covariance(const BatchSums& x, const BatchSums& y);
 // sum_i w_i * x_i batch by batch (the x_i share their counts).
 BatchSums combine(const std::vector<const BatchSums*>& x, const std::vector<double>& w);
 
+// The q-quantile of sorted values, interpolating linearly between neighbours (q in [0, 1]; not empty).
+double percentile(const std::vector<double>& sorted, double q);
+
 }  // namespace distill::stats

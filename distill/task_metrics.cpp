@@ -78,14 +78,8 @@ MetricValue bootstrap_ratio(const stats::BatchSums& x, int64_t resamples, uint64
     ratios.push_back(c > 0 ? v / c : 0.0);
   }
   std::sort(ratios.begin(), ratios.end());
-  auto at = [&](double q) {
-    const double pos = q * static_cast<double>(ratios.size() - 1);
-    const auto lo = static_cast<size_t>(pos);
-    const size_t hi = std::min(lo + 1, ratios.size() - 1);
-    return ratios[lo] + (pos - static_cast<double>(lo)) * (ratios[hi] - ratios[lo]);
-  };
-  m.lo = at(0.025);
-  m.hi = at(0.975);
+  m.lo = stats::percentile(ratios, 0.025);
+  m.hi = stats::percentile(ratios, 0.975);
   return m;
 }
 

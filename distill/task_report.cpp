@@ -32,29 +32,9 @@ const std::vector<MetricSpec>& metric_specs() {
 
 using ScoresOf = std::function<const TaskScores&(const TaskRun&)>;
 
-// sum_m w_m * model m's per-example sums, averaged over the seeds.
-stats::BatchSums seed_mean(const std::vector<TaskRun>& runs, const std::vector<std::pair<ScoresOf, double>>& terms,
-                           stats::BatchSums TaskScores::*sums) {
-  std::vector<const stats::BatchSums*> xs;
-  std::vector<double> w;
-  for (const auto& run : runs) {
-    for (const auto& [of, weight] : terms) {
-      xs.push_back(&(of(run).*sums));
-      w.push_back(weight / static_cast<double>(runs.size()));
-    }
-  }
-  return stats::combine(xs, w);
-}
-
-json estimate_json(const stats::Estimate& e) {
-  json j = {{"mean", e.mean}, {"se", e.se}, {"n", e.n}};
-  j["sd"] = e.n >= 2 ? json(e.sd) : json(nullptr);
-  j["ci95"] = e.se > 0 ? json::array({e.lo, e.hi}) : json(nullptr);
-  return j;
-}
-
 // The 95% percentile interval of 100 lift / gap over examples resampled together for every model
-// and seed (paired), and the share of resamples whose gap is not positive (ratio undefined there).
+// and seed (paired), and the share of resamples whose gap is not positive (ratio undefined there;
+// above 2.5% of them the interval is undefined too).
 json bootstrap_gain(const stats::BatchSums& lift, const stats::BatchSums& gap, int64_t resamples, uint64_t seed) {
   const size_t n = gap.value.size();
   if (n < 2 || resamples < 2) return nullptr;
@@ -72,14 +52,15 @@ json bootstrap_gain(const stats::BatchSums& lift, const stats::BatchSums& gap, i
     if (g > 0) ratios.push_back(100.0 * l / g);
     else ++undefined;
   }
-  json j = {{"resamples", resamples}, {"undefined_share", static_cast<double>(undefined) / static_cast<double>(resamples)}};
-  if (ratios.size() < 2) {
+  const double undefined_share = static_cast<double>(undefined) / static_cast<double>(resamples);
+  json j = {{"resamples", resamples}, {"undefined_share", undefined_share}};
+  // A gap that is not positive in more than 2.5% of the resamples leaves the ratio unbounded.
+  if (undefined_share > 0.025 || ratios.size() < 2) {
     j["ci95"] = nullptr;
     return j;
   }
   std::sort(ratios.begin(), ratios.end());
-  auto at = [&](double q) { return ratios[static_cast<size_t>(q * static_cast<double>(ratios.size() - 1))]; };
-  j["ci95"] = {at(0.025), at(0.975)};
+  j["ci95"] = {stats::percentile(ratios, 0.025), stats::percentile(ratios, 0.975)};
   return j;
 }
 
@@ -174,7 +155,7 @@ std::string task_markdown(const json& task) {
                            ? std::string("undefined")
                            : fmt::format("{:.1f}% ({:.1f}% to {:.1f}%)", g["gain_preserved_percent"].get<double>(),
                                          g["gain_preserved_ci95"][0].get<double>(), g["gain_preserved_ci95"][1].get<double>());
-    std::string boot = "";
+    std::string boot = "undefined";
     if (!g["bootstrap"].is_null() && !g["bootstrap"]["ci95"].is_null()) {
       boot = fmt::format("{:.1f}% to {:.1f}%", g["bootstrap"]["ci95"][0].get<double>(), g["bootstrap"]["ci95"][1].get<double>());
     }

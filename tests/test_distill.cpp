@@ -858,6 +858,30 @@ TEST(RunConfig, TeacherCacheNeedsStaticExamples) {
             std::string::npos);
 }
 
+TEST(RunConfig, PretrainAndTaskSettingsAreChecked) {
+  const std::string base = "data:\n  train:\n    files: [" + kTrainFile + "]\n";
+  // Pre-training without its corpus, with a given teacher; a task file that is not pairs; an
+  // init_from naming no model: every problem at once, each named.
+  auto err = config_error(base + "pretrain:\n  steps: 10\ntask:\n  test:\n    files: [" + kTrainFile +
+                          "]\n    format: text\nteacher:\n  path: " + test::fixture("switch-tiny-4") +
+                          "\nbaseline:\n  init_from: /nonexistent/model\n");
+  EXPECT_NE(err.find("pretrain.data.train.files must list at least one file"), std::string::npos) << err;
+  EXPECT_NE(err.find("pretrain.steps pre-trains the teacher here: unset teacher.path"), std::string::npos) << err;
+  EXPECT_NE(err.find("task.test.format must be one of tsv, jsonl_pairs"), std::string::npos) << err;
+  EXPECT_NE(err.find("baseline.init_from names /nonexistent/model, which is not a model directory"), std::string::npos) << err;
+  // With pre-training the stages get a directory of their own under the output, unless one is set.
+  test::TempDir dir;
+  write_text_atomic(dir.file("c.yaml"), base + "output_dir: out\npretrain:\n  steps: 10\n  data:\n    train:\n      files: [" +
+                                            kTrainFile + "]\n");
+  EXPECT_EQ(load_run_config(dir.file("c.yaml")).stages_dir, "out/stages");
+  EXPECT_EQ(load_run_config(dir.file("c.yaml"), {"stages_dir=shared"}).stages_dir, "shared");
+  EXPECT_EQ(load_run_config(dir.file("c.yaml"), {"pretrain.steps=0"}).stages_dir, "");
+  // teacher.trained_tokens states the budget of a checkpoint: with init_from it is allowed.
+  EXPECT_EQ(config_error(base, {"teacher.init_from=" + test::fixture("switch-tiny-4"), "teacher.trained_tokens=1000"}), "");
+  EXPECT_NE(config_error(base, {"teacher.trained_tokens=1000"}).find("teacher.trained_tokens states the budget"),
+            std::string::npos);
+}
+
 TEST(RunConfig, MissingTeacherAndDataAndBadOverrides) {
   auto err = config_error("teacher:\n  path: /nonexistent/teacher\n", {"training.steps=abc", "nonsense"});
   EXPECT_NE(err.find("c.yaml:2: teacher.path names /nonexistent/teacher, which is not a model directory"), std::string::npos) << err;

@@ -18,9 +18,8 @@ namespace distill {
 namespace {
 
 using nlohmann::json;
+using test::have_sotu;
 namespace fs = std::filesystem;
-
-bool have_sotu() { return fs::exists(std::string(DISTILL_SOURCE_DIR) + "/datasets/sotu/validation.txt"); }
 
 // Dense baseline, dropout off, every step logged: 10 teacher + 10 student steps = 20 steps.
 const std::string kSettings =

@@ -22,10 +22,9 @@ namespace distill {
 namespace {
 
 using nlohmann::json;
+using test::have_sotu;
 using test::run_distill;
 namespace fs = std::filesystem;
-
-bool have_sotu() { return fs::exists(std::string(DISTILL_SOURCE_DIR) + "/datasets/sotu/validation.txt"); }
 
 TEST(E2eRun, TinyExperimentWritesACompleteConsistentReport) {
   ASSERT_TRUE(have_sotu()) << "run tools/fetch_data.sh (tools/setup.sh does)";

@@ -26,6 +26,14 @@ std::pair<torch::Tensor, torch::Tensor> padded_inputs(int64_t vocab, uint64_t se
   return {ids, mask};
 }
 
+// Greedy generation of 40 tokens with and without the cache: (with, without).
+std::pair<torch::Tensor, torch::Tensor> both_ways(Seq2SeqModel& model, const torch::Tensor& ids, const torch::Tensor& mask) {
+  GenerateOptions with, without;
+  with.max_new_tokens = without.max_new_tokens = 40;
+  without.use_cache = false;
+  return {greedy_generate(model, ids, mask, with), greedy_generate(model, ids, mask, without)};
+}
+
 class Decoding : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override { model_ = load_model(test::fixture(GetParam())); model_->eval(); }
@@ -54,15 +62,11 @@ TEST_P(Decoding, StepsWithTheCacheEqualDecodingThePrefix) {
 
 TEST_P(Decoding, GenerationWithTheCacheEqualsGenerationWithout) {
   auto [ids, mask] = padded_inputs(model_->config().vocab_size, 5);
-  GenerateOptions with, without;
-  with.max_new_tokens = without.max_new_tokens = 40;
-  without.use_cache = false;
-  auto a = greedy_generate(model_, ids, mask, with);
-  auto b = greedy_generate(model_, ids, mask, without);
+  auto [a, b] = both_ways(model_, ids, mask);
   EXPECT_TRUE(torch::equal(a, b)) << a << "\nwithout the cache\n" << b;
   // Each row alone (no other row leaving the batch) decodes the same tokens.
   for (int64_t r = 0; r < ids.size(0); ++r) {
-    auto alone = greedy_generate(model_, ids.narrow(0, r, 1), mask.narrow(0, r, 1), with);
+    auto alone = both_ways(model_, ids.narrow(0, r, 1), mask.narrow(0, r, 1)).first;
     EXPECT_TRUE(torch::equal(alone, a.narrow(0, r, 1).narrow(1, 0, alone.size(1)))) << "row " << r;
   }
 }
@@ -80,11 +84,7 @@ TEST(Decoding, RowsLeavingTheBatchChangeNoOtherRow) {
     model->shared->weight[model->config().eos_token_id].mul_(6.0);
   }
   auto [ids, mask] = padded_inputs(model->config().vocab_size, 7);
-  GenerateOptions with, without;
-  with.max_new_tokens = without.max_new_tokens = 40;
-  without.use_cache = false;
-  auto a = greedy_generate(model, ids, mask, with);
-  auto b = greedy_generate(model, ids, mask, without);
+  auto [a, b] = both_ways(model, ids, mask);
   EXPECT_TRUE(torch::equal(a, b)) << a << "\nwithout the cache\n" << b;
   // Rows ended at different lengths, and at least one before the last step.
   auto ended = (a == model->config().eos_token_id).to(torch::kLong).argmax(1);

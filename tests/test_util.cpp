@@ -58,4 +58,6 @@ int run_distill(const std::string& args, std::string* out, std::string* err, con
   return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
 }
 
+bool have_sotu() { return std::filesystem::exists(std::string(DISTILL_SOURCE_DIR) + "/datasets/sotu/validation.txt"); }
+
 }  // namespace distill::test

@@ -36,4 +36,7 @@ std::map<std::string, torch::Tensor> load_fixture_tensors(const std::string& rel
 int run_distill(const std::string& args, std::string* out = nullptr, std::string* err = nullptr,
                 const std::string& env = "");
 
+// Whether tools/fetch_data.sh has fetched the speeches the end-to-end tests train on.
+bool have_sotu();
+
 }  // namespace distill::test
