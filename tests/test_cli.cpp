@@ -206,9 +206,36 @@ TEST(CliGenerate, TextInTextOut) {
   EXPECT_EQ(out, t.decode(std::vector<int64_t>(8, 418)) + "\n");
 }
 
+TEST(CliEval, GenerateScoresPairsAsTheTasksMetric) {
+  // Text classification written as text-to-text, in JSONL pairs: accuracy and the share of
+  // predictions that are no label; the same predictions with and without the key/value cache.
+  test::TempDir dir;
+  write_text_atomic(dir.file("mail.jsonl"), "{\"input\": \"win money now\", \"target\": \"spam\"}\n"
+                                            "{\"input\": \"meeting at noon\", \"target\": \"ham\"}\n"
+                                            "{\"input\": \"cheap pills\", \"target\": \"spam\"}\n");
+  const std::string cmd = "eval --generate --classification --model " + test::fixture("switch-tiny-4") + " --data " +
+                          dir.file("mail.jsonl") + " --format jsonl_pairs --max-new-tokens 6 --batch-size 2";
+  std::string out, err;
+  ASSERT_EQ(run_distill(cmd + " --predictions " + dir.file("cached.tsv"), &out, &err), 0) << err;
+  for (const char* line : {"3 examples", "exact match", "token error rate", "character error rate", "accuracy",
+                           "predictions that are no label", "examples/s"}) {
+    EXPECT_NE(out.find(line), std::string::npos) << line << "\n" << out;
+  }
+  ASSERT_EQ(run_distill(cmd + " --no-cache --json --predictions " + dir.file("uncached.tsv"), &out, &err), 0) << err;
+  const auto j = nlohmann::json::parse(out);
+  EXPECT_EQ(j["examples"], 3);
+  EXPECT_TRUE(j["accuracy"]["value"].is_number());
+  EXPECT_FALSE(j["decoding"]["cache"].get<bool>());
+  EXPECT_EQ(read_text_file(dir.file("cached.tsv")), read_text_file(dir.file("uncached.tsv")));
+  // Scoring needs pairs: a text corpus is one error naming the option.
+  EXPECT_EQ(run_distill("eval --generate --model " + test::fixture("switch-tiny-4") + " --data " + dir.file("mail.jsonl") +
+                            " --format text", &out, &err), 1);
+  EXPECT_NE(err.find("--format tsv or jsonl_pairs"), std::string::npos) << err;
+}
+
 TEST(CliConfig, ShippedConfigsAreValid) {
   // The README's commands run these; a renamed key must not break them silently.
-  for (const char* config : {"configs/demo.yaml", "configs/tiny.yaml"}) {
+  for (const char* config : {"configs/demo.yaml", "configs/tiny.yaml", "configs/g2p.yaml"}) {
     std::string out, err;
     EXPECT_EQ(run_distill(std::string("config check ") + config, &out, &err), 0) << config << ": " << err;
   }
