@@ -4,6 +4,7 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
+#include <random>
 
 #include "models/errors.h"
 
@@ -147,6 +148,26 @@ BatchSums combine(const std::vector<const BatchSums*>& x, const std::vector<doub
   for (size_t i = 0; i < x.size(); ++i) {
     if (x[i]->value.size() != out.value.size()) throw Error("stats::combine: evaluations over different batches");
     for (size_t j = 0; j < out.value.size(); ++j) out.value[j] += w[i] * x[i]->value[j];
+  }
+  return out;
+}
+
+std::vector<std::pair<double, double>> bootstrap_sums(const std::vector<double>& x, const std::vector<double>& y,
+                                                      int64_t resamples, uint64_t seed) {
+  std::vector<std::pair<double, double>> out;
+  const size_t n = std::min(x.size(), y.size());
+  if (n == 0) return out;
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<size_t> pick(0, n - 1);
+  out.reserve(static_cast<size_t>(std::max<int64_t>(0, resamples)));
+  for (int64_t r = 0; r < resamples; ++r) {
+    double sx = 0, sy = 0;
+    for (size_t i = 0; i < n; ++i) {
+      const size_t j = pick(rng);
+      sx += x[j];
+      sy += y[j];
+    }
+    out.emplace_back(sx, sy);
   }
   return out;
 }

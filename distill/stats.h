@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <utility>
 #include <vector>
 
 namespace distill::stats {
@@ -59,6 +60,11 @@ double ratio_se(const BatchSums& x);
 double ratio_covariance(const BatchSums& x, const BatchSums& y);
 // sum_i w_i * x_i batch by batch (the x_i share their counts).
 BatchSums combine(const std::vector<const BatchSums*>& x, const std::vector<double>& w);
+
+// For each of `resamples` bootstrap resamples of the items (drawn with replacement, seeded): the
+// sums of x and of y over the resample. x and y have one value per item.
+std::vector<std::pair<double, double>> bootstrap_sums(const std::vector<double>& x, const std::vector<double>& y,
+                                                      int64_t resamples, uint64_t seed);
 
 // The q-quantile of sorted values, interpolating linearly between neighbours (q in [0, 1]; not empty).
 double percentile(const std::vector<double>& sorted, double q);

@@ -1,7 +1,6 @@
 #include "distill/task_metrics.h"
 
 #include <algorithm>
-#include <random>
 #include <set>
 
 #include "models/errors.h"
@@ -64,19 +63,8 @@ MetricValue bootstrap_ratio(const stats::BatchSums& x, int64_t resamples, uint64
   m.lo = m.hi = m.value;
   const size_t n = x.value.size();
   if (n < 2 || resamples < 2) return m;
-  std::mt19937_64 rng(seed);
-  std::uniform_int_distribution<size_t> pick(0, n - 1);
   std::vector<double> ratios;
-  ratios.reserve(static_cast<size_t>(resamples));
-  for (int64_t r = 0; r < resamples; ++r) {
-    double v = 0, c = 0;
-    for (size_t i = 0; i < n; ++i) {
-      const size_t j = pick(rng);
-      v += x.value[j];
-      c += x.count[j];
-    }
-    ratios.push_back(c > 0 ? v / c : 0.0);
-  }
+  for (const auto& [v, c] : stats::bootstrap_sums(x.value, x.count, resamples, seed)) ratios.push_back(c > 0 ? v / c : 0.0);
   std::sort(ratios.begin(), ratios.end());
   m.lo = stats::percentile(ratios, 0.025);
   m.hi = stats::percentile(ratios, 0.975);

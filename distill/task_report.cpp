@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <functional>
-#include <random>
 
 #include "distill/gain.h"
 
@@ -38,17 +37,9 @@ using ScoresOf = std::function<const TaskScores&(const TaskRun&)>;
 json bootstrap_gain(const stats::BatchSums& lift, const stats::BatchSums& gap, int64_t resamples, uint64_t seed) {
   const size_t n = gap.value.size();
   if (n < 2 || resamples < 2) return nullptr;
-  std::mt19937_64 rng(seed);
-  std::uniform_int_distribution<size_t> pick(0, n - 1);
   std::vector<double> ratios;
   int64_t undefined = 0;
-  for (int64_t r = 0; r < resamples; ++r) {
-    double l = 0, g = 0;
-    for (size_t i = 0; i < n; ++i) {
-      const size_t j = pick(rng);
-      l += lift.value[j];
-      g += gap.value[j];
-    }
+  for (const auto& [l, g] : stats::bootstrap_sums(lift.value, gap.value, resamples, seed)) {
     if (g > 0) ratios.push_back(100.0 * l / g);
     else ++undefined;
   }
