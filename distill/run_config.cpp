@@ -520,7 +520,7 @@ void check(ReadContext& ctx, const RunConfig& r) {
   if (!k.test.files.empty()) c.one_of(k.test.format, "task.test.format", {"tsv", "jsonl_pairs"});
   c.need(k.max_examples >= 0, "task.max_examples", "must be >= 0 (0 = all)");
   c.need(k.max_new_tokens >= 1 && k.max_new_tokens <= 4096, "task.max_new_tokens", "must be in [1, 4096]");
-  c.need(k.batch_size >= 1, "task.batch_size", "must be >= 1");
+  c.need(k.batch_size >= 1 && k.batch_size <= 8192, "task.batch_size", "must be in [1, 8192]");
   c.need(k.bootstrap_resamples >= 0 && k.bootstrap_resamples <= 100000, "task.bootstrap_resamples", "must be in [0, 100000]");
   for (const auto& [key, dir] : {std::pair<const char*, const std::string&>{"teacher.init_from", r.teacher.init_from},
                                  {"baseline.init_from", r.baseline.init_from}}) {

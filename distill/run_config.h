@@ -195,8 +195,8 @@ struct PretrainConfig {
 struct TaskConfig {
   CorpusConfig test;                  // input/target pairs (tsv | jsonl_pairs); no files: no task metrics
   int64_t max_examples = 0;           // pairs scored, from the top of the file; 0 = all
-  int64_t max_new_tokens = 64;        // decoder tokens at most per prediction
-  int64_t batch_size = 128;           // pairs decoded together
+  int64_t max_new_tokens = 64;        // decoder tokens at most per prediction (1-4096)
+  int64_t batch_size = 128;           // pairs decoded together (1-8192)
   bool classification = false;        // the targets are class labels: accuracy too
   int64_t bootstrap_resamples = 1000; // resamples of the examples for the bootstrap intervals
 };

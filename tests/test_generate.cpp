@@ -60,6 +60,24 @@ TEST_P(Decoding, StepsWithTheCacheEqualDecodingThePrefix) {
   EXPECT_THROW(model_->decode_step(targets.narrow(1, 0, 1), memory, mask, cache), Error);  // full
 }
 
+TEST_P(Decoding, TheCacheGrowsByDoublingUpToItsLimit) {
+  torch::NoGradGuard ng;
+  auto [ids, mask] = padded_inputs(model_->config().vocab_size, 3);
+  auto memory = model_->encode(ids, mask).last_hidden_state;  // [B, S, D]
+  torch::manual_seed(6);
+  auto targets = torch::randint(2, model_->config().vocab_size, {5, 37}, torch::kLong);  // [B, T]
+  auto full = model_->decode(targets, {}, memory, mask).last_hidden_state;              // [B, T, D]
+  DecoderCache cache;
+  cache.max_length = 40;
+  std::vector<int64_t> reserved;
+  for (int64_t t = 0; t < 37; ++t) {
+    auto h = model_->decode_step(targets.narrow(1, t, 1), memory, mask, cache);
+    EXPECT_TRUE(tensors_close(h, full.narrow(1, t, 1), 1e-5)) << "position " << t;
+    if (reserved.empty() || reserved.back() != cache.self[0].k.size(2)) reserved.push_back(cache.self[0].k.size(2));
+  }
+  EXPECT_EQ(reserved, (std::vector<int64_t>{16, 32, 40}));
+}
+
 TEST_P(Decoding, GenerationWithTheCacheEqualsGenerationWithout) {
   auto [ids, mask] = padded_inputs(model_->config().vocab_size, 5);
   auto [a, b] = both_ways(model_, ids, mask);

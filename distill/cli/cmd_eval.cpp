@@ -73,6 +73,7 @@ void print_task(const EvalArgs& a, Seq2SeqModel& model, const Tokenizer& tokeniz
   if (co.format != CorpusFormat::kTsvPairs && co.format != CorpusFormat::kJsonlPairs) {
     throw ConfigError("eval --generate scores input/target pairs: give --format tsv or jsonl_pairs");
   }
+  if (a.batch_size > 8192) throw ConfigError("eval --generate: --batch-size must be at most 8192");
   const auto pairs = read_task_pairs(co, a.max_examples);
   DecodeOptions d;
   d.batch_size = a.batch_size;
@@ -144,7 +145,7 @@ Command add_eval(CLI::App& app) {
   sub->add_flag("--generate", a->generate,
                 "Decode each pair's input greedily and score it against its target: exact match, token and "
                 "character error rates, with 95% bootstrap intervals, and the decoding speed");
-  sub->add_option("--max-new-tokens", a->max_new_tokens, "--generate: decoder tokens at most")->check(CLI::Range(1, 1 << 16));
+  sub->add_option("--max-new-tokens", a->max_new_tokens, "--generate: decoder tokens at most")->check(CLI::Range(1, 4096));
   sub->add_option("--max-examples", a->max_examples, "--generate: score at most this many pairs (0 = all)")
       ->check(CLI::NonNegativeNumber);
   sub->add_flag("--no-cache", a->no_cache, "--generate: re-run the decoder on the whole prefix every step (the slow reference)");

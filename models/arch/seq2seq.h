@@ -74,7 +74,8 @@ struct StackOutput {
 struct DecoderCache {
   std::vector<AttentionCache> self, cross;  // one per decoder block
   int64_t length = 0;                       // decoder positions done
-  int64_t max_length = 0;                   // positions reserved (the longest decode)
+  int64_t max_length = 0;                   // positions at most (the longest decode); the keys and
+                                            // values grow by doubling up to it
 };
 
 class T5StackImpl : public torch::nn::Module {

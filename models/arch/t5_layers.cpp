@@ -2,6 +2,7 @@
 
 #include <torch/nn/functional/activation.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -121,14 +122,20 @@ torch::Tensor T5AttentionImpl::forward_step(const torch::Tensor& x, const torch:
   } else {
     auto parts = project(x, torch::cat({q->weight, k->weight, v->weight}, 0)).split(I, -1);  // [B, T, 3I]
     qp = parts[0];
-    if (!cache.k.defined()) {
-      cache.k = torch::empty({B, H, max_length, Dk}, x.options());
-      cache.v = torch::empty({B, H, max_length, Dk}, x.options());
-      cache.length = 0;
-    }
-    if (cache.length + T > cache.k.size(2)) {
-      throw Error("decoder cache holds " + std::to_string(cache.k.size(2)) + " positions; step " +
+    if (cache.length + T > max_length) {
+      throw Error("decoder cache holds " + std::to_string(max_length) + " positions; step " +
                   std::to_string(cache.length + T) + " asked for more");
+    }
+    const int64_t reserved = cache.k.defined() ? cache.k.size(2) : 0;
+    if (cache.length + T > reserved) {  // grow by doubling, up to max_length: memory follows the output
+      const int64_t grown = std::min(max_length, std::max({2 * reserved, cache.length + T, int64_t{16}}));
+      auto k_new = torch::empty({B, H, grown, Dk}, x.options()), v_new = torch::empty({B, H, grown, Dk}, x.options());
+      if (cache.length > 0) {
+        k_new.narrow(2, 0, cache.length).copy_(cache.k.narrow(2, 0, cache.length));
+        v_new.narrow(2, 0, cache.length).copy_(cache.v.narrow(2, 0, cache.length));
+      }
+      cache.k = k_new;
+      cache.v = v_new;
     }
     cache.k.narrow(2, cache.length, T).copy_(parts[1].view({B, T, H, Dk}).transpose(1, 2));
     cache.v.narrow(2, cache.length, T).copy_(parts[2].view({B, T, H, Dk}).transpose(1, 2));

@@ -46,8 +46,8 @@ struct AttentionOptions {
 
 // Keys and values of one attention layer kept between decoding steps.
 struct AttentionCache {
-  torch::Tensor k, v;    // [B, H, L, Dk]: self attention, L = the decode length reserved at the first
-                         // step; cross attention, L = S, projected from the encoder output once
+  torch::Tensor k, v;    // [B, H, L, Dk]: self attention, L = positions reserved so far (grown by
+                         // doubling); cross attention, L = S, projected from the encoder output once
   int64_t length = 0;    // positions filled
 };
 
@@ -61,8 +61,8 @@ class T5AttentionImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& kv, const torch::Tensor& bias);
 
   // Incremental decoding (eval only). Self attention (kv undefined): x [B, T, D] are the next T
-  // positions; their keys and values are appended to `cache` (reserving `max_length` positions at
-  // the first call) and they attend to every cached position; bias [1 or B, H, T, cache + T].
+  // positions; their keys and values are appended to `cache` (at most `max_length` positions in
+  // all) and they attend to every cached position; bias [1 or B, H, T, cache + T].
   // Cross attention: kv [B, S, D] is projected into `cache` at the first call and reused.
   torch::Tensor forward_step(const torch::Tensor& x, const torch::Tensor& kv, const torch::Tensor& bias,
                              AttentionCache& cache, int64_t max_length);
