@@ -209,18 +209,23 @@ std::optional<InitSource> init_source(const RunConfig& c, const Tokenizer& token
 }
 
 // A stage's fingerprint names the checkpoint it was fine-tuned from, if any.
+json with_init(json fingerprint, const std::optional<InitSource>& init) {
+  if (init) fingerprint["from"] = init->identity;
+  return fingerprint;
+}
+
 json teacher_fingerprint(const RunConfig& c, const PreparedData& data) {
-  json f = teacher_fingerprint(c, data.fingerprint);
-  if (auto init = init_source(c, data.tokenizer, "teacher")) f["from"] = init->identity;
-  return f;
+  return with_init(teacher_fingerprint(c, data.fingerprint), init_source(c, data.tokenizer, "teacher"));
+}
+
+// Only the baseline may start from a checkpoint (the dense counterpart of `compare` does not).
+std::optional<InitSource> dense_init_source(const RunConfig& c, const Tokenizer& tokenizer, const std::string& stage) {
+  return stage == "baseline" ? init_source(c, tokenizer, stage) : std::nullopt;
 }
 
 json baseline_fingerprint(const RunConfig& c, const PreparedData& data, int64_t steps, const std::string& stage = "baseline") {
-  json f = baseline_fingerprint(c, data.fingerprint, data.tokenizer.vocab_size(), steps, stage);
-  if (stage == "baseline") {
-    if (auto init = init_source(c, data.tokenizer, "baseline")) f["from"] = init->identity;
-  }
-  return f;
+  return with_init(baseline_fingerprint(c, data.fingerprint, data.tokenizer.vocab_size(), steps, stage),
+                   dense_init_source(c, data.tokenizer, stage));
 }
 
 // A checkpoint loaded to be trained on: the training's dropout, its vocabulary checked.
@@ -457,11 +462,11 @@ StageResult train_teacher(const RunConfig& c, const PreparedData& data, bool res
   if (!c.teacher.path.empty()) return given_model("teacher", c.teacher.path, c.teacher.trained_tokens);
   StageResult r;
   r.name = "teacher";
-  const json fingerprint = teacher_fingerprint(c, data);
+  const auto source = init_source(c, data.tokenizer, r.name);  // once: it may hash a checkpoint's files
+  const json fingerprint = with_init(teacher_fingerprint(c, data.fingerprint), source);
   const std::string dir = stage_dir(c, r.name, fingerprint);
   r.model_dir = (fs::path(dir) / "model").string();
   const std::string label = stage_label(c, r.name);
-  const auto source = init_source(c, data.tokenizer, r.name);
   const std::optional<InitModel> init =
       source ? std::optional<InitModel>(prepare_init(c, data, *source, r.name, resume)) : std::nullopt;
   const auto action = prepare_stage(label, dir, fingerprint, resume);
@@ -529,11 +534,12 @@ namespace {
 StageResult train_dense(const RunConfig& c, const PreparedData& data, const std::string& name, int64_t steps, bool resume) {
   StageResult r;
   r.name = name;
-  const json fingerprint = baseline_fingerprint(c, data, steps, name);
+  const auto source = dense_init_source(c, data.tokenizer, name);  // once: it may hash a checkpoint's files
+  const json fingerprint =
+      with_init(baseline_fingerprint(c, data.fingerprint, data.tokenizer.vocab_size(), steps, name), source);
   const std::string dir = stage_dir(c, r.name, fingerprint);
   r.model_dir = (fs::path(dir) / "model").string();
   const bool from_path = name == "baseline" && !c.baseline.path.empty();
-  const auto source = name == "baseline" ? init_source(c, data.tokenizer, name) : std::nullopt;
   const std::optional<InitModel> init =
       source ? std::optional<InitModel>(prepare_init(c, data, *source, name, resume)) : std::nullopt;
   TrainingConfig training = c.training;
@@ -545,11 +551,12 @@ StageResult train_dense(const RunConfig& c, const PreparedData& data, const std:
     Seq2SeqModel model{nullptr};
     const std::string start = from_path ? c.baseline.path : init ? init->model_dir : "";
     if (!start.empty()) {
+      // load_for_training checks the vocabulary itself; a given baseline is checked once known dense.
       model = from_path ? load_model(start) : load_for_training(start, training, data.tokenizer, "the baseline's starting point");
       if (model->config().is_sparse()) {
         throw ConfigError("baseline " + start + " is a sparse model; the baseline must be dense");
       }
-      check_vocabulary(model->config(), data.tokenizer, "baseline " + start);
+      if (from_path) check_vocabulary(model->config(), data.tokenizer, "baseline " + start);
       spdlog::info("[{}] training {} on for {} steps", label, start, training.steps);
     } else {
       model = Seq2SeqModel(dense_shape(c, data.tokenizer.vocab_size()));
@@ -846,18 +853,13 @@ std::vector<TaskRun> score_task_runs(const RunConfig& c, const PreparedData& dat
     spdlog::info("[{}] exact match {:.2f}%, token error rate {:.2f}% ({:.0f} examples/s, {} cut at {} tokens)", who,
                  100 * scores.exact_match.value, 100 * scores.token_error_rate.value, out.examples_per_second(),
                  out.truncated, d.max_new_tokens);
-    json speed = {{"examples_per_second", out.examples_per_second()}, {"seconds", out.seconds},
-                  {"generated_tokens", out.generated_tokens}, {"truncated", out.truncated}};
     if (is_writer()) {
-      std::string text;
-      for (size_t i = 0; i < pairs.inputs.size(); ++i) {
-        text += pairs.inputs[i] + "\t" + pairs.references[i] + "\t" + out.predictions[i] + "\n";
-      }
       const fs::path dir = fs::path(c.output_dir) / "predictions";
       fs::create_directories(dir);
-      write_text_atomic((dir / (std::string(who) + "-" + stage.identity.substr(0, 16) + ".tsv")).string(), text);
+      write_text_atomic((dir / (std::string(who) + "-" + stage.identity.substr(0, 16) + ".tsv")).string(),
+                        predictions_tsv(pairs, out.predictions));
     }
-    return done.emplace(key, std::make_pair(std::move(scores), std::move(speed))).first->second;
+    return done.emplace(key, std::make_pair(std::move(scores), out.speed_json())).first->second;
   };
   std::vector<TaskRun> task_runs;
   for (const auto& run : runs) {

@@ -433,6 +433,12 @@ class Checker {
     const std::string at = it != ctx_.where.end() ? it->second : ctx_.file + " (default)";
     ctx_.errors.push_back(at + ": " + path + " " + what);
   }
+  // A key naming a model directory (config.json in it), when it is set.
+  void model_dir(const std::string& dir, const std::string& path) {
+    if (dir.empty()) return;
+    need(std::filesystem::exists(std::filesystem::path(dir) / "config.json"), path,
+         "names " + dir + ", which is not a model directory (no config.json)");
+  }
   void one_of(const std::string& value, const std::string& path, std::initializer_list<const char*> options) {
     std::string list;
     bool ok = false;
@@ -522,20 +528,13 @@ void check(ReadContext& ctx, const RunConfig& r) {
   c.need(k.max_new_tokens >= 1 && k.max_new_tokens <= 4096, "task.max_new_tokens", "must be in [1, 4096]");
   c.need(k.batch_size >= 1 && k.batch_size <= 8192, "task.batch_size", "must be in [1, 8192]");
   c.need(k.bootstrap_resamples >= 0 && k.bootstrap_resamples <= 100000, "task.bootstrap_resamples", "must be in [0, 100000]");
-  for (const auto& [key, dir] : {std::pair<const char*, const std::string&>{"teacher.init_from", r.teacher.init_from},
-                                 {"baseline.init_from", r.baseline.init_from}}) {
-    if (dir.empty()) continue;
-    c.need(std::filesystem::exists(std::filesystem::path(dir) / "config.json"), key,
-           "names " + dir + ", which is not a model directory (no config.json)");
-  }
+  c.model_dir(r.teacher.init_from, "teacher.init_from");
+  c.model_dir(r.baseline.init_from, "baseline.init_from");
   if (!r.teacher.init_from.empty()) c.need(r.teacher.path.empty(), "teacher.init_from", "and teacher.path exclude each other");
   if (!r.baseline.init_from.empty()) c.need(r.baseline.path.empty(), "baseline.init_from", "and baseline.path exclude each other");
 
   const auto& t = r.teacher;
-  if (!t.path.empty()) {
-    c.need(std::filesystem::exists(std::filesystem::path(t.path) / "config.json"), "teacher.path",
-           "names " + t.path + ", which is not a model directory (no config.json)");
-  }
+  c.model_dir(t.path, "teacher.path");
   const auto& a = t.model;
   for (auto [name, v] : {std::pair<const char*, int64_t>{"d_model", a.d_model}, {"d_ff", a.d_ff}, {"d_kv", a.d_kv},
                          {"num_heads", a.num_heads}, {"num_layers", a.num_layers},
@@ -567,9 +566,8 @@ void check(ReadContext& ctx, const RunConfig& r) {
   const auto& bl = r.baseline;
   if (bl.steps) c.need(*bl.steps >= 1, "baseline.steps", "must be >= 1");
   c.need(bl.continue_steps >= 0, "baseline.continue_steps", "must be >= 0");
+  c.model_dir(bl.path, "baseline.path");
   if (!bl.path.empty()) {
-    c.need(std::filesystem::exists(std::filesystem::path(bl.path) / "config.json"), "baseline.path",
-           "names " + bl.path + ", which is not a model directory (no config.json)");
     c.need(!bl.steps, "baseline.steps", "and baseline.path exclude each other: with a path, train on with baseline.continue_steps");
   } else {
     c.need(bl.continue_steps == 0, "baseline.continue_steps", "needs baseline.path (a baseline trained here takes baseline.steps)");

@@ -24,6 +24,19 @@ TaskPairs read_task_pairs(const CorpusOptions& options, int64_t max_examples) {
   return pairs;
 }
 
+nlohmann::json Decoded::speed_json() const {
+  return {{"examples_per_second", examples_per_second()}, {"seconds", seconds}, {"generated_tokens", generated_tokens},
+          {"truncated", truncated}};
+}
+
+std::string predictions_tsv(const TaskPairs& pairs, const std::vector<std::string>& predictions) {
+  std::string text;
+  for (size_t i = 0; i < pairs.inputs.size() && i < predictions.size(); ++i) {
+    text += pairs.inputs[i] + "\t" + pairs.references[i] + "\t" + predictions[i] + "\n";
+  }
+  return text;
+}
+
 Decoded decode_task(Seq2SeqModel& model, const Tokenizer& tokenizer, const std::vector<std::string>& inputs,
                     const DecodeOptions& options) {
   if (options.batch_size < 1 || options.input_length < 2 || options.max_new_tokens < 1) {

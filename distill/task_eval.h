@@ -36,7 +36,12 @@ struct Decoded {
   int64_t generated_tokens = 0;          // tokens emitted, </s> included
   int64_t truncated = 0;                 // outputs that reached max_new_tokens without </s>
   double examples_per_second() const { return seconds > 0 ? static_cast<double>(predictions.size()) / seconds : 0; }
+  // examples_per_second, seconds, generated_tokens, truncated.
+  nlohmann::json speed_json() const;
 };
+
+// One line per pair, input<TAB>target<TAB>prediction: what a prediction file holds.
+std::string predictions_tsv(const TaskPairs& pairs, const std::vector<std::string>& predictions);
 
 // Greedy predictions of `model` for `inputs`.
 Decoded decode_task(Seq2SeqModel& model, const Tokenizer& tokenizer, const std::vector<std::string>& inputs,

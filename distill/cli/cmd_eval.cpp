@@ -84,21 +84,12 @@ void print_task(const EvalArgs& a, Seq2SeqModel& model, const Tokenizer& tokeniz
   TaskScoreOptions so;
   so.classification = a.classification;
   const auto scores = score_task(decoded.predictions, pairs.references, so);
-  if (!a.predictions.empty()) {
-    std::string text;
-    for (size_t i = 0; i < pairs.inputs.size(); ++i) {
-      text += pairs.inputs[i] + "\t" + pairs.references[i] + "\t" + decoded.predictions[i] + "\n";
-    }
-    write_text_atomic(a.predictions, text);
-  }
-  nlohmann::json speed = {{"examples", scores.examples},
-                          {"seconds", decoded.seconds},
-                          {"examples_per_second", decoded.examples_per_second()},
-                          {"generated_tokens", decoded.generated_tokens},
-                          {"truncated", decoded.truncated},
-                          {"cache", d.use_cache},
-                          {"batch_size", d.batch_size},
-                          {"threads", at::get_num_threads()}};
+  if (!a.predictions.empty()) write_text_atomic(a.predictions, predictions_tsv(pairs, decoded.predictions));
+  nlohmann::json speed = decoded.speed_json();
+  speed.update({{"examples", scores.examples},
+                {"cache", d.use_cache},
+                {"batch_size", d.batch_size},
+                {"threads", at::get_num_threads()}});
   if (a.json) {
     auto j = scores.to_json();
     j["decoding"] = speed;
