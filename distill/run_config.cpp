@@ -433,11 +433,21 @@ class Checker {
     const std::string at = it != ctx_.where.end() ? it->second : ctx_.file + " (default)";
     ctx_.errors.push_back(at + ": " + path + " " + what);
   }
+  // A key naming a file or directory that must exist. Never throws: a name too long for the file
+  // system or a directory without permission is reported like a missing file, with the reason.
+  void existing(const fs::path& file, const std::string& path, const std::string& shown) {
+    std::error_code ec;
+    if (fs::exists(file, ec)) return;
+    const bool missing = !ec || ec == std::errc::no_such_file_or_directory;
+    need(false, path, "names " + shown + ", which " + (missing ? "does not exist" : "cannot be read (" + ec.message() + ")"));
+  }
   // A key naming a model directory (config.json in it), when it is set.
   void model_dir(const std::string& dir, const std::string& path) {
     if (dir.empty()) return;
-    need(std::filesystem::exists(std::filesystem::path(dir) / "config.json"), path,
-         "names " + dir + ", which is not a model directory (no config.json)");
+    std::error_code ec;
+    const bool found = fs::exists(fs::path(dir) / "config.json", ec);  // before ec is read below
+    need(found, path,
+         "names " + dir + ", which is not a model directory (no config.json" + (ec ? ": " + ec.message() : "") + ")");
   }
   void one_of(const std::string& value, const std::string& path, std::initializer_list<const char*> options) {
     std::string list;
@@ -480,7 +490,7 @@ void check_training(Checker& c, const TrainingConfig& t, const std::string& p) {
 void check_corpus(Checker& c, const CorpusConfig& k, const std::string& p, bool required) {
   if (required) c.need(!k.files.empty(), p + ".files", "must list at least one file");
   c.one_of(k.format, p + ".format", {"text", "jsonl", "tsv", "jsonl_pairs"});
-  for (const auto& f : k.files) c.need(std::filesystem::exists(f), p + ".files", "names " + f + ", which does not exist");
+  for (const auto& f : k.files) c.existing(f, p + ".files", f);
 }
 
 void check_data(Checker& c, const DataConfig& d, const std::string& p) {
@@ -499,7 +509,7 @@ void check_data(Checker& c, const DataConfig& d, const std::string& p) {
   c.need(d.eval_batches >= 0, p + ".eval_batches", "must be >= 0 (0 = all)");
   if (d.seed) c.need(*d.seed >= 0, p + ".seed", "must be >= 0");
   if (!d.tokenizer.path.empty()) {
-    c.need(std::filesystem::exists(d.tokenizer.path), p + ".tokenizer.path", "names " + d.tokenizer.path + ", which does not exist");
+    c.existing(d.tokenizer.path, p + ".tokenizer.path", d.tokenizer.path);
   }
   c.need(d.tokenizer.sentinels >= 0, p + ".tokenizer.sentinels", "must be >= 0");
   c.need(d.tokenizer.vocab_size >= d.tokenizer.sentinels + 16, p + ".tokenizer.vocab_size", "must be at least sentinels + 16");

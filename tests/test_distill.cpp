@@ -917,6 +917,19 @@ TEST(RunConfig, AConfigPathThatIsNoFileIsNamed) {
   }
 }
 
+TEST(RunConfig, APathTheFileSystemRefusesIsAnErrorNotACrash) {
+  // Found by fuzz_run_config: a file name longer than NAME_MAX made std::filesystem::exists throw.
+  const std::string long_name = "/tmp/" + std::string(300, 'x');
+  auto err = config_error("data:\n  train:\n    files: [" + long_name + "]\n  tokenizer:\n    path: " + long_name +
+                          "/spiece.model\nteacher:\n  path: " + long_name + "\n");
+  EXPECT_NE(err.find("c.yaml:3: data.train.files names " + long_name + ", which cannot be read (File name too long)"),
+            std::string::npos) << err;
+  EXPECT_NE(err.find("data.tokenizer.path names " + long_name + "/spiece.model, which cannot be read"), std::string::npos)
+      << err;
+  EXPECT_NE(err.find("teacher.path names " + long_name + ", which is not a model directory (no config.json: File name too long)"),
+            std::string::npos) << err;
+}
+
 TEST(RunConfig, VocabularyMismatchIsCaughtAtStart) {
   auto tokenizer = Tokenizer::load(test::fixture("switch-tiny-4"));
   auto c = read_hf_config(test::fixture("switch-tiny-4/config.json"));
