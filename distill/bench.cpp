@@ -37,7 +37,22 @@ BenchShape bench_preset(const std::string& name) {
     s.d_kv = 64;
     return s;
   }
-  throw InputError("unknown preset \"" + name + "\" (expected small8 or d256)");
+  if (name == "base8") {  // switch-base-8 (teacher) into t5-base (student), random weights
+    s.d_model = 768;
+    s.d_ff = 3072;
+    s.d_kv = 64;
+    s.num_heads = 12;
+    s.num_layers = s.num_decoder_layers = 12;
+    s.num_experts = 8;
+    s.sparse_step = 2;        // experts in every other FFN
+    s.expert_capacity = 80;   // per expert and sequence: 1.25 x 512 / 8
+    s.vocab_size = 32128;
+    s.batch = 4;
+    s.src_len = 512;
+    s.tgt_len = 114;
+    return s;
+  }
+  throw InputError("unknown preset \"" + name + "\" (expected small8, d256 or base8)");
 }
 
 namespace {
@@ -148,7 +163,7 @@ BenchResult run_bench(const BenchShape& s, const BenchOptions& o) {
   init_from_scratch(teacher, 0.1);
   init_from_scratch(student, 0.1);
   init_student(student, teacher, FfnInit::kFresh, true);
-  if (s.teacher_bf16) set_model_dtype(teacher, torch::kBFloat16);
+  teacher->set_bf16_products(s.teacher_bf16);
   teacher->eval();
   for (auto& p : teacher->parameters()) p.set_requires_grad(false);
   student->train();
@@ -178,7 +193,7 @@ BenchResult run_bench(const BenchShape& s, const BenchOptions& o) {
     adamw.zero_grad();
     torch::Tensor loss;
     {
-      Bf16Autocast amp(s.student_bf16);
+      Bf16Products amp(s.student_bf16);
       loss = loss_of(student->forward({ids, mask, dec, {}, {}}).logits);
     }
     if (reducer) reducer->arm();
@@ -233,7 +248,7 @@ BenchResult run_bench(const BenchShape& s, const BenchOptions& o) {
     fo.dropout = 0.0;
     SwitchSparseMlp sparse(s.d_model, ro, fo);
     DenseActDense dense(fo);
-    Bf16Autocast amp(s.student_bf16);  // both layers in the student's precision
+    Bf16Products amp(s.student_bf16);  // both layers in the student's precision
     auto x = torch::randn({s.batch, s.src_len, s.d_model}).requires_grad_(true);
     auto g = torch::randn({s.batch, s.src_len, s.d_model});
     std::tie(r.switch_layer, r.dense_layer) = time_alternating(

@@ -244,7 +244,9 @@ DataPosition student_start(const StageResult& teacher) { return teacher.trained_
 
 // How the frozen teacher is run, which its outputs depend on.
 json teacher_run(const RunConfig& c) {
-  return {{"bf16", c.teacher.bf16},
+  // bf16 as "products" (float32 activations, bf16 products): a file made by the earlier all-bf16
+  // teacher (recorded as true) is not taken for one of these.
+  return {{"bf16", c.teacher.bf16 ? json("products") : json(false)},
           {"capacity_factor", c.distillation.teacher_capacity_factor ? json(*c.distillation.teacher_capacity_factor) : json()}};
 }
 
@@ -631,7 +633,7 @@ Seq2SeqModel load_teacher(const RunConfig& c, const StageResult& stage, const To
   }
   Seq2SeqModel teacher(cfg);
   load_state(teacher, load_model_tensors(dir), dir);
-  if (c.teacher.bf16) set_model_dtype(teacher, torch::kBFloat16);
+  teacher->set_bf16_products(c.teacher.bf16);
   teacher->eval();
   for (auto& p : teacher->parameters()) p.set_requires_grad(false);
   return teacher;

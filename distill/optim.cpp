@@ -70,6 +70,7 @@ void AdamW::step(double lr) {
           pp[j] = pp[j] * decay + step_size * (m / (std::sqrt(v) * inv_bc2 + eps));
         }
       });
+      p.unsafeGetTensorImpl()->bump_version();  // written through a raw pointer: bf16 copies of p are stale
       continue;
     }
     p.mul_(1 - lr * c_.weight_decay);

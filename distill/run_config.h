@@ -103,8 +103,9 @@ struct TrainingConfig {
   double grad_clip = 1.0;             // global L2 norm clip; 0 = off
   double dropout = 0.1;               // dropout rate of the model being trained
   double expert_dropout = 0.1;        // dropout inside experts (sparse models)
-  bool bf16 = false;                  // bfloat16 matrix products (autocast); weights, optimizer state,
-                                      // router, norms and losses stay float32
+  bool bf16 = false;                  // bfloat16 matrix products with float32 accumulation (bf16 weight
+                                      // copies made once per step); master weights, optimizer state,
+                                      // router, norms, softmaxes and losses stay float32
   double init_scale = 0.1;            // from-scratch init: truncated normal, std sqrt(s / fan_in)
   bool expert_grad_scaling = false;   // Artetxe et al.: scale expert gradients by 1/sqrt(E)
   OptimizerConfig optimizer;
@@ -123,7 +124,8 @@ struct TeacherConfig {
   ArchConfig model;                   // architecture when training
   std::optional<int64_t> steps;       // teacher training steps; default: training.steps (a teacher
                                       // usually trains longer than the distillation runs)
-  bool bf16 = false;                  // run the frozen teacher in bfloat16 (router stays float32)
+  bool bf16 = false;                  // the frozen teacher's matrix products in bfloat16 (float32
+                                      // accumulation; weights cast once); router, norms stay float32
   std::optional<int64_t> trained_tokens;  // with path or init_from: the tokens it was trained on, when
                                           // known (the budget check and the baseline's default steps use it)
   bool train_once = false;            // with seeds > 1: train one teacher (the first seed's) and distill

@@ -127,12 +127,12 @@ Trainer::StepLosses Trainer::train_step(const Batch& b, double scale, const std:
     Seq2SeqOutput s_out;
     if (cache_) {
       auto targets = cache_->targets(b, teacher_logits);
-      Bf16Autocast amp(o_.training.bf16);
+      Bf16Products amp(o_.training.bf16);
       s_out = model_->forward(in, hidden);
       d = distillation_loss(s_out.logits, targets, b.labels, teacher_->loss);
     } else {
       auto t = teacher_logits();
-      Bf16Autocast amp(o_.training.bf16);
+      Bf16Products amp(o_.training.bf16);
       s_out = model_->forward(in, hidden);
       d = distillation_loss(s_out.logits, t, b.labels, teacher_->loss);
     }
@@ -148,7 +148,7 @@ Trainer::StepLosses Trainer::train_step(const Batch& b, double scale, const std:
     l.soft = d.soft.item<double>();
     l.kl = d.kl.item<double>();
   } else {
-    Bf16Autocast amp(o_.training.bf16);
+    Bf16Products amp(o_.training.bf16);
     auto out = model_->forward(in);
     loss = out.loss;
     l.hard = out.ce_loss.item<double>();

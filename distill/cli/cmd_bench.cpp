@@ -24,7 +24,8 @@ struct BenchArgs {
 Command add_bench(CLI::App& app) {
   auto a = std::make_shared<BenchArgs>();
   auto* sub = app.add_subcommand("bench", "Time the real code paths on synthetic batches (or the data pipeline with --data)");
-  sub->add_option("--preset", a->preset, "Reference shape: small8 or d256")->check(CLI::IsMember({"small8", "d256"}));
+  sub->add_option("--preset", a->preset, "Reference shape: small8, d256 or base8 (switch-base-8 into t5-base)")
+      ->check(CLI::IsMember({"small8", "d256", "base8"}));
   auto* d_model = sub->add_option("--d-model", a->shape.d_model, "Override: model width");
   auto* d_ff = sub->add_option("--d-ff", a->shape.d_ff, "Override: FFN width");
   auto* d_kv = sub->add_option("--d-kv", a->shape.d_kv, "Override: head width");

@@ -146,7 +146,7 @@ Command add_eval(CLI::App& app) {
             auto tokenizer = Tokenizer::load(a->tokenizer.empty() ? a->model : a->tokenizer);
             auto model = load_model(a->model);
             check_vocabulary(model->config(), tokenizer, a->model);
-            if (a->bf16) set_model_dtype(model, torch::kBFloat16);
+            model->set_bf16_products(a->bf16);
             if (a->generate) {
               print_task(*a, model, tokenizer);
             } else {

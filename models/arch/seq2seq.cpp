@@ -199,6 +199,7 @@ Seq2SeqModelImpl::Seq2SeqModelImpl(ModelConfig config) : config_(std::move(confi
 
 StackOutput Seq2SeqModelImpl::encode(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
                                      bool keep_hidden_states) {
+  Bf16Products amp(bf16_products_);
   return encoder->forward(shared->forward(input_ids), attention_mask, {}, {}, keep_hidden_states);
 }
 
@@ -206,17 +207,19 @@ StackOutput Seq2SeqModelImpl::decode(const torch::Tensor& decoder_input_ids,
                                      const torch::Tensor& decoder_attention_mask, const torch::Tensor& memory,
                                      const torch::Tensor& memory_mask, bool keep_hidden_states,
                                      const torch::Tensor& routing_mask) {
+  Bf16Products amp(bf16_products_);
   return decoder->forward(shared->forward(decoder_input_ids), decoder_attention_mask, memory, memory_mask,
                           keep_hidden_states, routing_mask);
 }
 
 torch::Tensor Seq2SeqModelImpl::decode_step(const torch::Tensor& decoder_input_ids, const torch::Tensor& memory,
                                             const torch::Tensor& memory_mask, DecoderCache& cache) {
+  Bf16Products amp(bf16_products_);
   return decoder->forward_step(shared->forward(decoder_input_ids), memory, memory_mask, cache);
 }
 
 torch::Tensor Seq2SeqModelImpl::lm_logits(const torch::Tensor& hidden) {
-  NoAutocast fp32;  // the softmax over the vocabulary wants full-precision logits
+  Fp32Products fp32;  // the LM head stays float32: the soft labels and the loss read these logits
   if (!lm_head.is_empty()) return project(hidden, lm_head->weight);
   // Tied head: T5 rescales the decoder output by D^-0.5 before projecting on the embedding.
   return project(hidden * std::pow(static_cast<double>(config_.d_model), -0.5), shared->weight);

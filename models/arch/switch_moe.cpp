@@ -70,7 +70,7 @@ SwitchRouterImpl::SwitchRouterImpl(int64_t d_model, const RoutingOptions& option
 torch::Tensor SwitchRouterImpl::forward(const torch::Tensor& x) {
   // The router runs in float32 (or wider) whatever the model dtype: a bf16 softmax over experts
   // is too coarse for stable routing.
-  NoAutocast fp32;
+  Fp32Products fp32;
   const auto dtype = c10::promoteTypes(classifier->weight.scalar_type(), torch::kFloat32);
   auto h = x.to(dtype);
   if (is_training() && options_.jitter_noise > 0) {

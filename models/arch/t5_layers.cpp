@@ -91,12 +91,12 @@ torch::Tensor T5AttentionImpl::forward(const torch::Tensor& x, const torch::Tens
   // One matmul for q, k and v (self) or k and v (cross): fewer, larger products run faster here.
   torch::Tensor qp, kp, vp;  // [B, T or S, I]
   if (!kv.defined()) {
-    auto qkv = project(x, torch::cat({q->weight, k->weight, v->weight}, 0));  // [B, T, 3I]
+    auto qkv = project(x, std::vector<torch::Tensor>{q->weight, k->weight, v->weight});  // [B, T, 3I]
     auto parts = qkv.split(I, -1);
     qp = parts[0], kp = parts[1], vp = parts[2];
   } else {
     qp = project(x, q->weight);
-    auto parts = project(src, torch::cat({k->weight, v->weight}, 0)).split(I, -1);  // [B, S, 2I]
+    auto parts = project(src, std::vector<torch::Tensor>{k->weight, v->weight}).split(I, -1);  // [B, S, 2I]
     kp = parts[0], vp = parts[1];
   }
   auto qh = qp.view({B, T, H, Dk}).transpose(1, 2);  // [B, H, T, Dk]
@@ -114,13 +114,13 @@ torch::Tensor T5AttentionImpl::forward_step(const torch::Tensor& x, const torch:
     qp = project(x, q->weight);
     if (!cache.k.defined()) {
       const auto S = kv.size(1);
-      auto parts = project(kv, torch::cat({k->weight, v->weight}, 0)).split(I, -1);  // [B, S, 2I]
+      auto parts = project(kv, std::vector<torch::Tensor>{k->weight, v->weight}).split(I, -1);  // [B, S, 2I]
       cache.k = parts[0].reshape({B, S, H, Dk}).transpose(1, 2);  // [B, H, S, Dk]
       cache.v = parts[1].reshape({B, S, H, Dk}).transpose(1, 2);
       cache.length = S;
     }
   } else {
-    auto parts = project(x, torch::cat({q->weight, k->weight, v->weight}, 0)).split(I, -1);  // [B, T, 3I]
+    auto parts = project(x, std::vector<torch::Tensor>{q->weight, k->weight, v->weight}).split(I, -1);  // [B, T, 3I]
     qp = parts[0];
     if (cache.length + T > max_length) {
       throw Error("decoder cache holds " + std::to_string(max_length) + " positions; step " +

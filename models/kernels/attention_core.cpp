@@ -185,7 +185,7 @@ struct AttentionCoreFunction : public torch::autograd::Function<AttentionCoreFun
 
 bool fast_path(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias) {
   auto ok = [](const at::Tensor& t) { return t.scalar_type() == at::kFloat && t.device().is_cpu(); };
-  return ok(q) && ok(k) && ok(v) && (!bias.defined() || ok(bias)) && q.dim() == 4 && !bf16_autocast_active();
+  return ok(q) && ok(k) && ok(v) && (!bias.defined() || ok(bias)) && q.dim() == 4;
 }
 
 }  // namespace

@@ -12,8 +12,8 @@ namespace distill {
 
 // q [B, H, T, Dk], k and v [B, H, S, Dk] (any strides), bias broadcastable to [B, H, T, S]
 // (may require grad). T5 does not scale the scores. Dropout p applies to the probabilities.
-// Returns the context [B, T, H * Dk], heads side by side. Other dtypes, other devices and bf16
-// autocast take the equivalent ATen ops.
+// Returns the context [B, T, H * Dk], heads side by side. Float32 under Bf16Products too (its
+// products are small: T x S x Dk per head); other dtypes and devices take the equivalent ATen ops.
 at::Tensor attention_core(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias,
                           double dropout);
 

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <type_traits>
 
 #include "models/errors.h"
 #include "models/kernels/fast_dropout.h"
@@ -41,7 +42,7 @@ void parallel_for_each_group(const std::vector<int64_t>& counts, Fn&& fn) {
   std::stable_sort(groups.begin(), groups.end(), [](const Group& a, const Group& b) { return a.n > b.n; });
   std::atomic<size_t> next{0};
   const auto workers = std::min<int64_t>(at::get_num_threads(), static_cast<int64_t>(groups.size()));
-  const at::ThreadLocalState caller;  // grad mode, autocast exclusions: the workers' ATen calls need the caller's
+  const at::ThreadLocalState caller;  // grad mode, inference mode: the workers' ATen calls need the caller's
   at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
     at::ThreadLocalStateGuard same_state(caller);
     for (size_t i = next++; i < groups.size(); i = next++) fn(groups[i].e, groups[i].begin, groups[i].n);
@@ -73,7 +74,7 @@ at::Tensor scatter_rows(const float* rows, const float* gate, const int64_t* tok
   return out;
 }
 
-using grouped_f32::Forward;
+using grouped_cpu::Forward;
 
 Forward run_forward(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& token, const std::vector<int64_t>& counts,
                     const std::vector<at::Tensor>& wi, const std::vector<at::Tensor>& wo, double dropout) {
@@ -96,44 +97,104 @@ Forward run_forward(const at::Tensor& x, const at::Tensor& gate, const at::Tenso
   return f;
 }
 
-// run_forward in float32, one task per expert: gather its rows, both products, ReLU and dropout
-// while the hidden units are still in cache. out is left to the caller.
-Forward run_forward_sgemm(const at::Tensor& x_in, const at::Tensor& gate, const at::Tensor& token_in,
-                          const std::vector<int64_t>& counts, const std::vector<at::Tensor>& wi,
-                          const std::vector<at::Tensor>& wo, double dropout) {
+// The products' operands: float32 as they are, or bf16 (T = c10::BFloat16) with float32 results.
+template <class T>
+void gemm(Op op_a, Op op_b, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb, float* c,
+          int64_t ldc) {
+  if constexpr (std::is_same_v<T, float>) {
+    blas::sgemm(op_a, op_b, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
+  } else {
+    blas::gemm_bf16(op_a, op_b, m, n, k, 1.0f, reinterpret_cast<const uint16_t*>(a), lda,
+                    reinterpret_cast<const uint16_t*>(b), ldb, 0.0f, c, ldc);
+  }
+}
+
+// The operand copy of n float32 values: the values themselves for float32 (dst is src).
+template <class T>
+const T* operand(T* dst, const float* src, int64_t n) {
+  if constexpr (std::is_same_v<T, float>) {
+    return src;
+  } else {
+    to_bf16(dst, src, n);
+    return dst;
+  }
+}
+
+template <class T>
+at::ScalarType dtype_of() {
+  return std::is_same_v<T, float> ? at::kFloat : at::kBFloat16;
+}
+
+// The experts' weights as the products read them: float32 as given, or their cached bf16 copies.
+template <class T>
+std::vector<const T*> weights_of(const std::vector<at::Tensor>& w, std::vector<at::Tensor>& keep) {
+  std::vector<const T*> out;
+  for (const auto& t : w) {
+    if constexpr (std::is_same_v<T, float>) {
+      out.push_back(t.data_ptr<float>());
+    } else {
+      keep.push_back(bf16_copy(t));
+      out.push_back(keep.back().data_ptr<T>());
+    }
+  }
+  return out;
+}
+
+// run_forward with float32 activations, one task per expert: gather its rows, both products, ReLU
+// and dropout while the hidden units are still in cache. Products in T. out is left to the caller.
+template <class T>
+Forward run_forward_fast(const at::Tensor& x_in, const at::Tensor& token_in, const std::vector<int64_t>& counts,
+                         const std::vector<at::Tensor>& wi_in, const std::vector<at::Tensor>& wo_in, double dropout) {
   Forward f;
   const auto x = x_in.contiguous();
   const auto token = token_in.contiguous();
-  const int64_t M = token.size(0), D = x.size(1), F = wi.empty() ? 0 : wi[0].size(0);
-  f.xs = at::empty({M, D}, x.options());  // [M, D]
-  f.h = at::empty({M, F}, x.options());   // [M, F]
-  f.y = at::empty({M, D}, x.options());   // [M, D]
+  const int64_t M = token.size(0), D = x.size(1), F = wi_in.empty() ? 0 : wi_in[0].size(0);
+  constexpr bool kWide = std::is_same_v<T, float>;
+  f.xs = at::empty({M, D}, x.options().dtype(dtype_of<T>()));  // [M, D]
+  f.h = at::empty({M, F}, x.options());                         // [M, F]
+  f.hb = kWide ? f.h : at::empty({M, F}, x.options().dtype(dtype_of<T>()));
+  f.y = at::empty({M, D}, x.options());  // [M, D]
+  std::vector<at::Tensor> keep;
+  const auto wi = weights_of<T>(wi_in, keep), wo = weights_of<T>(wo_in, keep);
   const float* px = x.data_ptr<float>();
   const int64_t* tok = token.data_ptr<int64_t>();
-  float *xs = f.xs.data_ptr<float>(), *h = f.h.data_ptr<float>(), *y = f.y.data_ptr<float>();
+  T *xs = f.xs.data_ptr<T>(), *hb = f.hb.data_ptr<T>();
+  float *h = f.h.data_ptr<float>(), *y = f.y.data_ptr<float>();
   const uint64_t seed = dropout > 0 ? dropout_seed() : 0;
   const uint32_t threshold = dropout_threshold(dropout);
   const float scale = dropout_scale(dropout);
   parallel_for_each_group(counts, [&](int64_t e, int64_t begin, int64_t n) {
-    float* xs_e = xs + begin * D;
-    for (int64_t i = 0; i < n; ++i) std::memcpy(xs_e + i * D, px + tok[begin + i] * D, static_cast<size_t>(D) * sizeof(float));
+    const auto se = static_cast<size_t>(e);
+    T* xs_e = xs + begin * D;
+    for (int64_t i = 0; i < n; ++i) {
+      if constexpr (kWide) {
+        std::memcpy(xs_e + i * D, px + tok[begin + i] * D, static_cast<size_t>(D) * sizeof(float));
+      } else {
+        to_bf16(xs_e + i * D, px + tok[begin + i] * D, D);
+      }
+    }
     float* h_e = h + begin * F;
-    blas::sgemm(Op::N, Op::T, n, F, D, 1.0f, xs_e, D, wi[static_cast<size_t>(e)].data_ptr<float>(), D, 0.0f, h_e,
-                F);  // [n, F]
+    gemm<T>(Op::N, Op::T, n, F, D, xs_e, D, wi[se], D, h_e, F);  // [n, F]
     // ReLU, then the same mask dropout_mask would draw for [M, F].
     rows::relu_dropout(h_e, dropout > 0, seed, begin * F, threshold, scale, n * F);
-    blas::sgemm(Op::N, Op::T, n, D, F, 1.0f, h_e, F, wo[static_cast<size_t>(e)].data_ptr<float>(), F, 0.0f,
-                y + begin * D, D);  // [n, D]
+    const T* hb_e = operand<T>(hb + begin * F, h_e, n * F);
+    gemm<T>(Op::N, Op::T, n, D, F, hb_e, F, wo[se], F, y + begin * D, D);  // [n, D]
   });
   return f;
+}
+
+Forward run_forward_sgemm(const at::Tensor& x, const at::Tensor& token, const std::vector<int64_t>& counts,
+                          const std::vector<at::Tensor>& wi, const std::vector<at::Tensor>& wo, double dropout, bool bf16) {
+  return bf16 ? run_forward_fast<c10::BFloat16>(x, token, counts, wi, wo, dropout)
+              : run_forward_fast<float>(x, token, counts, wi, wo, dropout);
 }
 
 // The forward on whichever path the operands allow, outputs added into their tokens' rows.
 Forward forward_of(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& token_in,
                    const std::vector<int64_t>& counts, const std::vector<at::Tensor>& wi,
-                   const std::vector<at::Tensor>& wo, double dropout) {
+                   const std::vector<at::Tensor>& wo, double dropout, bool bf16) {
   if (!sgemm_path(x, gate, wi) || !sgemm_path(x, gate, wo)) return run_forward(x, gate, token_in, counts, wi, wo, dropout);
-  Forward f = run_forward_sgemm(x, gate, token_in, counts, wi, wo, dropout);
+  Forward f = run_forward_sgemm(x, token_in, counts, wi, wo, dropout, bf16);
   const auto g = gate.contiguous();
   const auto token = token_in.contiguous();
   f.out = scatter_rows(f.y.data_ptr<float>(), g.data_ptr<float>(), token.data_ptr<int64_t>(), token.size(0), x.size(0),
@@ -141,33 +202,44 @@ Forward forward_of(const at::Tensor& x, const at::Tensor& gate, const at::Tensor
   return f;
 }
 
-using grouped_f32::Backward;
+using grouped_cpu::Backward;
 
-// The backward of run_forward_sgemm, one task per expert, up to the input gradient of each
-// assignment (gxs).
-Backward run_backward_sgemm(const at::Tensor& grad_in, const at::Tensor& xs, const at::Tensor& h, const at::Tensor& y,
-                            const at::Tensor& gate_in, const at::Tensor& token_in, const std::vector<int64_t>& counts,
-                            const std::vector<at::Tensor>& wi, const std::vector<at::Tensor>& wo, double dropout) {
+// The backward of run_forward_fast, one task per expert, up to the input gradient of each
+// assignment (gxs). Products in T, as the forward's.
+template <class T>
+Backward run_backward_fast(const at::Tensor& grad_in, const Forward& fw, const at::Tensor& gate_in,
+                           const at::Tensor& token_in, const std::vector<int64_t>& counts,
+                           const std::vector<at::Tensor>& wi_in, const std::vector<at::Tensor>& wo_in, double dropout) {
   const auto grad = grad_in.contiguous();
   const auto gate = gate_in.contiguous();
   const auto token = token_in.contiguous();
+  const auto &xs = fw.xs, &h = fw.h, &y = fw.y;
   const int64_t M = token.size(0), D = xs.size(1), F = h.size(1), E = static_cast<int64_t>(counts.size());
+  constexpr bool kWide = std::is_same_v<T, float>;
+  const auto f32 = h.options();
   Backward b;
   b.ggate = at::empty({M}, gate.options());
   b.gwi.resize(static_cast<size_t>(E));
   b.gwo.resize(static_cast<size_t>(E));
   for_each_group(counts, [&](int64_t e, int64_t, int64_t) {
-    b.gwi[static_cast<size_t>(e)] = at::empty({F, D}, xs.options());
-    b.gwo[static_cast<size_t>(e)] = at::empty({D, F}, xs.options());
+    b.gwi[static_cast<size_t>(e)] = at::empty({F, D}, f32);
+    b.gwo[static_cast<size_t>(e)] = at::empty({D, F}, f32);
   });
-  auto gy = at::empty({M, D}, xs.options());  // [M, D] gathered output gradient, times the gate
-  auto gh = at::empty({M, F}, xs.options());  // [M, F]
-  b.gxs = at::empty({M, D}, xs.options());    // [M, D]
-  const float *pg = grad.data_ptr<float>(), *pgate = gate.data_ptr<float>(), *pxs = xs.data_ptr<float>(),
-              *ph = h.data_ptr<float>(), *py = y.data_ptr<float>();
+  auto gy = at::empty({M, D}, f32);  // [M, D] gathered output gradient, times the gate
+  auto gh = at::empty({M, F}, f32);  // [M, F]
+  // Their operand copies (bf16 only).
+  at::Tensor gyb = kWide ? gy : at::empty({M, D}, f32.dtype(dtype_of<T>()));
+  at::Tensor ghb = kWide ? gh : at::empty({M, F}, f32.dtype(dtype_of<T>()));
+  b.gxs = at::empty({M, D}, f32);  // [M, D]
+  std::vector<at::Tensor> keep;
+  const auto wi = weights_of<T>(wi_in, keep), wo = weights_of<T>(wo_in, keep);
+  const float *pg = grad.data_ptr<float>(), *pgate = gate.data_ptr<float>(), *ph = h.data_ptr<float>(),
+              *py = y.data_ptr<float>();
+  const T *pxs = xs.data_ptr<T>(), *phb = fw.hb.data_ptr<T>();
   const int64_t* tok = token.data_ptr<int64_t>();
   float *pggate = b.ggate.data_ptr<float>(), *pgy = gy.data_ptr<float>(), *pgh = gh.data_ptr<float>(),
         *pgxs = b.gxs.data_ptr<float>();
+  T *pgyb = gyb.data_ptr<T>(), *pghb = ghb.data_ptr<T>();
   const float scale = dropout_scale(dropout);
   parallel_for_each_group(counts, [&](int64_t e, int64_t begin, int64_t n) {
     const auto se = static_cast<size_t>(e);
@@ -176,29 +248,39 @@ Backward run_backward_sgemm(const at::Tensor& grad_in, const at::Tensor& xs, con
       const int64_t a = begin + i;
       pggate[a] = rows::scaled_copy_dot(gy_e + i * D, pg + tok[a] * D, pgate[a], py + a * D, D);
     }
-    const float* h_e = ph + begin * F;
-    const float* xs_e = pxs + begin * D;
+    const T* gyb_e = operand<T>(pgyb + begin * D, gy_e, n * D);
+    const T* hb_e = phb + begin * F;
+    const T* xs_e = pxs + begin * D;
     float* gh_e = pgh + begin * F;
-    blas::sgemm(Op::T, Op::N, D, F, n, 1.0f, gy_e, D, h_e, F, 0.0f, b.gwo[se].data_ptr<float>(), F);  // [D, F]
-    blas::sgemm(Op::N, Op::N, n, F, D, 1.0f, gy_e, D, wo[se].data_ptr<float>(), F, 0.0f, gh_e, F);    // [n, F]
+    gemm<T>(Op::T, Op::N, D, F, n, gyb_e, D, hb_e, F, b.gwo[se].data_ptr<float>(), F);  // [D, F]
+    gemm<T>(Op::N, Op::N, n, F, D, gyb_e, D, wo[se], F, gh_e, F);                       // [n, F]
     // Through dropout and ReLU at once: a kept, positive unit has h > 0, every other unit h == 0.
-    rows::relu_dropout_backward(gh_e, h_e, scale, n * F);
-    blas::sgemm(Op::T, Op::N, F, D, n, 1.0f, gh_e, F, xs_e, D, 0.0f, b.gwi[se].data_ptr<float>(), D);  // [F, D]
-    blas::sgemm(Op::N, Op::N, n, D, F, 1.0f, gh_e, F, wi[se].data_ptr<float>(), D, 0.0f, pgxs + begin * D,
-                D);  // [n, D]
+    rows::relu_dropout_backward(gh_e, ph + begin * F, scale, n * F);
+    const T* ghb_e = operand<T>(pghb + begin * F, gh_e, n * F);
+    gemm<T>(Op::T, Op::N, F, D, n, ghb_e, F, xs_e, D, b.gwi[se].data_ptr<float>(), D);  // [F, D]
+    gemm<T>(Op::N, Op::N, n, D, F, ghb_e, F, wi[se], D, pgxs + begin * D, D);           // [n, D]
   });
   return b;
+}
+
+Backward run_backward_sgemm(const at::Tensor& grad, const Forward& fw, const at::Tensor& gate, const at::Tensor& token,
+                            const std::vector<int64_t>& counts, const std::vector<at::Tensor>& wi,
+                            const std::vector<at::Tensor>& wo, double dropout) {
+  return fw.xs.scalar_type() == at::kBFloat16
+             ? run_backward_fast<c10::BFloat16>(grad, fw, gate, token, counts, wi, wo, dropout)
+             : run_backward_fast<float>(grad, fw, gate, token, counts, wi, wo, dropout);
 }
 
 struct GroupedFfnFunction : public torch::autograd::Function<GroupedFfnFunction> {
   // Inputs: x, gate, then E wi and E wo weights.
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& gate,
-                            const at::Tensor& token, std::vector<int64_t> counts, at::TensorList weights, double dropout) {
+                            const at::Tensor& token, std::vector<int64_t> counts, at::TensorList weights, double dropout,
+                            bool bf16) {
     const size_t E = counts.size();
     std::vector<at::Tensor> wi(weights.begin(), weights.begin() + static_cast<int64_t>(E));
     std::vector<at::Tensor> wo(weights.begin() + static_cast<int64_t>(E), weights.end());
-    auto f = forward_of(x, gate, token, counts, wi, wo, dropout);
-    std::vector<at::Tensor> saved{f.xs, f.h, f.y, gate, token};
+    auto f = forward_of(x, gate, token, counts, wi, wo, dropout, bf16);
+    std::vector<at::Tensor> saved{f.xs, f.h, f.y, gate, token, f.hb.defined() ? f.hb : f.h};
     saved.insert(saved.end(), weights.begin(), weights.end());
     ctx->save_for_backward(saved);
     ctx->saved_data["counts"] = c10::List<int64_t>(counts);
@@ -214,20 +296,23 @@ struct GroupedFfnFunction : public torch::autograd::Function<GroupedFfnFunction>
     const auto& y = saved[2];
     const auto& gate = saved[3];
     const auto& token = saved[4];
+    constexpr size_t kW = 6;  // the weights follow the saved state
     const auto counts = ctx->saved_data["counts"].toIntVector();
     const double dropout = ctx->saved_data["dropout"].toDouble();
     const int64_t N = ctx->saved_data["rows"].toInt(), E = static_cast<int64_t>(counts.size());
-    auto wi = [&](int64_t e) { return saved[static_cast<size_t>(5 + e)]; };
-    auto wo = [&](int64_t e) { return saved[static_cast<size_t>(5 + E + e)]; };
-    if (sgemm_path(xs, gate, at::TensorList(saved).slice(5))) {
-      const std::vector<at::Tensor> wis(saved.begin() + 5, saved.begin() + 5 + E), wos(saved.begin() + 5 + E, saved.end());
-      auto b = run_backward_sgemm(grads[0], xs, h, y, gate, token, counts, wis, wos, dropout);
+    auto wi = [&](int64_t e) { return saved[static_cast<size_t>(kW + e)]; };
+    auto wo = [&](int64_t e) { return saved[static_cast<size_t>(kW + E + e)]; };
+    if (xs.scalar_type() == at::kBFloat16 || sgemm_path(xs, gate, at::TensorList(saved).slice(kW))) {
+      const std::vector<at::Tensor> wis(saved.begin() + kW, saved.begin() + kW + E), wos(saved.begin() + kW + E, saved.end());
+      const Forward fw{at::Tensor(), xs, h, y, saved[5]};
+      auto b = run_backward_sgemm(grads[0], fw, gate, token, counts, wis, wos, dropout);
       auto gx = scatter_rows(b.gxs.data_ptr<float>(), nullptr, token.data_ptr<int64_t>(), token.size(0), N, xs.size(1),
-                             xs.options());  // [N, D]
+                             xs.options().dtype(at::kFloat));  // [N, D]
       torch::autograd::tensor_list out{gx, b.ggate, at::Tensor(), at::Tensor()};
       out.insert(out.end(), b.gwi.begin(), b.gwi.end());
       out.insert(out.end(), b.gwo.begin(), b.gwo.end());
-      out.push_back(at::Tensor());
+      out.push_back(at::Tensor());  // dropout
+      out.push_back(at::Tensor());  // bf16
       return out;
     }
 
@@ -257,30 +342,31 @@ struct GroupedFfnFunction : public torch::autograd::Function<GroupedFfnFunction>
     torch::autograd::tensor_list out{gx, ggate, at::Tensor(), at::Tensor()};
     out.insert(out.end(), gwi.begin(), gwi.end());
     out.insert(out.end(), gwo.begin(), gwo.end());
-    out.push_back(at::Tensor());
+    out.push_back(at::Tensor());  // dropout
+    out.push_back(at::Tensor());  // bf16
     return out;
   }
 };
 
 }  // namespace
 
-namespace grouped_f32 {
+namespace grouped_cpu {
 
 bool applies(const at::Tensor& x, const std::vector<at::Tensor>& wi, const std::vector<at::Tensor>& wo) {
   return sgemm_path(x, x, wi) && sgemm_path(x, x, wo);
 }
 
-Forward forward(const at::Tensor& x, const at::Tensor& gate, const ExpertGroups& groups, const std::vector<at::Tensor>& wi,
-                const std::vector<at::Tensor>& wo, double dropout) {
-  return run_forward_sgemm(x, gate, groups.token, groups.counts, wi, wo, dropout);
+Forward forward(const at::Tensor& x, const ExpertGroups& groups, const std::vector<at::Tensor>& wi,
+                const std::vector<at::Tensor>& wo, double dropout, bool bf16) {
+  return run_forward_sgemm(x, groups.token, groups.counts, wi, wo, dropout, bf16);
 }
 
 Backward backward(const at::Tensor& grad, const Forward& saved, const at::Tensor& gate, const ExpertGroups& groups,
                   const std::vector<at::Tensor>& wi, const std::vector<at::Tensor>& wo, double dropout) {
-  return run_backward_sgemm(grad, saved.xs, saved.h, saved.y, gate, groups.token, groups.counts, wi, wo, dropout);
+  return run_backward_sgemm(grad, saved, gate, groups.token, groups.counts, wi, wo, dropout);
 }
 
-}  // namespace grouped_f32
+}  // namespace grouped_cpu
 
 at::Tensor grouped_relu_ffn(const at::Tensor& x, const at::Tensor& gate, const ExpertGroups& groups,
                             const std::vector<at::Tensor>& wi, const std::vector<at::Tensor>& wo, double dropout) {
@@ -293,17 +379,9 @@ at::Tensor grouped_relu_ffn(const at::Tensor& x, const at::Tensor& gate, const E
   }
   std::vector<at::Tensor> weights(wi);
   weights.insert(weights.end(), wo.begin(), wo.end());
-  if (bf16_autocast_active() && x.scalar_type() == at::kFloat) {
-    // Autocast does not reach inside a custom function: cast here, differentiably, like autocast would.
-    auto xb = x.to(at::kBFloat16);
-    for (auto& w : weights) w = w.to(at::kBFloat16);
-    const size_t E = wi.size();
-    std::vector<at::Tensor> wib(weights.begin(), weights.begin() + static_cast<int64_t>(E)), wob(weights.begin() + static_cast<int64_t>(E), weights.end());
-    NoAutocast plain;
-    return grouped_relu_ffn(xb, gate, groups, wib, wob, dropout);
-  }
-  if (!needs_grad) return forward_of(x, gate, groups.token, groups.counts, wi, wo, dropout).out;
-  return GroupedFfnFunction::apply(x, gate, groups.token, groups.counts, at::TensorList(weights), dropout);
+  const bool bf16 = bf16_products_active();
+  if (!needs_grad) return forward_of(x, gate, groups.token, groups.counts, wi, wo, dropout, bf16).out;
+  return GroupedFfnFunction::apply(x, gate, groups.token, groups.counts, at::TensorList(weights), dropout, bf16);
 }
 
 }  // namespace distill

@@ -1,35 +1,63 @@
-// bfloat16 mixed precision for a forward pass on the CPU: matrix products run in bf16 (this
-// machine's bf16 matrix units are several times faster than fp32), while weights, gradients,
-// optimizer state, norms, softmaxes, the router and the losses stay float32. As in the Switch
-// paper's "selective precision", the router never sees bf16.
+// bfloat16 mixed precision on the CPU, at the level of the matrix products: inside a Bf16Products
+// scope every product of the model's kernels (projections, the experts, the lm head) reads bf16
+// operands and accumulates and writes float32, on the CPU's bf16 dot-product units. Everything
+// else stays float32: master weights, gradients, optimizer state, norms, softmaxes, the router (as
+// the Switch paper's "selective precision") and the losses. The bf16 copy of a weight is made once
+// per version of the weight (an optimizer step makes a new version), not per call.
 #pragma once
 
-#include <c10/core/impl/LocalDispatchKeySet.h>
+#include <ATen/Tensor.h>
+#include <c10/util/BFloat16.h>
+
+#include <cstdint>
+#include <vector>
 
 namespace distill {
 
-// Turns bf16 autocast on for its lifetime (no-op when `enabled` is false). The outermost scope
-// drops autocast's cache of bf16 weight copies on exit, so an optimizer step is never followed
-// by stale copies.
-class Bf16Autocast {
+// Turns bf16 products on for its lifetime on this thread (no-op when `enabled` is false).
+class Bf16Products {
  public:
-  explicit Bf16Autocast(bool enabled);
-  ~Bf16Autocast();
-  Bf16Autocast(const Bf16Autocast&) = delete;
-  Bf16Autocast& operator=(const Bf16Autocast&) = delete;
+  explicit Bf16Products(bool enabled);
+  ~Bf16Products();
+  Bf16Products(const Bf16Products&) = delete;
+  Bf16Products& operator=(const Bf16Products&) = delete;
 
  private:
-  bool enabled_;
-  bool previous_ = false;
+  bool previous_;
 };
 
-// Inside it, ops run in the dtype of their inputs even under Bf16Autocast.
-class NoAutocast {
+// Inside it, products run in float32 even under Bf16Products (the router).
+class Fp32Products {
+ public:
+  Fp32Products();
+  ~Fp32Products();
+  Fp32Products(const Fp32Products&) = delete;
+  Fp32Products& operator=(const Fp32Products&) = delete;
+
  private:
-  c10::impl::ExcludeDispatchKeyGuard guard_{c10::DispatchKey::AutocastCPU};
+  bool previous_;
 };
 
-// True inside a Bf16Autocast scope and outside any NoAutocast.
-bool bf16_autocast_active();
+// True inside a Bf16Products scope and outside any Fp32Products.
+bool bf16_products_active();
+
+// The bf16 copy of a float32 weight ([rows, cols], contiguous), cached until the weight changes:
+// the cache keys on the tensor and its version counter, which in-place updates bump (the fused
+// AdamW bumps it by hand). A frozen teacher's weights are thus cast once.
+at::Tensor bf16_copy(const at::Tensor& weight);
+// The bf16 copy of the weights concatenated along dim 0 (the q, k, v projections as one product).
+at::Tensor bf16_copy(const std::vector<at::Tensor>& parts);
+// Drops every cached copy (tests; a process that frees its models).
+void clear_bf16_copies();
+// Cached copies and their bytes, for the benchmark's memory figure and tests.
+struct Bf16CacheStats {
+  int64_t copies = 0, bytes = 0;
+};
+Bf16CacheStats bf16_cache_stats();
+
+// dst[i] = bf16(src[i]), rounding to nearest even.
+void to_bf16(c10::BFloat16* dst, const float* src, int64_t n);
+// A contiguous bf16 copy of a float32 tensor (activations; not cached).
+at::Tensor to_bf16(const at::Tensor& x);
 
 }  // namespace distill

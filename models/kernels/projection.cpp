@@ -6,49 +6,98 @@
 namespace distill {
 namespace {
 
-// op_a(a) [m, k] times op_b(b) [k, n], both contiguous -> [m, n]
-at::Tensor product(blas::Op op_a, blas::Op op_b, const at::Tensor& a, const at::Tensor& b, int64_t m, int64_t n,
-                   int64_t k) {
-  auto out = at::empty({m, n}, a.options());
-  blas::sgemm(op_a, op_b, m, n, k, 1.0f, a.data_ptr<float>(), a.size(1), b.data_ptr<float>(), b.size(1), 0.0f,
-              out.data_ptr<float>(), n);
+using blas::Op;
+
+// op_a(a) [m, k] times op_b(b) [k, n], both contiguous -> [m, n] float32
+at::Tensor product(Op op_a, Op op_b, const at::Tensor& a, const at::Tensor& b, int64_t m, int64_t n, int64_t k) {
+  auto out = at::empty({m, n}, a.options().dtype(at::kFloat));
+  if (a.scalar_type() == at::kBFloat16) {
+    blas::gemm_bf16(op_a, op_b, m, n, k, 1.0f, reinterpret_cast<const uint16_t*>(a.data_ptr<at::BFloat16>()), a.size(1),
+                    reinterpret_cast<const uint16_t*>(b.data_ptr<at::BFloat16>()), b.size(1), 0.0f,
+                    out.data_ptr<float>(), n);
+  } else {
+    blas::sgemm(op_a, op_b, m, n, k, 1.0f, a.data_ptr<float>(), a.size(1), b.data_ptr<float>(), b.size(1), 0.0f,
+                out.data_ptr<float>(), n);
+  }
   return out;
 }
 
+// x [N, in] (float32 or bf16), w [out, in] of the same dtype -> [N, out] float32
 at::Tensor forward_2d(const at::Tensor& x, const at::Tensor& w) {
-  return product(blas::Op::N, blas::Op::T, x, w, x.size(0), w.size(0), x.size(1));  // [N, out]
+  return product(Op::N, Op::T, x, w, x.size(0), w.size(0), x.size(1));
 }
 
+at::Tensor concat(const std::vector<at::Tensor>& parts) { return parts.size() == 1 ? parts[0].contiguous() : at::cat(parts, 0); }
+
+// The operands of one product: float32 as given, or bf16 copies (the weight's cached).
+struct Operands {
+  at::Tensor x, w;
+};
+Operands operands(const at::Tensor& x, const std::vector<at::Tensor>& parts, bool bf16) {
+  if (bf16) return {to_bf16(x), bf16_copy(parts)};
+  return {x, concat(parts)};
+}
+
+// Inputs: x [N, in], then the weight's parts. bf16 is decided at forward and kept for backward
+// (which runs outside the caller's Bf16Products scope).
 struct ProjectionFunction : public torch::autograd::Function<ProjectionFunction> {
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w) {
-    ctx->save_for_backward({x, w});
-    return forward_2d(x, w);
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, at::TensorList parts_in, bool bf16) {
+    const std::vector<at::Tensor> parts(parts_in.begin(), parts_in.end());
+    auto op = operands(x, parts, bf16);
+    ctx->save_for_backward({op.x, op.w});  // bf16 x: half the memory; w: the product's weight as used
+    std::vector<int64_t> rows;
+    for (const auto& p : parts) rows.push_back(p.size(0));
+    ctx->saved_data["rows"] = c10::List<int64_t>(rows);
+    ctx->saved_data["bf16"] = bf16;
+    return forward_2d(op.x, op.w);
   }
   static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::tensor_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const auto& x = saved[0];              // [N, in]
-    const auto& w = saved[1];              // [out, in]
-    const auto g = grads[0].contiguous();  // [N, out]
+    const bool bf16 = ctx->saved_data["bf16"].toBool();
+    const auto& x = saved[0];  // [N, in]
+    const auto& w = saved[1];  // [out, in]
+    const auto rows = ctx->saved_data["rows"].toIntVector();
+    const auto g = bf16 ? to_bf16(grads[0]) : grads[0].contiguous();  // [N, out]
     at::Tensor gx, gw;
-    if (ctx->needs_input_grad(0)) gx = product(blas::Op::N, blas::Op::N, g, w, g.size(0), w.size(1), w.size(0));  // [N, in]
-    if (ctx->needs_input_grad(1)) gw = product(blas::Op::T, blas::Op::N, g, x, w.size(0), w.size(1), g.size(0));  // [out, in]
-    return {gx, gw};
+    if (ctx->needs_input_grad(0)) gx = product(Op::N, Op::N, g, w, g.size(0), w.size(1), w.size(0));  // [N, in]
+    bool want_w = false;
+    for (size_t i = 0; i < rows.size(); ++i) want_w = want_w || ctx->needs_input_grad(1 + i);
+    if (want_w) gw = product(Op::T, Op::N, g, x, w.size(0), w.size(1), g.size(0));  // [out, in]
+    torch::autograd::tensor_list out{gx};
+    int64_t row = 0;
+    for (const int64_t r : rows) {
+      out.push_back(gw.defined() ? gw.narrow(0, row, r) : at::Tensor());
+      row += r;
+    }
+    out.push_back(at::Tensor());  // bf16
+    return out;
   }
 };
 
 }  // namespace
 
 torch::Tensor project(const torch::Tensor& x, const torch::Tensor& weight) {
-  const bool direct = x.scalar_type() == torch::kFloat32 && weight.scalar_type() == torch::kFloat32 &&
-                      x.device().is_cpu() && weight.device().is_cpu() && x.dim() >= 1 && weight.dim() == 2 &&
-                      x.size(-1) == weight.size(1) && !bf16_autocast_active();
-  if (!direct) return torch::nn::functional::linear(x, weight);
+  return project(x, std::vector<torch::Tensor>{weight});
+}
+
+torch::Tensor project(const torch::Tensor& x, const std::vector<torch::Tensor>& parts) {
+  bool direct = x.scalar_type() == torch::kFloat32 && x.device().is_cpu() && x.dim() >= 1 && !parts.empty();
+  for (const auto& w : parts) {
+    direct = direct && w.scalar_type() == torch::kFloat32 && w.device().is_cpu() && w.dim() == 2 &&
+             x.size(-1) == w.size(1);
+  }
+  if (!direct) return torch::nn::functional::linear(x, parts.size() == 1 ? parts[0] : torch::cat(parts, 0));
+  int64_t out_features = 0;
+  for (const auto& w : parts) out_features += w.size(0);
   auto out_shape = x.sizes().vec();
-  out_shape.back() = weight.size(0);
+  out_shape.back() = out_features;
   const auto x2 = x.reshape({-1, x.size(-1)}).contiguous();  // [N, in]
-  const auto w = weight.contiguous();                        // [out, in]
-  const bool grad = torch::GradMode::is_enabled() && (x.requires_grad() || weight.requires_grad());
-  return (grad ? ProjectionFunction::apply(x2, w) : forward_2d(x2, w)).view(out_shape);
+  const bool bf16 = bf16_products_active();
+  bool grad = torch::GradMode::is_enabled() && x.requires_grad();
+  for (const auto& w : parts) grad = grad || (torch::GradMode::is_enabled() && w.requires_grad());
+  if (grad) return ProjectionFunction::apply(x2, at::TensorList(parts), bf16).view(out_shape);  // a TensorList, so autograd sees each part
+  auto op = operands(x2, parts, bf16);
+  return forward_2d(op.x, op.w).view(out_shape);
 }
 
 }  // namespace distill

@@ -1,5 +1,6 @@
 #include "models/kernels/row_kernels.h"
 
+#include <cstring>
 #include <limits>
 
 #include "models/kernels/fast_dropout.h"
@@ -143,6 +144,15 @@ ROW_KERNEL void relu_dropout(float* x, bool dropout, uint64_t seed, int64_t firs
 
 ROW_KERNEL void relu_dropout_backward(float* g, const float* h, float s, int64_t n) {
   for (int64_t j = 0; j < n; ++j) g[j] = h[j] > 0 ? g[j] * s : 0.0f;
+}
+
+ROW_KERNEL void to_bf16(uint16_t* out, const float* x, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    uint32_t u;
+    std::memcpy(&u, x + j, sizeof u);
+    const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    out[j] = static_cast<uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? 0x7fc0u : rounded);
+  }
 }
 
 }  // namespace distill::rows

@@ -35,5 +35,7 @@ void dropout_scales(float* mask, uint64_t seed, int64_t first, uint32_t threshol
 void relu_dropout(float* x, bool dropout, uint64_t seed, int64_t first, uint32_t threshold, float s, int64_t n);
 // g = h > 0 ? g * s : 0, the backward of relu_dropout given its output h
 void relu_dropout_backward(float* g, const float* h, float s, int64_t n);
+// out[j] = bfloat16 bits of x[j], rounded to nearest even (NaN stays NaN)
+void to_bf16(uint16_t* out, const float* x, int64_t n);
 
 }  // namespace distill::rows

@@ -6,6 +6,8 @@
 #include <omp.h>
 
 #include <cstdlib>
+#include <cstring>
+#include <vector>
 
 #include "models/errors.h"
 
@@ -16,9 +18,13 @@ namespace {
 using DnnlSgemm = int (*)(char, char, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t,
                           float, float*, int64_t);
 
+using DnnlGemmBf16 = int (*)(char, char, int64_t, int64_t, int64_t, float, const uint16_t*, int64_t, const uint16_t*,
+                            int64_t, float, float*, int64_t);
+
 struct Backend {
   std::string name;
   DnnlSgemm dnnl = nullptr;
+  DnnlGemmBf16 dnnl_bf16 = nullptr;  // looked up whatever DISTILL_SGEMM says: OpenBLAS has no bf16 product
 };
 
 Backend choose() {
@@ -28,6 +34,7 @@ Backend choose() {
     throw ConfigError("DISTILL_SGEMM=\"" + wanted + "\": expected \"onednn\" or \"openblas\"");
   }
   Backend b{"OpenBLAS"};
+  b.dnnl_bf16 = reinterpret_cast<DnnlGemmBf16>(dlsym(RTLD_DEFAULT, "dnnl_gemm_bf16bf16f32"));
   if (wanted == "openblas") return b;
   b.dnnl = reinterpret_cast<DnnlSgemm>(dlsym(RTLD_DEFAULT, "dnnl_sgemm"));
   if (b.dnnl != nullptr) {
@@ -73,6 +80,48 @@ void sgemm(Op op_a, Op op_b, int64_t m, int64_t n, int64_t k, float alpha, const
   cblas_sgemm(CblasRowMajor, op_a == Op::N ? CblasNoTrans : CblasTrans, op_b == Op::N ? CblasNoTrans : CblasTrans,
               static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), alpha, a, static_cast<int>(lda), b,
               static_cast<int>(ldb), beta, c, static_cast<int>(ldc));
+}
+
+void gemm_bf16(Op op_a, Op op_b, int64_t m, int64_t n, int64_t k, float alpha, const uint16_t* a, int64_t lda,
+               const uint16_t* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  const auto& be = backend();
+  if (k == 0 || be.dnnl_bf16 == nullptr) {  // widen and multiply in float32 (same result up to rounding order)
+    const int64_t ra = op_a == Op::N ? m : k, ca = op_a == Op::N ? k : m;
+    const int64_t rb = op_b == Op::N ? k : n, cb = op_b == Op::N ? n : k;
+    std::vector<float> wa(static_cast<size_t>(ra * ca)), wb(static_cast<size_t>(rb * cb));
+    auto widen = [](std::vector<float>& out, const uint16_t* in, int64_t rows, int64_t cols, int64_t ld) {
+      for (int64_t i = 0; i < rows; ++i) {
+        for (int64_t j = 0; j < cols; ++j) {
+          const uint32_t bits = static_cast<uint32_t>(in[i * ld + j]) << 16;
+          std::memcpy(&out[static_cast<size_t>(i * cols + j)], &bits, sizeof(float));
+        }
+      }
+    };
+    widen(wa, a, ra, ca, lda);
+    widen(wb, b, rb, cb, ldb);
+    sgemm(op_a, op_b, m, n, k, alpha, wa.data(), ca, wb.data(), cb, beta, c, ldc);
+    return;
+  }
+  const bool small = is_small_product(m, n, k);
+  const int threads = omp_get_max_threads();
+  if (small && threads > 1) omp_set_num_threads(1);
+  const int status =
+      be.dnnl_bf16(static_cast<char>(op_a), static_cast<char>(op_b), m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  if (small && threads > 1) omp_set_num_threads(threads);
+  if (status != 0) {
+    throw Error("dnnl_gemm_bf16bf16f32 failed with status " + std::to_string(status) + " (m=" + std::to_string(m) +
+                ", n=" + std::to_string(n) + ", k=" + std::to_string(k) + ")");
+  }
+}
+
+bool native_bf16() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool has = __builtin_cpu_supports("avx512bf16") || __builtin_cpu_supports("amx-bf16");
+  return has;
+#else
+  return false;
+#endif
 }
 
 }  // namespace distill::blas

@@ -81,14 +81,14 @@ Routed route(const at::Tensor& x, const at::Tensor& noise, const at::Tensor& w, 
 // or zero if it was dropped (a token has at most one assignment).
 struct Ran {
   Routed r;
-  grouped_f32::Forward f;  // f.out [N, D]
+  grouped_cpu::Forward f;  // f.out [N, D]
 };
 
 Ran run_forward(const at::Tensor& x, const at::Tensor& noise, const at::Tensor& w, const std::vector<at::Tensor>& wi,
-                const std::vector<at::Tensor>& wo, const Top1Routing& routing, double dropout) {
+                const std::vector<at::Tensor>& wo, const Top1Routing& routing, double dropout, bool bf16) {
   Ran s;
-  s.r = route(x, noise, w, routing);
-  s.f = grouped_f32::forward(x, s.r.gate, s.r.groups, wi, wo, dropout);
+  s.r = route(x, noise, w, routing);  // float32 always: the router's selective precision
+  s.f = grouped_cpu::forward(x, s.r.groups, wi, wo, dropout, bf16);
   const int64_t N = x.size(0), D = x.size(1);
   s.f.out = at::empty({N, D}, x.options());
   float* out = s.f.out.data_ptr<float>();
@@ -150,13 +150,14 @@ struct Top1SwitchFunction : public torch::autograd::Function<Top1SwitchFunction>
   // Outputs: out [N, D], logits [N, E], expert [N], kept [N]; the last two are not differentiable.
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
                                                 const at::Tensor& router_weight, const c10::optional<at::Tensor>& noise_or,
-                                                at::TensorList weights, Top1Routing routing, double dropout) {
+                                                at::TensorList weights, Top1Routing routing, double dropout,
+                                                bool bf16) {
     const at::Tensor noise = noise_or.value_or(at::Tensor());
     const size_t E = weights.size() / 2;
-    auto s = run_forward(x, noise, router_weight, first(weights, E), last(weights, E), routing, dropout);
+    auto s = run_forward(x, noise, router_weight, first(weights, E), last(weights, E), routing, dropout, bf16);
     const Routed& r = s.r;
     std::vector<at::Tensor> saved{r.xr,  r.probs, r.expert, r.slot,        r.gate, r.groups.token,
-                                  s.f.xs, s.f.h,  s.f.y,    router_weight, noise};
+                                  s.f.xs, s.f.h,  s.f.y,    router_weight, noise,  s.f.hb};
     saved.insert(saved.end(), weights.begin(), weights.end());
     ctx->save_for_backward(saved);
     ctx->saved_data["counts"] = c10::List<int64_t>(r.groups.counts);
@@ -171,16 +172,17 @@ struct Top1SwitchFunction : public torch::autograd::Function<Top1SwitchFunction>
     const auto &xr = saved[0], &probs = saved[1], &expert = saved[2], &slot = saved[3], &gate = saved[4];
     const auto &w = saved[9], &noise = saved[10];
     const ExpertGroups groups{saved[5], ctx->saved_data["counts"].toIntVector()};
-    grouped_f32::Forward f;
+    grouped_cpu::Forward f;
     f.xs = saved[6];
     f.h = saved[7];
     f.y = saved[8];
+    f.hb = saved[11];
     const size_t E = groups.counts.size();
-    const at::TensorList weights = at::TensorList(saved).slice(11);
+    const at::TensorList weights = at::TensorList(saved).slice(12);
     const double dropout = ctx->saved_data["dropout"].toDouble();
     const int64_t N = xr.size(0), D = xr.size(1), Ei = static_cast<int64_t>(E);
 
-    auto b = grouped_f32::backward(grads[0], f, gate, groups, first(weights, E), last(weights, E), dropout);
+    auto b = grouped_cpu::backward(grads[0], f, gate, groups, first(weights, E), last(weights, E), dropout);
 
     // Per block of token rows, on the intra-op threads: the logits' gradient (the router losses',
     // plus the gate's through the softmax for a kept token), then the input gradient, the router's
@@ -229,6 +231,7 @@ struct Top1SwitchFunction : public torch::autograd::Function<Top1SwitchFunction>
     out.insert(out.end(), b.gwo.begin(), b.gwo.end());
     out.push_back(at::Tensor());  // routing
     out.push_back(at::Tensor());  // dropout
+    out.push_back(at::Tensor());  // bf16
     return out;
   }
 };
@@ -239,7 +242,7 @@ bool top1_switch_applies(const at::Tensor& x, const at::Tensor& router_weight, c
                          const std::vector<at::Tensor>& wo) {
   const bool router_ok = router_weight.scalar_type() == at::kFloat && router_weight.device().is_cpu() &&
                          router_weight.dim() == 2 && router_weight.is_contiguous();
-  return router_ok && x.dim() == 2 && !bf16_autocast_active() && grouped_f32::applies(x, wi, wo);
+  return router_ok && x.dim() == 2 && grouped_cpu::applies(x, wi, wo);
 }
 
 Top1SwitchOutput top1_switch(const at::Tensor& x_in, const at::Tensor& noise_in, const at::Tensor& router_weight,
@@ -250,15 +253,16 @@ Top1SwitchOutput top1_switch(const at::Tensor& x_in, const at::Tensor& noise_in,
   check_shapes(x, noise, router_weight, wi, wo, routing);
   bool needs_grad = x.requires_grad() || router_weight.requires_grad();
   for (size_t e = 0; e < wi.size(); ++e) needs_grad = needs_grad || wi[e].requires_grad() || wo[e].requires_grad();
+  const bool bf16 = bf16_products_active();
   if (!torch::GradMode::is_enabled() || !needs_grad) {
-    auto s = run_forward(x, noise, router_weight, wi, wo, routing, dropout);
+    auto s = run_forward(x, noise, router_weight, wi, wo, routing, dropout, bf16);
     return {s.f.out, s.r.logits, s.r.expert, s.r.kept};
   }
   std::vector<at::Tensor> weights(wi);
   weights.insert(weights.end(), wo.begin(), wo.end());
   // Optional, not undefined: autograd records every tensor argument as an input with a device.
   const c10::optional<at::Tensor> noise_or = noise.defined() ? c10::optional<at::Tensor>(noise) : c10::nullopt;
-  auto outs = Top1SwitchFunction::apply(x, router_weight, noise_or, at::TensorList(weights), routing, dropout);
+  auto outs = Top1SwitchFunction::apply(x, router_weight, noise_or, at::TensorList(weights), routing, dropout, bf16);
   return {outs[0], outs[1], outs[2], outs[3]};
 }
 

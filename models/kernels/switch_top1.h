@@ -1,4 +1,4 @@
-// The top-1 Switch layer with ReLU experts as one autograd node, in float32 on the CPU: router
+// The top-1 Switch layer with ReLU experts as one autograd node, on the CPU: router
 // product, softmax, routing, gates and experts. Its backward writes the router's input gradient
 // straight into the rows the experts' input gradient is added to. As separate nodes this was a
 // router projection, a gate node and the experts, plus an [N, D] gradient autograd had to add.
@@ -27,8 +27,9 @@ struct Top1SwitchOutput {
   at::Tensor kept;    // [N] bool: the expert processed the token
 };
 
-// Whether top1_switch takes these operands: all float32 on the CPU, weights contiguous, no bf16
-// autocast. Anything else goes through the general Switch layer.
+// Whether top1_switch takes these operands: all float32 on the CPU, weights contiguous. Anything
+// else goes through the general Switch layer. Under Bf16Products the experts' products run in bf16
+// (float32 accumulation); the router's product and softmax stay float32.
 bool top1_switch_applies(const at::Tensor& x, const at::Tensor& router_weight, const std::vector<at::Tensor>& wi,
                          const std::vector<at::Tensor>& wo);
 

@@ -1,0 +1,188 @@
+// bf16 products (models/kernels/mixed_precision.h, blas::gemm_bf16) against float32.
+// Tolerances: a product whose operands the kernel rounds to bf16 equals the float32 product of the
+// rounded operands to 1e-5 relative (both accumulate in float32, in different orders). A whole
+// layer also rounds its intermediate activations (the experts' hidden units, the gradients), and a
+// hidden unit near zero may fall on the other side of the ReLU, so it is held to float32 by norm:
+// ||bf16 - fp32|| < 3% of ||fp32|| (bf16 keeps 8 mantissa bits: ~0.4% per rounding, a few roundings
+// deep). An expert's weight gradient takes a whole row's change from each unit that flips (a 10-token
+// expert with one flipped unit: ~5%), so gradients are held to 8% each and 1% at the median.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+
+#include "distill/optim.h"
+#include "models/arch/seq2seq.h"
+#include "models/arch/switch_moe.h"
+#include "models/io/checkpoint.h"
+#include "models/kernels/mixed_precision.h"
+#include "models/kernels/projection.h"
+#include "models/kernels/sgemm.h"
+#include "tests/test_util.h"
+
+namespace distill {
+namespace {
+
+torch::Tensor rounded(const torch::Tensor& t) { return t.detach().to(torch::kBFloat16).to(torch::kFloat32); }
+
+// max |a - b| relative to max |b|
+double relative_error(const torch::Tensor& a, const torch::Tensor& b) {
+  return (a - b).abs().max().item<double>() / std::max(b.abs().max().item<double>(), 1e-30);
+}
+
+// ||a - b|| / ||b||: a whole layer's error, where a few relu units near zero may switch sides
+double norm_error(const torch::Tensor& a, const torch::Tensor& b) {
+  return (a - b).norm().item<double>() / std::max(b.norm().item<double>(), 1e-30);
+}
+
+const uint16_t* bits(const torch::Tensor& bf16) { return reinterpret_cast<const uint16_t*>(bf16.data_ptr<at::BFloat16>()); }
+
+TEST(Bf16Gemm, EqualsTheFloat32ProductOfRoundedOperandsForEveryTranspose) {
+  torch::manual_seed(1);
+  const int64_t m = 37, n = 53, k = 70;  // odd sizes: no kernel's block fits exactly
+  for (auto op_a : {blas::Op::N, blas::Op::T}) {
+    for (auto op_b : {blas::Op::N, blas::Op::T}) {
+      auto a = op_a == blas::Op::N ? torch::randn({m, k}) : torch::randn({k, m});
+      auto b = op_b == blas::Op::N ? torch::randn({k, n}) : torch::randn({n, k});
+      auto c = torch::randn({m, n});
+      auto want = c.clone();
+      const auto ra = rounded(a), rb = rounded(b);
+      blas::sgemm(op_a, op_b, m, n, k, 1.5f, ra.data_ptr<float>(), ra.size(1), rb.data_ptr<float>(), rb.size(1), 0.5f,
+                  want.data_ptr<float>(), n);
+      const auto a16 = to_bf16(a), b16 = to_bf16(b);
+      blas::gemm_bf16(op_a, op_b, m, n, k, 1.5f, bits(a16), a16.size(1), bits(b16), b16.size(1), 0.5f, c.data_ptr<float>(), n);
+      EXPECT_LT(relative_error(c, want), 1e-5) << static_cast<char>(op_a) << static_cast<char>(op_b);
+    }
+  }
+}
+
+TEST(Bf16Gemm, RoundsToNearestEvenAndKeepsSpecialValues) {
+  auto x = torch::tensor({1.0f, 1.0f + 1.0f / 256, 1.0f + 3.0f / 256, -2.5f, 1e-40f, INFINITY, -INFINITY, NAN});
+  auto ours = to_bf16(x).to(torch::kFloat32), aten = x.to(torch::kBFloat16).to(torch::kFloat32);
+  EXPECT_TRUE(torch::equal(ours.slice(0, 0, 7), aten.slice(0, 0, 7))) << ours << aten;
+  EXPECT_TRUE(std::isnan(ours[7].item<float>()));
+}
+
+TEST(Bf16Projection, ForwardAndGradientsAreProductsOfRoundedOperands) {
+  torch::manual_seed(2);
+  auto x = torch::randn({2, 5, 24}).requires_grad_(true);
+  auto w1 = torch::randn({16, 24}).requires_grad_(true), w2 = torch::randn({8, 24}).requires_grad_(true);
+  auto g = torch::randn({2, 5, 24});
+  torch::Tensor y;
+  {
+    Bf16Products amp(true);
+    y = project(x, std::vector<torch::Tensor>{w1, w2});  // [2, 5, 24]: two parts as one product
+  }
+  (y * g).sum().backward();
+  ASSERT_EQ(y.scalar_type(), torch::kFloat32);
+  const auto rx = rounded(x).reshape({10, 24}), rw = rounded(torch::cat({w1, w2}, 0)), rg = rounded(g).reshape({10, 24});
+  EXPECT_LT(relative_error(y.detach().reshape({10, 24}), rx.mm(rw.t())), 1e-5);
+  EXPECT_LT(relative_error(x.grad().reshape({10, 24}), rg.mm(rw)), 1e-5);
+  const auto gw = rg.t().mm(rx);  // [24, 24]
+  EXPECT_LT(relative_error(w1.grad(), gw.slice(0, 0, 16)), 1e-5);
+  EXPECT_LT(relative_error(w2.grad(), gw.slice(0, 16, 24)), 1e-5);
+  // Outside the scope the same call is float32 again.
+  EXPECT_FALSE(bf16_products_active());
+  EXPECT_LT(relative_error(project(x, w1).detach(), x.detach().matmul(w1.detach().t())), 1e-5);
+}
+
+TEST(Bf16Copies, AreMadeOncePerVersionOfTheWeight) {
+  clear_bf16_copies();
+  auto w = torch::randn({8, 4}).requires_grad_(true);
+  const auto first = bf16_copy(w);
+  EXPECT_EQ(bf16_copy(w).data_ptr(), first.data_ptr()) << "a second call recast the weight";
+  EXPECT_EQ(bf16_cache_stats().copies, 1);
+  EXPECT_EQ(bf16_cache_stats().bytes, 8 * 4 * 2);
+  {
+    torch::NoGradGuard ng;
+    w.mul_(2.0);  // an in-place change: a new version
+  }
+  auto after_mul = bf16_copy(w);
+  EXPECT_NE(after_mul.data_ptr(), first.data_ptr());
+  EXPECT_TRUE(torch::equal(after_mul.to(torch::kFloat32), rounded(w)));
+  // The fused AdamW writes through a raw pointer; it bumps the version itself.
+  AdamW adamw({{"w", w}}, OptimizerConfig{});
+  w.mutable_grad() = torch::ones_like(w);
+  adamw.step(0.1);
+  EXPECT_TRUE(torch::equal(bf16_copy(w).to(torch::kFloat32), rounded(w))) << "stale copy after an optimizer step";
+  // A freed weight's copy is never handed to a new tensor, even one at the same address.
+  for (int i = 0; i < 3; ++i) {
+    auto t = torch::full({8, 4}, static_cast<float>(i));
+    EXPECT_TRUE(torch::equal(bf16_copy(t).to(torch::kFloat32), t)) << i;
+  }
+  clear_bf16_copies();
+  EXPECT_EQ(bf16_cache_stats().copies, 0);
+}
+
+// The Switch layer under bf16 products: the fused top-1 node and the general top-2 path, forward
+// and every gradient, against float32; the float32 router makes the same choices.
+class Bf16Switch : public ::testing::TestWithParam<int64_t> {};
+
+TEST_P(Bf16Switch, LayerMatchesFloat32WithinBf16Rounding) {
+  torch::manual_seed(3);
+  RoutingOptions r;
+  r.num_experts = 4;
+  r.top_k = GetParam();
+  r.capacity_mode = CapacityMode::kFactor;
+  r.capacity_factor_train = 1.0;  // drops some tokens
+  FfnOptions f;
+  f.d_model = 72;
+  f.d_ff = 48;
+  f.dropout = 0.0;
+  SwitchSparseMlp layer(72, r, f);
+  layer->train();
+  const auto x0 = torch::randn({3, 10, 72}), g = torch::randn({3, 10, 72});
+  auto run = [&](bool bf16) {
+    layer->zero_grad();
+    auto x = x0.clone().requires_grad_(true);
+    SparseMlpOutput out;
+    {
+      Bf16Products amp(bf16);
+      out = layer->forward(x);
+    }
+    ((out.hidden * g).sum() + out.router.logits.pow(2).sum()).backward();
+    std::vector<torch::Tensor> grads{x.grad()};
+    for (const auto& p : layer->parameters()) grads.push_back(p.grad().defined() ? p.grad().clone() : torch::Tensor());
+    return std::make_pair(out, grads);
+  };
+  auto [ref, ref_grads] = run(false);
+  auto [amp, amp_grads] = run(true);
+  EXPECT_EQ(amp.hidden.scalar_type(), torch::kFloat32);
+  EXPECT_EQ(amp.router.logits.scalar_type(), torch::kFloat32);
+  EXPECT_TRUE(torch::equal(amp.router.logits, ref.router.logits)) << "the router left float32";
+  EXPECT_TRUE(torch::equal(amp.router.expert_choice, ref.router.expert_choice));
+  EXPECT_LT(norm_error(amp.hidden.detach(), ref.hidden.detach()), 0.03);
+  ASSERT_EQ(amp_grads.size(), ref_grads.size());
+  std::vector<double> errors;
+  for (size_t i = 0; i < ref_grads.size(); ++i) {
+    if (!ref_grads[i].defined()) continue;
+    ASSERT_TRUE(amp_grads[i].defined()) << i;
+    EXPECT_EQ(amp_grads[i].scalar_type(), torch::kFloat32);
+    const double e = norm_error(amp_grads[i], ref_grads[i]);
+    EXPECT_LT(e, 0.08) << "gradient " << i;
+    errors.push_back(e);
+  }
+  std::sort(errors.begin(), errors.end());
+  EXPECT_LT(errors[errors.size() / 2], 0.01) << "median gradient error";
+}
+
+INSTANTIATE_TEST_SUITE_P(TopK, Bf16Switch, ::testing::Values(1, 2));
+
+TEST(Bf16Model, ATeacherWithBf16ProductsKeepsFloat32WeightsAndOutputs) {
+  torch::NoGradGuard ng;
+  auto model = load_model(test::fixture("switch-tiny-4"));
+  auto gold = test::load_fixture_tensors("switch-tiny-4/golden.safetensors");
+  const Seq2SeqInputs in{gold["input_ids"], gold["attention_mask"], gold["decoder_input_ids"], {}, gold["labels"]};
+  auto ref = model->forward(in);
+  model->set_bf16_products(true);
+  auto out = model->forward(in);
+  for (const auto& p : model->parameters()) EXPECT_EQ(p.scalar_type(), torch::kFloat32);
+  EXPECT_EQ(out.logits.scalar_type(), torch::kFloat32);
+  for (const auto& [name, r] : out.routing) EXPECT_EQ(r.logits.scalar_type(), torch::kFloat32) << name;
+  EXPECT_LT(norm_error(out.logits, ref.logits), 0.03);
+  EXPECT_NEAR(out.ce_loss.item<double>(), ref.ce_loss.item<double>(), 0.01 * ref.ce_loss.item<double>());
+  EXPECT_FALSE(bf16_products_active()) << "the model's scope leaked";
+}
+
+}  // namespace
+}  // namespace distill

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Times two distill binaries side by side on this machine: `distill bench --json` run alternately,
+# PAIRS times each, and the median of each figure over the runs (a time taken on another machine is
+# never comparable). Usage:
+#   tools/bench_pair.sh BASELINE_BINARY CANDIDATE_BINARY PAIRS [bench options, e.g. --preset d256]
+# Candidate-only options go after `--candidate`, e.g. `--preset d256 --candidate --student-bf16`.
+set -euo pipefail
+[ $# -ge 3 ] || { echo "usage: $0 BASELINE CANDIDATE PAIRS [BENCH OPTIONS] [--candidate OPTIONS]" >&2; exit 2; }
+base="$1" cand="$2" pairs="$3"
+shift 3
+common=() extra=()
+while [ $# -gt 0 ]; do
+  if [ "$1" = "--candidate" ]; then shift; extra=("$@"); break; fi
+  common+=("$1"); shift
+done
+keys="teacher_forward student_step distill_step cached_distill_step switch_layer_fwd_bwd dense_ffn_fwd_bwd switch_vs_dense_ratio peak_rss_mb"
+out="$(mktemp -d)"
+trap 'rm -rf "$out"' EXIT
+for i in $(seq "$pairs"); do
+  "$base" bench "${common[@]}" --json >"$out/base.$i.json" 2>/dev/null
+  "$cand" bench "${common[@]}" "${extra[@]}" --json >"$out/cand.$i.json" 2>/dev/null
+done
+median() { sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+# A timing's median (the "timings" objects), or a plain number.
+value() {
+  if grep -q "\"$1\": {" "$2"; then
+    grep -h -A4 "\"$1\": {" "$2" | grep median_ms | head -1 | sed 's/.*: *//; s/,$//'
+  else
+    grep -h "\"$1\":" "$2" | head -1 | sed 's/.*: *//; s/,$//'
+  fi
+}
+printf "%-24s %12s %12s %8s   (medians of %s pairs; ms unless named; %s)\n" figure baseline candidate ratio "$pairs" "${common[*]} | ${extra[*]}"
+for k in $keys; do
+  b=$(for f in "$out"/base.*.json; do value "$k" "$f"; done | median)
+  c=$(for f in "$out"/cand.*.json; do value "$k" "$f"; done | median)
+  [ -n "$b" ] && [ -n "$c" ] || continue
+  printf "%-24s %12.2f %12.2f %8.3f\n" "$k" "$b" "$c" "$(awk -v b="$b" -v c="$c" 'BEGIN {print c / b}')"
+done
