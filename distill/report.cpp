@@ -255,6 +255,9 @@ json build_report(const ReportInputs& in) {
                    {"eval_tokens", first.student_eval.tokens}, {"eval_batches", first.student_eval.batch_nll.value.size()},
                    {"seed", c.seed}, {"seeds", N}, {"teacher_train_once", c.teacher.train_once}};
   if (c.distillation.teacher_capacity_factor) r["settings"]["teacher_capacity_factor"] = *c.distillation.teacher_capacity_factor;
+  // Which products ran in bf16 (float32 accumulation) and which in float32.
+  r["settings"]["precision"] = {{"training", c.training.bf16 ? "bf16 products" : "float32"},
+                                {"frozen_teacher", c.teacher.bf16 ? "bf16 products" : "float32"}};
   if (c.pretrain.steps > 0) {
     r["settings"]["pretrain"] = {{"steps", c.pretrain.steps}, {"objective", c.pretrain.data.objective},
                                  {"batch_size", c.pretrain.data.batch_size}, {"files", c.pretrain.data.train.files}};
@@ -348,6 +351,10 @@ std::string report_markdown(const json& r) {
                     s["temperature"].get<double>(), s["student_init"].get<std::string>(),
                     s["copy_non_expert"].get<bool>() ? " with non-expert weights copied" : "",
                     s["steps"].get<int64_t>(), s["batch_size"].get<int64_t>(), s["objective"].get<std::string>());
+  if (s.contains("precision")) {  // absent from reports written before it was recorded
+    md += fmt::format("- Precision: training {}, frozen teacher {}.\n", s["precision"]["training"].get<std::string>(),
+                      s["precision"]["frozen_teacher"].get<std::string>());
+  }
   if (r.contains("routing")) {
     md += "\nTeacher routing per sparse layer (first seed, held-out batches; loads are shares of the layer's real tokens):\n\n";
     md += routing_markdown(r["routing"]);

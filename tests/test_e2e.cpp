@@ -93,6 +93,10 @@ TEST(E2eRun, TinyExperimentWritesACompleteConsistentReport) {
   for (const char* k : {"hard_weight", "soft_weight", "temperature", "soft_loss", "student_init", "steps", "objective", "seeds"})
     EXPECT_TRUE(r["settings"].contains(k)) << k;
   EXPECT_EQ(r["settings"]["hard_weight"], 0.75);
+  EXPECT_EQ(r["settings"]["precision"]["training"], "float32");
+  EXPECT_EQ(r["settings"]["precision"]["frozen_teacher"], "float32");
+  EXPECT_NE(read_text_file(dir.file("run/report.md")).find("- Precision: training float32, frozen teacher float32."),
+            std::string::npos);
 
   // metrics.jsonl carries every loss term, and the teacher's the routing of each sparse layer.
   std::ifstream metrics(dir.file("run/student/metrics.jsonl"));

@@ -7,6 +7,7 @@
 #include "models/kernels/batched_matmul.h"
 #include "models/kernels/fast_dropout.h"
 #include "models/kernels/projection.h"
+#include "models/kernels/rms_norm.h"
 #include "models/kernels/row_kernels.h"
 #include "models/kernels/sgemm.h"
 #include "tests/test_util.h"
@@ -78,6 +79,32 @@ TEST(Projection, MatchesLinearWithGradients) {
   }
   auto d = torch::randn({3, 6}, torch::kDouble), wd = torch::randn({2, 6}, torch::kDouble);
   EXPECT_TRUE(torch::equal(project(d, wd), torch::nn::functional::linear(d, wd)));  // double: ATen's own
+}
+
+TEST(RmsNorm, MatchesTheAtenOpsWithGradients) {
+  torch::manual_seed(5);
+  for (int64_t D : {8, 37, 72}) {  // row kernels: a tail, blocks and a tail
+    auto x_in = torch::randn({3, 41, D}) * 3, w_in = torch::randn({D});
+    auto g = torch::randn({3, 41, D});
+    auto run = [&](bool ours) {
+      auto x = x_in.clone().requires_grad_(true), w = w_in.clone().requires_grad_(true);
+      auto y = ours ? rms_norm(x, w, 1e-6) : rms_norm_reference(x, w, 1e-6);
+      (y * g).sum().backward();
+      return std::vector<torch::Tensor>{y.detach(), x.grad(), w.grad()};
+    };
+    const auto got = run(true), want = run(false);
+    for (size_t i = 0; i < got.size(); ++i) EXPECT_TRUE(tensors_close(got[i], want[i], 1e-5)) << "D " << D << " output " << i;
+    torch::NoGradGuard ng;
+    EXPECT_TRUE(tensors_close(rms_norm(x_in, w_in, 1e-6), want[0], 1e-5)) << D;
+  }
+  // Double and an input that needs no gradient with a weight that does: the ATen path and the fused one.
+  auto d = torch::randn({4, 6}, torch::kDouble), wd = torch::randn({6}, torch::kDouble);
+  EXPECT_TRUE(torch::equal(rms_norm(d, wd, 1e-6), rms_norm_reference(d, wd, 1e-6)));
+  auto x = torch::randn({5, 16}), w = torch::randn({16}).requires_grad_(true);
+  rms_norm(x, w, 1e-6).sum().backward();
+  auto w2 = w.detach().clone().requires_grad_(true);
+  rms_norm_reference(x, w2, 1e-6).sum().backward();
+  EXPECT_TRUE(tensors_close(w.grad(), w2.grad(), 1e-5));
 }
 
 TEST(BatchedMatmul, MatchesTorchOnStridedViewsWithGradients) {

@@ -9,6 +9,7 @@
 #include "models/kernels/attention_core.h"
 #include "models/errors.h"
 #include "models/kernels/projection.h"
+#include "models/kernels/rms_norm.h"
 
 namespace distill {
 
@@ -17,10 +18,7 @@ T5LayerNormImpl::T5LayerNormImpl(int64_t d_model, double eps) : eps_(eps) {
 }
 
 torch::Tensor T5LayerNormImpl::forward(const torch::Tensor& x) {
-  auto variance = x.to(torch::kFloat32).pow(2).mean(-1, /*keepdim=*/true);
-  auto y = x * torch::rsqrt(variance + eps_);
-  if (weight.scalar_type() != torch::kFloat32) y = y.to(weight.scalar_type());
-  return weight * y;
+  return rms_norm(x, weight, eps_);
 }
 
 torch::Tensor relative_position_bucket(const torch::Tensor& relative_position, bool bidirectional,

@@ -146,6 +146,18 @@ ROW_KERNEL void relu_dropout_backward(float* g, const float* h, float s, int64_t
   for (int64_t j = 0; j < n; ++j) g[j] = h[j] > 0 ? g[j] * s : 0.0f;
 }
 
+ROW_KERNEL void scaled_product(float* out, const float* a, const float* b, float c, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) out[j] = c * a[j] * b[j];
+}
+
+ROW_KERNEL void axpy_product(float* out, const float* a, const float* b, float c, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) out[j] += c * a[j] * b[j];
+}
+
+ROW_KERNEL void rms_norm_input_grad(float* out, const float* u, const float* x, float r, float c, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) out[j] = r * u[j] + c * x[j];
+}
+
 ROW_KERNEL void to_bf16(uint16_t* out, const float* x, int64_t n) {
   for (int64_t j = 0; j < n; ++j) {
     uint32_t u;

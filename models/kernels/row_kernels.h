@@ -35,6 +35,12 @@ void dropout_scales(float* mask, uint64_t seed, int64_t first, uint32_t threshol
 void relu_dropout(float* x, bool dropout, uint64_t seed, int64_t first, uint32_t threshold, float s, int64_t n);
 // g = h > 0 ? g * s : 0, the backward of relu_dropout given its output h
 void relu_dropout_backward(float* g, const float* h, float s, int64_t n);
+// out = c * a * b
+void scaled_product(float* out, const float* a, const float* b, float c, int64_t n);
+// out += c * a * b
+void axpy_product(float* out, const float* a, const float* b, float c, int64_t n);
+// out = r * u + c * x (the RMS norm's input gradient)
+void rms_norm_input_grad(float* out, const float* u, const float* x, float r, float c, int64_t n);
 // out[j] = bfloat16 bits of x[j], rounded to nearest even (NaN stays NaN)
 void to_bf16(uint16_t* out, const float* x, int64_t n);
 
