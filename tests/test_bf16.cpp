@@ -56,6 +56,15 @@ TEST(Bf16Gemm, EqualsTheFloat32ProductOfRoundedOperandsForEveryTranspose) {
   }
 }
 
+TEST(Bf16Gemm, AnEmptyInnerDimensionScalesC) {
+  // k = 0 takes the widening path (oneDNN rejects it): C = beta * C.
+  auto c = torch::randn({3, 4});
+  const auto want = c * 0.5;
+  const uint16_t none = 0;
+  blas::gemm_bf16(blas::Op::N, blas::Op::N, 3, 4, 0, 1.0f, &none, 1, &none, 4, 0.5f, c.data_ptr<float>(), 4);
+  EXPECT_TRUE(torch::allclose(c, want));
+}
+
 TEST(Bf16Gemm, RoundsToNearestEvenAndKeepsSpecialValues) {
   auto x = torch::tensor({1.0f, 1.0f + 1.0f / 256, 1.0f + 3.0f / 256, -2.5f, 1e-40f, INFINITY, -INFINITY, NAN});
   auto ours = to_bf16(x).to(torch::kFloat32), aten = x.to(torch::kBFloat16).to(torch::kFloat32);

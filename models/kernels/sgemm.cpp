@@ -50,6 +50,21 @@ const Backend& backend() {
   return b;
 }
 
+// Runs a oneDNN product call (returning its status): below kSmallProductFlops on the calling thread
+// alone (oneDNN's thread count for the call is OpenMP's), and a failure is an Error naming `what`.
+template <class Call>
+void run_dnnl(const char* what, int64_t m, int64_t n, int64_t k, Call&& call) {
+  const bool small = is_small_product(m, n, k);
+  const int threads = omp_get_max_threads();
+  if (small && threads > 1) omp_set_num_threads(1);
+  const int status = call();
+  if (small && threads > 1) omp_set_num_threads(threads);
+  if (status != 0) {
+    throw Error(std::string(what) + " failed with status " + std::to_string(status) + " (m=" + std::to_string(m) +
+                ", n=" + std::to_string(n) + ", k=" + std::to_string(k) + ")");
+  }
+}
+
 }  // namespace
 
 const std::string& sgemm_library() { return backend().name; }
@@ -65,16 +80,9 @@ void sgemm(Op op_a, Op op_b, int64_t m, int64_t n, int64_t k, float alpha, const
   }
   const auto& be = backend();
   if (be.dnnl != nullptr) {
-    const bool small = is_small_product(m, n, k);
-    const int threads = omp_get_max_threads();  // oneDNN's thread count for this call
-    if (small && threads > 1) omp_set_num_threads(1);
-    const int status =
-        be.dnnl(static_cast<char>(op_a), static_cast<char>(op_b), m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-    if (small && threads > 1) omp_set_num_threads(threads);
-    if (status != 0) {
-      throw Error("dnnl_sgemm failed with status " + std::to_string(status) + " (m=" + std::to_string(m) +
-                  ", n=" + std::to_string(n) + ", k=" + std::to_string(k) + ")");
-    }
+    run_dnnl("dnnl_sgemm", m, n, k, [&] {
+      return be.dnnl(static_cast<char>(op_a), static_cast<char>(op_b), m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    });
     return;
   }
   cblas_sgemm(CblasRowMajor, op_a == Op::N ? CblasNoTrans : CblasTrans, op_b == Op::N ? CblasNoTrans : CblasTrans,
@@ -103,16 +111,9 @@ void gemm_bf16(Op op_a, Op op_b, int64_t m, int64_t n, int64_t k, float alpha, c
     sgemm(op_a, op_b, m, n, k, alpha, wa.data(), ca, wb.data(), cb, beta, c, ldc);
     return;
   }
-  const bool small = is_small_product(m, n, k);
-  const int threads = omp_get_max_threads();
-  if (small && threads > 1) omp_set_num_threads(1);
-  const int status =
-      be.dnnl_bf16(static_cast<char>(op_a), static_cast<char>(op_b), m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-  if (small && threads > 1) omp_set_num_threads(threads);
-  if (status != 0) {
-    throw Error("dnnl_gemm_bf16bf16f32 failed with status " + std::to_string(status) + " (m=" + std::to_string(m) +
-                ", n=" + std::to_string(n) + ", k=" + std::to_string(k) + ")");
-  }
+  run_dnnl("dnnl_gemm_bf16bf16f32", m, n, k, [&] {
+    return be.dnnl_bf16(static_cast<char>(op_a), static_cast<char>(op_b), m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  });
 }
 
 bool native_bf16() {
