@@ -123,6 +123,20 @@ TEST(Bf16Copies, AreMadeOncePerVersionOfTheWeight) {
   EXPECT_EQ(bf16_cache_stats().copies, 0);
 }
 
+TEST(Bf16Copies, ACopyMadeInInferenceModeCanBeSavedForBackward) {
+  clear_bf16_copies();
+  auto w = torch::randn({8, 4}).requires_grad_(true), x = torch::randn({3, 4}).requires_grad_(true);
+  {
+    c10::InferenceMode frozen;  // an evaluation pass makes the copy
+    Bf16Products amp(true);
+    project(x.detach(), w);
+  }
+  Bf16Products amp(true);
+  project(x, w).sum().backward();  // the cached copy is saved for this backward
+  EXPECT_TRUE(w.grad().defined());
+  clear_bf16_copies();
+}
+
 // The Switch layer under bf16 products: the fused top-1 node and the general top-2 path, forward
 // and every gradient, against float32; the float32 router makes the same choices.
 class Bf16Switch : public ::testing::TestWithParam<int64_t> {};

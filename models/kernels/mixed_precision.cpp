@@ -2,6 +2,7 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
+#include <c10/core/InferenceMode.h>
 #include <c10/util/intrusive_ptr.h>
 
 #include <map>
@@ -47,6 +48,9 @@ bool fresh(const Entry& e, const std::vector<at::Tensor>& parts) {
 }
 
 at::Tensor make_copy(const std::vector<at::Tensor>& parts) {
+  // A normal tensor even when made under InferenceMode (a teacher's or an evaluation's pass): the
+  // same copy may later be saved for a backward, which an inference tensor cannot be.
+  c10::InferenceMode normal(false);
   int64_t rows = 0;
   for (const auto& p : parts) rows += p.size(0);
   const int64_t cols = parts[0].dim() > 1 ? parts[0].numel() / parts[0].size(0) : 1;
