@@ -5,6 +5,7 @@
 
 #include <omp.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
@@ -90,30 +91,52 @@ void sgemm(Op op_a, Op op_b, int64_t m, int64_t n, int64_t k, float alpha, const
               static_cast<int>(ldb), beta, c, static_cast<int>(ldc));
 }
 
+namespace {
+
+// oneDNN's dnnl_unimplemented: a CPU without AVX-512 has no bf16 gemm in oneDNN 2.x.
+constexpr int kDnnlUnimplemented = 3;
+std::atomic<bool> dnnl_bf16_unimplemented{false};
+
+// op(A) op(B) by widening the bf16 operands and calling sgemm: the same numbers, no bf16 speed.
+void gemm_bf16_widened(Op op_a, Op op_b, int64_t m, int64_t n, int64_t k, float alpha, const uint16_t* a, int64_t lda,
+                       const uint16_t* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  const int64_t ra = op_a == Op::N ? m : k, ca = op_a == Op::N ? k : m;
+  const int64_t rb = op_b == Op::N ? k : n, cb = op_b == Op::N ? n : k;
+  std::vector<float> wa(static_cast<size_t>(ra * ca)), wb(static_cast<size_t>(rb * cb));
+  auto widen = [](std::vector<float>& out, const uint16_t* in, int64_t rows, int64_t cols, int64_t ld) {
+    for (int64_t i = 0; i < rows; ++i) {
+      for (int64_t j = 0; j < cols; ++j) {
+        const uint32_t bits = static_cast<uint32_t>(in[i * ld + j]) << 16;
+        std::memcpy(&out[static_cast<size_t>(i * cols + j)], &bits, sizeof(float));
+      }
+    }
+  };
+  widen(wa, a, ra, ca, lda);
+  widen(wb, b, rb, cb, ldb);
+  sgemm(op_a, op_b, m, n, k, alpha, wa.data(), ca, wb.data(), cb, beta, c, ldc);
+}
+
+}  // namespace
+
 void gemm_bf16(Op op_a, Op op_b, int64_t m, int64_t n, int64_t k, float alpha, const uint16_t* a, int64_t lda,
                const uint16_t* b, int64_t ldb, float beta, float* c, int64_t ldc) {
   if (m == 0 || n == 0) return;
   const auto& be = backend();
-  if (k == 0 || be.dnnl_bf16 == nullptr) {  // widen and multiply in float32 (same result up to rounding order)
-    const int64_t ra = op_a == Op::N ? m : k, ca = op_a == Op::N ? k : m;
-    const int64_t rb = op_b == Op::N ? k : n, cb = op_b == Op::N ? n : k;
-    std::vector<float> wa(static_cast<size_t>(ra * ca)), wb(static_cast<size_t>(rb * cb));
-    auto widen = [](std::vector<float>& out, const uint16_t* in, int64_t rows, int64_t cols, int64_t ld) {
-      for (int64_t i = 0; i < rows; ++i) {
-        for (int64_t j = 0; j < cols; ++j) {
-          const uint32_t bits = static_cast<uint32_t>(in[i * ld + j]) << 16;
-          std::memcpy(&out[static_cast<size_t>(i * cols + j)], &bits, sizeof(float));
-        }
-      }
-    };
-    widen(wa, a, ra, ca, lda);
-    widen(wb, b, rb, cb, ldb);
-    sgemm(op_a, op_b, m, n, k, alpha, wa.data(), ca, wb.data(), cb, beta, c, ldc);
+  if (k == 0 || be.dnnl_bf16 == nullptr || dnnl_bf16_unimplemented.load(std::memory_order_relaxed)) {
+    gemm_bf16_widened(op_a, op_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
     return;
   }
+  bool unimplemented = false;
   run_dnnl("dnnl_gemm_bf16bf16f32", m, n, k, [&] {
-    return be.dnnl_bf16(static_cast<char>(op_a), static_cast<char>(op_b), m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    const int status =
+        be.dnnl_bf16(static_cast<char>(op_a), static_cast<char>(op_b), m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    unimplemented = status == kDnnlUnimplemented;
+    return unimplemented ? 0 : status;
   });
+  if (unimplemented) {  // this CPU has no oneDNN bf16 gemm: widen from now on
+    dnnl_bf16_unimplemented.store(true, std::memory_order_relaxed);
+    gemm_bf16_widened(op_a, op_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  }
 }
 
 bool native_bf16() {

@@ -27,7 +27,8 @@ void sgemm(Op op_a, Op op_b, int64_t m, int64_t n, int64_t k, float alpha,
 
 // C[m, n] (float32) = alpha * op(A) op(B) + beta * C with bf16 A and B, accumulated in float32:
 // oneDNN's gemm_bf16bf16f32 (the CPU's bf16 dot products where it has them, e.g. AVX512-BF16 or
-// AMX). Without oneDNN the operands are widened and sgemm runs.
+// AMX). Without oneDNN, or where oneDNN has no bf16 gemm (no AVX-512), the operands are widened
+// and sgemm runs: the same numbers, without the speed.
 void gemm_bf16(Op op_a, Op op_b, int64_t m, int64_t n, int64_t k, float alpha, const uint16_t *a, int64_t lda,
                const uint16_t *b, int64_t ldb, float beta, float *c, int64_t ldc);
 
