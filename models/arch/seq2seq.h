@@ -150,7 +150,6 @@ class Seq2SeqModelImpl : public torch::nn::Module {
   // Matrix products in bf16 (float32 accumulation, weights' bf16 copies cast once per version) in
   // every pass of this model: a frozen teacher's precision. Norms, softmaxes and routers stay float32.
   void set_bf16_products(bool on) { bf16_products_ = on; }
-  bool bf16_products() const { return bf16_products_; }
 
   torch::nn::Embedding shared{nullptr};
   T5Stack encoder{nullptr}, decoder{nullptr};

@@ -15,8 +15,8 @@ namespace {
 
 thread_local bool bf16_on = false;
 
-// One cached copy: the weights it was made from (weakly: a freed weight's address may be reused)
-// and their versions when it was made.
+// One cached copy: the weights it was made from (held weakly, which keeps a freed weight's memory
+// from reuse until the entry goes) and their versions when it was made.
 struct Entry {
   std::vector<c10::weak_intrusive_ptr<c10::TensorImpl>> owners;
   std::vector<uint32_t> versions;
@@ -39,10 +39,11 @@ uint32_t version_of(const at::Tensor& t) {
   return t.is_inference() ? 0u : t.unsafeGetTensorImpl()->version_counter().current_version();
 }
 
+// A weak reference keeps a dead tensor's memory from reuse, so a live owner at the key's address is
+// the original tensor.
 bool fresh(const Entry& e, const std::vector<at::Tensor>& parts) {
   for (size_t i = 0; i < parts.size(); ++i) {
-    auto alive = e.owners[i].lock();
-    if (!alive || alive.get() != parts[i].unsafeGetTensorImpl() || e.versions[i] != version_of(parts[i])) return false;
+    if (e.owners[i].expired() || e.versions[i] != version_of(parts[i])) return false;
   }
   return true;
 }

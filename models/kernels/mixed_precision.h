@@ -49,7 +49,7 @@ at::Tensor bf16_copy(const at::Tensor& weight);
 at::Tensor bf16_copy(const std::vector<at::Tensor>& parts);
 // Drops every cached copy (tests; a process that frees its models).
 void clear_bf16_copies();
-// Cached copies and their bytes, for the benchmark's memory figure and tests.
+// Cached copies and their bytes (tests).
 struct Bf16CacheStats {
   int64_t copies = 0, bytes = 0;
 };

@@ -139,13 +139,4 @@ void gemm_bf16(Op op_a, Op op_b, int64_t m, int64_t n, int64_t k, float alpha, c
   }
 }
 
-bool native_bf16() {
-#if defined(__x86_64__) && defined(__GNUC__)
-  static const bool has = __builtin_cpu_supports("avx512bf16") || __builtin_cpu_supports("amx-bf16");
-  return has;
-#else
-  return false;
-#endif
-}
-
 }  // namespace distill::blas

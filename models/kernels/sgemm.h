@@ -32,9 +32,6 @@ void sgemm(Op op_a, Op op_b, int64_t m, int64_t n, int64_t k, float alpha,
 void gemm_bf16(Op op_a, Op op_b, int64_t m, int64_t n, int64_t k, float alpha, const uint16_t *a, int64_t lda,
                const uint16_t *b, int64_t ldb, float beta, float *c, int64_t ldc);
 
-// Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX-BF16): where bf16 products pay.
-bool native_bf16();
-
 // "oneDNN" or "OpenBLAS". DISTILL_SGEMM=openblas or =onednn chooses; any other
 // value is a ConfigError (thrown here, so call this at start-up to report it
 // before any work).
