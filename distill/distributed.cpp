@@ -1,19 +1,25 @@
 #include "distill/distributed.h"
 
 #include <ATen/ATen.h>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
-#include <cerrno>
-#include <cstdlib>
 #include <algorithm>
+#include <cerrno>
+#include <condition_variable>
+#include <cstdlib>
 #include <limits>
+#include <mutex>
+#include <thread>
 #include <tuple>
 
 namespace distill {
 namespace {
 
 constexpr int64_t kBucketBytes = 32 << 20;  // per flat all-reduce: large enough to amortise latency
+constexpr std::chrono::seconds kBeat{1};     // heartbeat period, and how often a wait looks at them
+using Clock = std::chrono::steady_clock;
 
 int env_int(const char* name, int fallback, int lo, int hi) {
   const char* v = std::getenv(name);
@@ -46,6 +52,97 @@ std::vector<std::vector<at::Tensor>> buckets(const std::vector<at::Tensor>& tens
   return out;
 }
 
+// A connection to the job's TCPStore. torchrun's agent serves it when TORCHELASTIC_USE_AGENT_STORE
+// is set, under the restart's prefix (as torch.distributed's env:// rendezvous does); else rank 0.
+c10::intrusive_ptr<c10d::Store> connect_store(const WorldEnv& env, bool counted) {
+  c10d::TCPStoreOptions so;
+  so.port = static_cast<std::uint16_t>(env.master_port);
+  so.isServer = counted && !env.agent_store && env.rank == 0;
+  if (counted) so.numWorkers = static_cast<size_t>(env.world_size);
+  so.waitWorkers = counted;  // the server waits for every rank's first connection
+  so.timeout = env.timeout;
+  auto store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, so);
+  if (!env.agent_store) return store;
+  return c10::make_intrusive<c10d::PrefixStore>("/worker/attempt_" + std::to_string(env.restart_count), store);
+}
+
+// Every rank's heartbeat: a thread bumps this rank's counter in the store each beat and reads every
+// rank's, remembering when each last moved. It has its own store connection (a TCPStore client is
+// not safe to share between threads) and never blocks a collective: waits only read what it saw.
+class Liveness {
+ public:
+  static constexpr int kStore = -1;  // in silent(): the store itself stopped answering
+
+  Liveness(c10::intrusive_ptr<c10d::Store> store, int rank, int world_size)
+      : store_(std::move(store)), rank_(rank), value_(static_cast<size_t>(world_size), -1),
+        moved_(static_cast<size_t>(world_size), Clock::now()), store_ok_(Clock::now()) {
+    thread_ = std::thread([this] { run(); });
+  }
+  ~Liveness() {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+  // The other ranks whose counter has not moved for `age` (kStore first when the store has not
+  // answered for that long: then nobody's counter can be read).
+  std::vector<int> silent(Clock::duration age) const {
+    std::lock_guard<std::mutex> l(mu_);
+    const auto now = Clock::now();
+    std::vector<int> out;
+    if (now - store_ok_ > age) out.push_back(kStore);
+    for (size_t r = 0; r < moved_.size(); ++r)
+      if (static_cast<int>(r) != rank_ && now - moved_[r] > age) out.push_back(static_cast<int>(r));
+    return out;
+  }
+  std::string store_error() const {
+    std::lock_guard<std::mutex> l(mu_);
+    return store_error_;
+  }
+
+ private:
+  static std::string key(size_t r) { return "distill/heartbeat/" + std::to_string(r); }
+
+  void run() {
+    std::vector<int64_t> seen(value_.size());
+    for (;;) {
+      try {
+        store_->add(key(static_cast<size_t>(rank_)), 1);
+        for (size_t r = 0; r < seen.size(); ++r) seen[r] = store_->add(key(r), 0);  // add 0: read, never block
+      } catch (const std::exception& e) {
+        std::lock_guard<std::mutex> l(mu_);
+        store_error_ = e.what();
+        if (auto* c = dynamic_cast<const c10::Error*>(&e)) store_error_ = c->what_without_backtrace();
+        return;  // the connection is gone for good: store_ok_ ages from here
+      }
+      std::unique_lock<std::mutex> l(mu_);
+      const auto now = Clock::now();
+      store_ok_ = now;
+      for (size_t r = 0; r < seen.size(); ++r)
+        if (seen[r] != value_[r]) value_[r] = seen[r], moved_[r] = now;
+      if (cv_.wait_for(l, kBeat, [this] { return stop_; })) return;
+    }
+  }
+
+  c10::intrusive_ptr<c10d::Store> store_;
+  const int rank_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::vector<int64_t> value_;          // each rank's counter as last read
+  std::vector<Clock::time_point> moved_;  // when it last changed
+  Clock::time_point store_ok_;          // the last beat the store answered
+  std::string store_error_;             // why it stopped answering, once it has
+  std::thread thread_;
+};
+
+std::string seconds_text(Clock::duration d) {
+  return std::to_string(std::chrono::duration_cast<std::chrono::seconds>(d).count()) + " s";
+}
+
 }  // namespace
 
 WorldEnv WorldEnv::from_environment() {
@@ -56,6 +153,14 @@ WorldEnv WorldEnv::from_environment() {
   if (const char* a = std::getenv("MASTER_ADDR"); a && *a) e.master_addr = a;
   e.master_port = env_int("MASTER_PORT", e.master_port, 1, 65535);
   e.timeout = std::chrono::seconds(env_int("DISTILL_COLLECTIVE_TIMEOUT", static_cast<int>(e.timeout.count()), 1, 86400));
+  e.peer_timeout = std::chrono::seconds(env_int("DISTILL_PEER_TIMEOUT", static_cast<int>(e.peer_timeout.count()), 3, 86400));
+  if (const char* a = std::getenv("TORCHELASTIC_USE_AGENT_STORE"); a && *a) {
+    const std::string v = a;
+    if (v != "True" && v != "False")
+      throw InputError("environment variable TORCHELASTIC_USE_AGENT_STORE=\"" + v + "\": expected True or False (torchrun sets it)");
+    e.agent_store = v == "True";
+    e.restart_count = env_int("TORCHELASTIC_RESTART_COUNT", 0, 0, 1 << 20);
+  }
   if (e.world_size > 1 && !std::getenv("RANK")) {
     throw InputError("environment variable WORLD_SIZE=" + std::to_string(e.world_size) +
                      " without RANK: launch with torchrun, or with distill --nproc N on one machine");
@@ -66,21 +171,17 @@ WorldEnv WorldEnv::from_environment() {
 struct Collective::Group {
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<c10d::ProcessGroupGloo> pg;
+  std::unique_ptr<Liveness> liveness;  // last: stopped before the group goes
 };
 
 Collective::Collective(const WorldEnv& env) : env_(env), group_(std::make_unique<Group>()) {
   try {
-    c10d::TCPStoreOptions so;
-    so.port = static_cast<std::uint16_t>(env.master_port);
-    so.isServer = env.rank == 0;
-    so.numWorkers = static_cast<size_t>(env.world_size);
-    so.waitWorkers = true;
-    so.timeout = env.timeout;
-    group_->store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, so);
+    group_->store = connect_store(env, true);
     auto opts = c10d::ProcessGroupGloo::Options::create(env.timeout);
     opts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
     opts->threads = 1;
     group_->pg = c10::make_intrusive<c10d::ProcessGroupGloo>(group_->store, env.rank, env.world_size, opts);
+    group_->liveness = std::make_unique<Liveness>(connect_store(env, false), env.rank, env.world_size);
   } catch (const std::exception& e) {
     throw DistributedError("rank " + std::to_string(env.rank) + " of " + std::to_string(env.world_size) +
                            ": cannot join the job at " + env.master_addr + ":" + std::to_string(env.master_port) +
@@ -90,12 +191,57 @@ Collective::Collective(const WorldEnv& env) : env_(env), group_(std::make_unique
 
 Collective::~Collective() = default;
 
+namespace {
+
+// Who stopped, in words, from the heartbeats: the store's host first (nobody can be read without it).
+std::string stopped_ranks(const WorldEnv& env, const Liveness& live, const std::vector<int>& silent, Clock::duration age) {
+  if (silent.empty()) return {};
+  if (silent.front() == Liveness::kStore) {
+    const std::string host = env.agent_store ? "torchrun's agent" : "rank 0";
+    const std::string why = live.store_error();
+    return "the rendezvous store at " + env.master_addr + ":" + std::to_string(env.master_port) + " (served by " + host +
+           ") " + (why.empty() ? "has not answered for " + seconds_text(age) + ": " + host + " is stopped or hung"
+                               : "is gone (" + why + "): " + host + " died or was killed");
+  }
+  std::string ranks;
+  for (int r : silent) ranks += (ranks.empty() ? "" : ", ") + std::to_string(r);
+  return std::string(silent.size() > 1 ? "ranks " : "rank ") + ranks + (silent.size() > 1 ? " have" : " has") +
+         " stopped: no heartbeat for " + seconds_text(age) + " or more (died, killed, stopped or unreachable)";
+}
+
+}  // namespace
+
 void Collective::fail(const std::string& op, const std::exception& e) const {
   std::string msg = e.what();
   if (auto* c = dynamic_cast<const c10::Error*>(&e)) msg = c->what_without_backtrace();
-  throw DistributedError("rank " + std::to_string(env_.rank) + ": " + op + " failed: " + msg +
-                         " (another rank died, or did not answer within " + std::to_string(env_.timeout.count()) +
-                         " s, DISTILL_COLLECTIVE_TIMEOUT)");
+  // A dead peer shows first as a broken connection; its heartbeat tells which rank it was within a
+  // few beats. A rank whose heartbeat goes on is alive but did not take part in time.
+  std::string who;
+  const auto until = Clock::now() + 5 * kBeat;
+  while (who.empty() && Clock::now() < until) {
+    who = stopped_ranks(env_, *group_->liveness, group_->liveness->silent(3 * kBeat), 3 * kBeat);
+    if (who.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  if (who.empty())
+    who = "every rank's heartbeat goes on, so one of them is alive but did not take part within " +
+          std::to_string(env_.timeout.count()) + " s (DISTILL_COLLECTIVE_TIMEOUT) or failed on its own";
+  throw DistributedError("rank " + std::to_string(env_.rank) + ": " + op + " failed: " + who + " [Gloo: " + msg + "]");
+}
+
+void Collective::wait(c10d::Work& work, const std::string& op) const {
+  for (;;) {
+    try {
+      work.wait(std::chrono::duration_cast<std::chrono::milliseconds>(kBeat));
+      return;
+    } catch (const std::exception& e) {
+      if (work.isCompleted()) fail(op, e);  // else the beat passed with the collective still running
+    }
+    const auto silent = group_->liveness->silent(env_.peer_timeout);
+    if (!silent.empty())
+      throw DistributedError("rank " + std::to_string(env_.rank) + ": " + op + " abandoned: " +
+                             stopped_ranks(env_, *group_->liveness, silent, env_.peer_timeout) +
+                             " (DISTILL_PEER_TIMEOUT=" + std::to_string(env_.peer_timeout.count()) + ")");
+  }
 }
 
 void Collective::check_same(const std::string& what, const std::string& text) {
@@ -133,13 +279,15 @@ void Collective::bucketed(const char* op, const std::vector<at::Tensor>& tensors
     }
     at::NoGradGuard ng;
     for (auto& [bucket, buf, work] : pending) {
-      work->wait();
+      wait(*work, op);
       int64_t at = 0;
       for (const auto& t : bucket) {
         t.detach().copy_(buf[0].narrow(0, at, t.numel()).view(t.sizes()));
         at += t.numel();
       }
     }
+  } catch (const Error&) {
+    throw;
   } catch (const std::exception& e) {
     fail(op, e);
   }
@@ -171,24 +319,20 @@ std::function<void()> Collective::start_allreduce(const at::Tensor& t) {
   try {
     std::vector<at::Tensor> buf{t};
     auto work = group_->pg->allreduce(buf);
-    return [this, work] {
-      try {
-        work->wait();
-      } catch (const std::exception& e) {
-        fail("all-reduce", e);
-      }
-    };
+    return [this, work] { wait(*work, "all-reduce"); };
   } catch (const std::exception& e) {
     fail("all-reduce", e);
   }
 }
 
 void Collective::barrier() {
+  c10::intrusive_ptr<c10d::Work> work;
   try {
-    group_->pg->barrier()->wait();
+    work = group_->pg->barrier();
   } catch (const std::exception& e) {
     fail("barrier", e);
   }
+  wait(*work, "barrier");
 }
 
 Collective* world() { return g_world.get(); }

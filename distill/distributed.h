@@ -36,6 +36,11 @@ struct WorldEnv {
   std::string master_addr = "127.0.0.1"; // host of rank 0's TCPStore
   int master_port = 29500;               // its port
   std::chrono::seconds timeout{300};     // DISTILL_COLLECTIVE_TIMEOUT: the longest a rank waits for the others
+  std::chrono::seconds peer_timeout{60}; // DISTILL_PEER_TIMEOUT: a rank whose heartbeat is this old is
+                                         // named as stopped and fails the others' waits at once
+  bool agent_store = false;              // TORCHELASTIC_USE_AGENT_STORE=True: torchrun's agent serves the
+                                         // TCPStore at MASTER_ADDR:MASTER_PORT, so every rank is a client
+  int restart_count = 0;                 // TORCHELASTIC_RESTART_COUNT: keys live under /worker/attempt_N
 
   // From the environment; WORLD_SIZE unset means one process. A malformed or inconsistent
   // variable is an InputError naming it.
@@ -44,7 +49,9 @@ struct WorldEnv {
 
 class Collective {
  public:
-  // Joins the job: rank 0 serves the TCPStore, every rank connects and builds the Gloo group.
+  // Joins the job: rank 0 (or torchrun's agent) serves the TCPStore, every rank connects, builds
+  // the Gloo group and starts its heartbeat (a thread that bumps this rank's counter in the store
+  // every second and watches the others', so a rank that dies or stops is named by number).
   explicit Collective(const WorldEnv& env);
   ~Collective();
   Collective(const Collective&) = delete;
@@ -71,6 +78,9 @@ class Collective {
  private:
   struct Group;
   [[noreturn]] void fail(const std::string& op, const std::exception& e) const;
+  // Waits for `work`, checking the heartbeats every second: a peer silent for peer_timeout fails
+  // the wait at once (Gloo alone would wait the whole collective timeout), naming the rank.
+  void wait(c10d::Work& work, const std::string& op) const;
   // `tensors` in flat buckets: each bucket's `start` begins a collective on it in place; then every
   // bucket is waited on and copied back.
   void bucketed(const char* op, const std::vector<at::Tensor>& tensors,

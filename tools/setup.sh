@@ -15,6 +15,7 @@ PACKAGES=(
   npm                               # fetches the demo corpus (an npm package) at set-up
   libxml2-utils                     # xmllint: the report tests parse every SVG as XML
   chromium                          # the report test renders report.html headless and screenshots it
+  python3-torch                     # torchrun: the data-parallel test launches ranks through it
 )
 
 missing=()

@@ -7,6 +7,7 @@
 
 #include "data/tokenized_corpus.h"
 #include "distill/cli/commands.h"
+#include "distill/distributed.h"
 #include "distill/evaluate.h"
 #include "distill/experiment.h"
 #include "distill/report.h"
@@ -64,7 +65,7 @@ Command add_train(CLI::App& app) {
             open_run_directory(c);
             auto data = prepare_data(c, resolve_tokenizer(c));
             auto r = a->dense ? train_baseline(c, data, a->resume) : train_teacher(c, data, a->resume);
-            std::cout << r.name << " model: " << r.model_dir << "\n";
+            if (is_writer()) std::cout << r.name << " model: " << r.model_dir << "\n";
           }};
 }
 
@@ -78,7 +79,7 @@ Command add_distill(CLI::App& app) {
             auto data = prepare_data(c, resolve_tokenizer(c));
             auto teacher = find_teacher(c, data);
             auto r = distill_student(c, data, teacher, a->resume);
-            std::cout << "student model: " << r.model_dir << "\n";
+            if (is_writer()) std::cout << "student model: " << r.model_dir << "\n";
           }};
 }
 
@@ -91,7 +92,7 @@ Command add_run(CLI::App& app) {
             open_run_directory(c);
             auto report = run_experiment(c, a->resume);
             spdlog::default_logger()->flush();
-            std::cout << report_summary(report) << "report: " << (fs::path(c.output_dir) / "report.md").string() << "\n";
+            if (is_writer()) std::cout << report_summary(report) << "report: " << (fs::path(c.output_dir) / "report.md").string() << "\n";
           }};
 }
 
@@ -106,7 +107,7 @@ Command add_compare(CLI::App& app) {
             open_run_directory(c);
             auto report = run_comparison(c, a->resume);
             spdlog::default_logger()->flush();
-            std::cout << comparison_summary(report) << "report: " << (fs::path(c.output_dir) / "compare.md").string() << "\n";
+            if (is_writer()) std::cout << comparison_summary(report) << "report: " << (fs::path(c.output_dir) / "compare.md").string() << "\n";
           }};
 }
 

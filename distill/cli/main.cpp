@@ -4,6 +4,7 @@
 
 #include <CLI/CLI.hpp>
 #include <c10/util/Exception.h>
+#include <cstdlib>
 #include <filesystem>
 #include <iostream>
 
@@ -49,6 +50,17 @@ int main(int argc, char** argv) {
   }
   // Logs go to stderr: stdout carries results (JSON, token ids, reports) that other tools parse.
   spdlog::set_default_logger(spdlog::stderr_color_mt("distill"));
+  // A rank leaving on an error must not destroy its process group: a collective may still be
+  // running on Gloo's thread, waiting for a stopped peer, and the destructor would join it.
+  const auto leave = [](int code) {
+    if (code != 0 && distill::world()) {
+      std::cout.flush();
+      std::cerr.flush();
+      spdlog::shutdown();
+      std::_Exit(code);
+    }
+    return code;
+  };
   try {
     if (nproc > 1) {
       std::vector<std::string> args;
@@ -73,21 +85,21 @@ int main(int argc, char** argv) {
       if (c.app->parsed()) c.run();
   } catch (const distill::InterruptedError& e) {
     std::cerr << e.what() << "\n";
-    return 130;
+    return leave(130);
   } catch (const distill::Error& e) {
     std::cerr << "error: " << e.what() << "\n";
-    return 1;
+    return leave(1);
   } catch (const std::filesystem::filesystem_error& e) {
     // An output or input path the system refuses (read-only, a file where a directory must be):
     // bad input, named by the path.
     std::cerr << "error: " << e.path1().string() << ": " << e.code().message() << " (" << e.what() << ")\n";
-    return 1;
+    return leave(1);
   } catch (const c10::Error& e) {
     std::cerr << "error: LibTorch: " << e.what_without_backtrace() << "\n";
-    return 3;
+    return leave(3);
   } catch (const std::exception& e) {
     std::cerr << "error: " << e.what() << "\n";
-    return 3;
+    return leave(3);
   }
   return 0;
 }
