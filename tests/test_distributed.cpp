@@ -259,7 +259,7 @@ TEST(E2eDataParallel, TheCollectiveTimeoutStillBoundsAWait) {
   EXPECT_NE(r.err.find("rank 0: all-reduce failed: rank 1 has stopped"), std::string::npos) << r.err;
 }
 
-// torchrun (Debian's python3-torch) serves the TCPStore from its agent; the ranks connect to it.
+// torchrun (Debian's python3-torch) serves the TCPStore from node 0's agent; the ranks connect to it.
 // Debian's torchrun 1.13 on Python 3.11 cannot parse its own default --redirects/--tee of "0"
 // (IntFlag iteration skips the zero member), hence the explicit 2 (stderr).
 TEST(E2eDataParallel, TorchrunLaunchesTheSameJobAsNproc) {
@@ -269,13 +269,19 @@ TEST(E2eDataParallel, TorchrunLaunchesTheSameJobAsNproc) {
   const std::string tok = " --set data.tokenizer.path=" + dir.file("a/tokenizer");
   std::string out, err;
   ASSERT_EQ(test::run_distill("--nproc 2 train configs/tiny.yaml --dense --output " + dir.file("a") + kSettings, &out, &err), 0) << err;
+  // Two agents, as on two machines: node 0's agent serves the store, each starts one rank.
   const std::string port = std::to_string(29900 + ::getpid() % 90);
-  const std::string cmd = "cd " + std::string(DISTILL_SOURCE_DIR) + " && torchrun --redirects 2 --tee 2 --log_dir " + dir.file("logs") +
-                          " --master_port " + port + " --no_python --nproc_per_node 2 " + DISTILL_BINARY +
-                          " --threads 1 train configs/tiny.yaml --dense --output " + dir.file("b") + kSettings + tok + " >" +
-                          dir.file("out") + " 2>" + dir.file("err");
-  ASSERT_EQ(std::system(cmd.c_str()), 0) << read_text_file(dir.file("err"));
-  EXPECT_EQ(read_text_file(dir.file("out")), "baseline model: " + dir.file("b/baseline/model") + "\n");  // rank 0 speaks
+  const auto node = [&](int n) {
+    const std::string k = std::to_string(n);
+    return "torchrun --redirects 2 --tee 2 --log_dir " + dir.file("logs" + k) + " --nnodes 2 --nproc_per_node 1 --node_rank " + k +
+           " --master_addr 127.0.0.1 --master_port " + port + " --no_python " + DISTILL_BINARY +
+           " --threads 1 train configs/tiny.yaml --dense --output " + dir.file("b") + kSettings + tok + " >" + dir.file("out" + k) +
+           " 2>" + dir.file("err" + k);
+  };
+  const std::string cmd = "cd " + std::string(DISTILL_SOURCE_DIR) + " && (" + node(0) + " & a=$!; " + node(1) + "; b=$?; wait $a; exit $(( $? | b )))";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << read_text_file(dir.file("err0")) << read_text_file(dir.file("err1"));
+  EXPECT_EQ(read_text_file(dir.file("out0")), "baseline model: " + dir.file("b/baseline/model") + "\n");  // rank 0 speaks
+  EXPECT_EQ(read_text_file(dir.file("out1")), "");
   const auto done = json::parse(read_text_file(dir.file("b/baseline/DONE.json")));
   EXPECT_EQ(done["budget"]["world_size"], 2);
   const auto la = losses(dir.file("a/baseline/metrics.jsonl")), lb = losses(dir.file("b/baseline/metrics.jsonl"));
