@@ -11,7 +11,7 @@
 
 #include <algorithm>
 
-#include "distill/optim.h"
+#include "distill/training/optim.h"
 #include "models/arch/seq2seq.h"
 #include "models/arch/switch_moe.h"
 #include "models/io/checkpoint.h"

@@ -12,8 +12,8 @@
 #include <utility>
 #include <vector>
 
-#include "distill/distributed.h"
-#include "distill/trainer.h"
+#include "distill/process/distributed.h"
+#include "distill/training/trainer.h"
 #include "models/io/atomic_file.h"
 #include "models/io/safetensors.h"
 #include "tests/test_util.h"

@@ -12,8 +12,8 @@
 #include <set>
 #include <sstream>
 
-#include "distill/run_lock.h"
-#include "distill/trainer.h"
+#include "distill/process/run_lock.h"
+#include "distill/training/trainer.h"
 #include "models/io/atomic_file.h"
 #include "models/io/safetensors.h"
 #include "tests/test_util.h"
@@ -214,7 +214,7 @@ int64_t interrupt_training(const test::TempDir& dir, const std::string& signal) 
   EXPECT_EQ(std::system(script.c_str()), 0);
   const std::string err = read_text_file(dir.file("err"));
   EXPECT_EQ(read_text_file(dir.file("code")), "130\n") << err;
-  // The signals reach one watcher thread only (distill/interrupt.h): a handler run on a thread
+  // The signals reach one watcher thread only (distill/process/interrupt.h): a handler run on a thread
   // inside oneDNN's sgemm corrupts the heap. Every thread blocks SIGINT and SIGTERM but the watcher,
   // whose sigwait unblocks them while it waits.
   std::istringstream blocked(read_text_file(dir.file("blocked")));

@@ -1,6 +1,6 @@
 #include <gtest/gtest.h>
 
-#include "distill/runtime.h"
+#include "distill/process/runtime.h"
 
 int main(int argc, char** argv) {
   ::testing::InitGoogleTest(&argc, argv);

@@ -7,9 +7,9 @@
 #include <filesystem>
 #include <fstream>
 
-#include "distill/report.h"
-#include "distill/stages.h"
-#include "distill/stats.h"
+#include "distill/report/report.h"
+#include "distill/pipeline/stages.h"
+#include "distill/evaluation/stats.h"
 #include "models/io/atomic_file.h"
 #include "models/errors.h"
 #include "tests/test_util.h"

@@ -8,9 +8,9 @@
 #include <nlohmann/json.hpp>
 #include <regex>
 
-#include "distill/html_report.h"
-#include "distill/svg_plots.h"
-#include "distill/sweep_config.h"
+#include "distill/report/html_report.h"
+#include "distill/report/svg_plots.h"
+#include "distill/config/sweep_config.h"
 #include "models/errors.h"
 #include "models/io/atomic_file.h"
 #include "tests/test_util.h"

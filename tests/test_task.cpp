@@ -8,8 +8,8 @@
 #include <map>
 #include <set>
 
-#include "distill/task_eval.h"
-#include "distill/task_metrics.h"
+#include "distill/evaluation/task_eval.h"
+#include "distill/evaluation/task_metrics.h"
 #include "models/arch/generate.h"
 #include "models/errors.h"
 #include "models/io/checkpoint.h"

@@ -3,9 +3,9 @@
 
 #include <iostream>
 
-#include "distill/bench.h"
+#include "distill/training/bench.h"
 #include "distill/cli/commands.h"
-#include "distill/distributed.h"
+#include "distill/process/distributed.h"
 #include "models/errors.h"
 
 namespace distill::cli {

@@ -7,9 +7,9 @@
 
 #include "data/tokenized_corpus.h"
 #include "distill/cli/commands.h"
-#include "distill/evaluate.h"
-#include "distill/experiment.h"
-#include "distill/task_eval.h"
+#include "distill/evaluation/evaluate.h"
+#include "distill/pipeline/experiment.h"
+#include "distill/evaluation/task_eval.h"
 #include "models/io/atomic_file.h"
 #include "models/io/checkpoint.h"
 #include "models/errors.h"

@@ -6,11 +6,11 @@
 #include <iostream>
 
 #include "distill/cli/commands.h"
-#include "distill/experiment.h"
-#include "distill/html_report.h"
-#include "distill/runtime.h"
-#include "distill/sweep.h"
-#include "distill/sweep_config.h"
+#include "distill/pipeline/experiment.h"
+#include "distill/report/html_report.h"
+#include "distill/process/runtime.h"
+#include "distill/pipeline/sweep.h"
+#include "distill/config/sweep_config.h"
 
 namespace distill::cli {
 namespace fs = std::filesystem;

@@ -9,15 +9,15 @@
 #include <iostream>
 
 #include "distill/cli/commands.h"
-#include "distill/distributed.h"
-#include "distill/interrupt.h"
-#include "distill/launch.h"
-#include "distill/runtime.h"
-#include "distill/trainer.h"
+#include "distill/process/distributed.h"
+#include "distill/process/interrupt.h"
+#include "distill/process/launch.h"
+#include "distill/process/runtime.h"
+#include "distill/training/trainer.h"
 #include "models/errors.h"
 
 int main(int argc, char** argv) {
-  distill::interrupt::start_watcher();  // before any thread starts: see distill/interrupt.h
+  distill::interrupt::start_watcher();  // before any thread starts: see distill/process/interrupt.h
   CLI::App app{"distill: compress a sparse Switch Transformer into a dense T5 and report what was kept"};
   app.require_subcommand(1);
   int threads = 0, nproc = 0;

@@ -3,7 +3,7 @@
 #include <benchmark/benchmark.h>
 #include <torch/torch.h>
 
-#include "distill/runtime.h"
+#include "distill/process/runtime.h"
 #include "models/kernels/attention_core.h"
 #include "models/kernels/batched_matmul.h"
 #include "models/kernels/fast_dropout.h"

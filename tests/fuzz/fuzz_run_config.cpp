@@ -1,5 +1,5 @@
 // Any bytes as a run configuration (YAML): a typed error or a configuration that round-trips.
-#include "distill/run_config.h"
+#include "distill/config/run_config.h"
 #include "models/errors.h"
 #include "tests/fuzz/fuzz_input.h"
 

@@ -1,0 +1,116 @@
+// The jobs behind the CLI: data preparation, the three stages (teacher, dense baseline, student)
+// for each seed, and the whole experiment with its evaluation and report.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "data/batching.h"
+#include "data/tokenized_corpus.h"
+#include "data/tokenizer.h"
+#include "distill/training/budget.h"
+#include "distill/evaluation/evaluate.h"
+#include "distill/config/run_config.h"
+#include "distill/pipeline/stages.h"
+#include "models/arch/seq2seq.h"
+
+namespace distill {
+
+struct PreparedData {
+  Tokenizer tokenizer;
+  std::shared_ptr<const Dataset> train;
+  std::vector<Batch> eval;                 // fixed held-out batches, the same for every model
+  std::vector<std::string> tokenizer_files;  // copied next to every saved model
+  int64_t train_documents = 0, validation_documents = 0, train_tokens = 0;
+  CorpusStats stats;
+  nlohmann::json fingerprint;              // what determines the training batches (stage fingerprints)
+};
+
+// The tokenizer named by data.tokenizer.path, else the teacher checkpoint's, else one trained
+// on the training corpus into OUTPUT/tokenizer (reused when present).
+Tokenizer resolve_tokenizer(const RunConfig& config);
+
+// Reads, tokenizes and splits the corpora; builds the training dataset and the evaluation batches.
+// `quiet` leaves the summary out of the log (child processes that each prepare the same data).
+PreparedData prepare_data(const RunConfig& config, Tokenizer tokenizer, bool quiet = false);
+
+// A model checkpoint's vocabulary must cover the tokenizer's with the same special ids.
+void check_vocabulary(const ModelConfig& model, const Tokenizer& tokenizer, const std::string& what);
+
+// The architecture of a from-scratch teacher (dense when dense_only).
+ModelConfig teacher_model_config(const RunConfig& config, int64_t vocab_size, bool dense_only);
+
+// Seed replica `i` of a run: its output directory (OUTPUT for the first, OUTPUT/seed-<i> for the
+// others) and model seed (seed + 1000 i); the data order stays the run's.
+RunConfig replica_config(const RunConfig& config, int64_t i);
+
+
+// The teacher: trained from scratch into OUTPUT/teacher, or teacher.path as it is.
+StageResult train_teacher(const RunConfig& config, const PreparedData& data, bool resume);
+
+// Steps of a baseline trained here: baseline.steps, else the teacher's steps (or the steps
+// teacher.trained_tokens takes at this batch size) plus the student's.
+int64_t baseline_steps(const RunConfig& config, const PreparedData& data);
+
+// The dense baseline: trained from scratch into OUTPUT/baseline, or baseline.path (trained on for
+// baseline.continue_steps into OUTPUT/baseline).
+StageResult train_baseline(const RunConfig& config, const PreparedData& data, bool resume);
+
+// The teacher's dense counterpart (the student's shape) trained from scratch for the teacher's
+// steps on the same batches into OUTPUT/dense: the Switch-vs-dense comparison at equal steps.
+StageResult train_dense_counterpart(const RunConfig& config, const PreparedData& data, bool resume);
+
+// The teacher a `distill distill` job uses: teacher.path, else the finished teacher stage.
+StageResult find_teacher(const RunConfig& config, const PreparedData& data);
+
+// Loads `teacher` frozen for distillation, with the configured evaluation capacity factor and dtype.
+Seq2SeqModel load_teacher(const RunConfig& config, const StageResult& teacher, const Tokenizer& tokenizer);
+
+// Builds, initialises and distills the student into OUTPUT/student. A student of a teacher trained
+// here continues in the data where the teacher's training stopped, so the baseline, trained over
+// the same stream for the teacher's and the student's steps, sees exactly the batches they saw.
+StageResult distill_student(const RunConfig& config, const PreparedData& data, const StageResult& teacher, bool resume);
+
+// A stage of one seed that still has to be trained, and the jobs (indices) it waits for.
+struct StageJob {
+  int64_t seed_index = 0;
+  std::string stage;          // teacher | baseline | student
+  std::vector<size_t> after;  // jobs that must finish first (a student waits for its teacher)
+  std::string dir;            // the stage's directory (jobs of several runs that share it are one)
+  std::string config_file;    // the run's resolved configuration; empty: the one run_stage_jobs is given
+};
+
+// Every stage of every seed that is not finished with its current settings, in dependency order:
+// of the experiment, or with `comparison` of the Switch-vs-dense comparison (teacher and dense).
+std::vector<StageJob> pending_stages(const RunConfig& config, const PreparedData& data, bool comparison = false);
+
+// Trains (or reuses) one stage (teacher, baseline, student or dense) of one seed: what a
+// `distill stage` child process does.
+StageResult run_stage(const RunConfig& config, const PreparedData& data, int64_t seed_index, const std::string& stage,
+                      bool resume);
+
+// Held-out evaluations kept across runs of one process (a sweep's runs share stages).
+using EvaluationCache = std::map<std::string, EvalResult>;
+
+// The whole experiment, every seed; writes OUTPUT/report.json and OUTPUT/report.md and returns the report.
+nlohmann::json run_experiment(const RunConfig& config, bool resume);
+// The same on `data` already prepared for `config` (a sweep prepares each distinct data set once).
+// `evaluations`, when given, is consulted and filled instead of a cache of this run's own.
+nlohmann::json run_experiment(const RunConfig& config, const PreparedData& data, bool resume,
+                              EvaluationCache* evaluations = nullptr);
+
+// Does the teacher earn its gap? Trains the Switch teacher and its dense counterpart for the same
+// steps on the same batches for every seed, evaluates both, and writes OUTPUT/compare.json and
+// OUTPUT/compare.md: the gap with its 95% interval, and the teacher's routing health.
+nlohmann::json run_comparison(const RunConfig& config, bool resume);
+
+// Takes OUTPUT for this process (OUTPUT/.lock: a second run into it is refused), starts logging to
+// the console and OUTPUT/distill.log, and writes OUTPUT/config.yaml.
+void open_run_directory(const RunConfig& config);
+
+}  // namespace distill

@@ -1,0 +1,246 @@
+#include "distill/training/teacher_target_file.h"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <spdlog/spdlog.h>
+#include <torch/torch.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "distill/evaluation/evaluate.h"
+#include "models/errors.h"
+
+namespace distill {
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+constexpr char kMagic[8] = {'D', 'S', 'T', 'L', 'S', 'T', 'G', '1'};
+constexpr uint64_t kMaxHeader = 1 << 20;
+
+uint64_t padded8(uint64_t n) { return (n + 7) & ~uint64_t{7}; }
+
+// The first field where `got` differs from `want`, as "key: got -> want"; empty when equal.
+std::string first_difference(const json& got, const json& want) {
+  for (auto it = want.begin(); it != want.end(); ++it) {
+    if (!got.contains(it.key())) return it.key() + ": missing";
+    if (got[it.key()] != it.value()) return it.key() + ": " + got[it.key()].dump() + " in the file, " + it.value().dump() + " now";
+  }
+  for (auto it = got.begin(); it != got.end(); ++it)
+    if (!want.contains(it.key())) return it.key() + ": not expected";
+  return "";
+}
+
+}  // namespace
+
+TeacherTargetFile::~TeacherTargetFile() {
+  if (data_) munmap(const_cast<uint8_t*>(data_), size_);
+}
+
+std::unique_ptr<TeacherTargetFile> TeacherTargetFile::open(const std::string& path, const json& expected) {
+  const auto fail = [&](const std::string& what) { return InputError(path + ": " + what); };
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw fail(std::string("cannot open the teacher's soft targets: ") + std::strerror(errno));
+  struct stat st {};
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    throw fail("not a regular file");
+  }
+  std::unique_ptr<TeacherTargetFile> f(new TeacherTargetFile());
+  f->path_ = path;
+  f->size_ = static_cast<uint64_t>(st.st_size);
+  if (f->size_ < 16) {
+    ::close(fd);
+    throw fail("too short for a soft-target file (truncated?)");
+  }
+  void* p = mmap(nullptr, f->size_, PROT_READ, MAP_PRIVATE, fd, 0);
+  ::close(fd);
+  if (p == MAP_FAILED) throw fail(std::string("cannot map: ") + std::strerror(errno));
+  f->data_ = static_cast<const uint8_t*>(p);
+  if (std::memcmp(f->data_, kMagic, 8) != 0) throw fail("not a distill soft-target file (bad magic)");
+  uint64_t header_len = 0;
+  std::memcpy(&header_len, f->data_ + 8, 8);
+  if (header_len > kMaxHeader || 16 + padded8(header_len) + 8 > f->size_) throw fail("header length out of range (damaged?)");
+  f->header_ = json::parse(f->data_ + 16, f->data_ + 16 + header_len, nullptr, /*allow_exceptions=*/false);
+  if (!f->header_.is_object()) throw fail("header is not JSON (damaged?)");
+  if (const auto diff = first_difference(f->header_, expected); !diff.empty()) {
+    throw fail("stale soft targets, made for other settings (" + diff + ")");
+  }
+  if (!f->header_["k"].is_number_integer() || f->header_["k"].get<int64_t>() < 1 || !f->header_["vocab_size"].is_number_integer()) {
+    throw fail("header lacks k or vocab_size");
+  }
+  f->k_ = f->header_["k"].get<int64_t>();
+  if (f->k_ > (1 << 20)) throw fail("k out of range (damaged?)");
+  f->wide_ids_ = f->header_["vocab_size"].get<int64_t>() > 65536;
+  const uint64_t table_at = 16 + padded8(header_len);
+  std::memcpy(&f->entries_, f->data_ + table_at, 8);
+  if (f->entries_ > (f->size_ - table_at - 8) / sizeof(Entry)) throw fail("entry table larger than the file (truncated?)");
+  f->table_ = f->data_ + table_at + 8;
+  const uint64_t payload_at = table_at + 8 + f->entries_ * sizeof(Entry);
+  const uint64_t id_bytes = f->wide_ids_ ? 4 : 2;
+  for (uint64_t i = 0; i < f->entries_; ++i) {
+    Entry e;
+    std::memcpy(&e, f->table_ + i * sizeof(Entry), sizeof(Entry));
+    if (!e.present) continue;
+    const uint64_t L = e.positions, k = static_cast<uint64_t>(f->k_);
+    const uint64_t bytes = ((L * k * id_bytes + 3) & ~uint64_t{3}) + L * k * 4 + L * 4;
+    if (e.offset < payload_at || e.offset % 4 != 0 || e.offset > f->size_ || bytes > f->size_ - e.offset || L > (1u << 24)) {
+      throw fail("example " + std::to_string(i) + "'s record lies outside the file (damaged?)");
+    }
+    ++f->examples_;
+  }
+  return f;
+}
+
+std::unique_ptr<TeacherTargetFile> TeacherTargetFile::open_or_build(const std::string& path, const json& expected,
+                                                                    const std::function<void()>& build) {
+  const std::string lock_path = path + ".lock";
+  const int fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) throw Error(lock_path + ": cannot create: " + std::strerror(errno));
+  struct Unlock {
+    int fd;
+    ~Unlock() { ::close(fd); }  // closing releases the flock
+  } unlock{fd};
+  while (::flock(fd, LOCK_EX) != 0) {
+    if (errno != EINTR) throw Error(lock_path + ": cannot lock: " + std::strerror(errno));
+  }
+  if (fs::exists(path)) {
+    try {
+      return open(path, expected);
+    } catch (const InputError& e) {
+      spdlog::warn("{}; computing them again", e.what());
+    }
+  }
+  build();
+  return open(path, expected);
+}
+
+const TeacherTargetFile::Entry* TeacherTargetFile::entry(uint32_t id) const {
+  if (id >= entries_) return nullptr;
+  return reinterpret_cast<const Entry*>(table_ + static_cast<uint64_t>(id) * sizeof(Entry));
+}
+
+SoftTargets TeacherTargetFile::targets(const Batch& batch, const std::function<at::Tensor()>& teacher_logits) {
+  const int64_t B = batch.labels.size(0), T = batch.labels.size(1), k = k_;
+  if (static_cast<int64_t>(batch.example_ids.size()) != B) throw Error(path_ + ": the batch does not carry its example ids");
+  const auto lengths = target_lengths(batch.labels);
+  bool complete = true;
+  for (int64_t row = 0; row < B; ++row) {
+    const Entry* e = entry(batch.example_ids[static_cast<size_t>(row)]);
+    complete = complete && e && e->present && static_cast<int64_t>(e->positions) == lengths[static_cast<size_t>(row)];
+  }
+  if (!complete) {  // outside the batches the file was made for: the teacher runs
+    ++misses_;
+    return top_k_soft_targets(teacher_logits(), k, header_["temperature"].get<double>());
+  }
+  ++hits_;
+  SoftTargets t = zero_targets(B, T, k);
+  auto* ids = t.ids.data_ptr<int64_t>();
+  auto* probs = t.probs.data_ptr<float>();
+  auto* rest = t.rest.data_ptr<float>();
+  for (int64_t row = 0; row < B; ++row) {
+    Entry e;
+    std::memcpy(&e, entry(batch.example_ids[static_cast<size_t>(row)]), sizeof(Entry));
+    const int64_t n = static_cast<int64_t>(e.positions) * k;
+    const uint8_t* p = data_ + e.offset;
+    for (int64_t j = 0; j < n; ++j) {
+      if (wide_ids_) {
+        int32_t v;
+        std::memcpy(&v, p + 4 * j, 4);
+        ids[row * T * k + j] = v;
+      } else {
+        uint16_t v;
+        std::memcpy(&v, p + 2 * j, 2);
+        ids[row * T * k + j] = v;
+      }
+    }
+    p = data_ + ((e.offset + static_cast<uint64_t>(n) * (wide_ids_ ? 4 : 2) + 3) & ~uint64_t{3});  // floats 4-aligned
+    std::memcpy(probs + row * T * k, p, static_cast<size_t>(n) * 4);
+    std::memcpy(rest + row * T, p + 4 * n, e.positions * 4);
+  }
+  return t;
+}
+
+double TeacherTargetFile::build(const std::string& path, const json& header, Seq2SeqModel& teacher,
+                                std::shared_ptr<const Dataset> data, DataPosition start, int64_t batches, int64_t vocab_size) {
+  const int64_t k = std::min<int64_t>(header.at("k").get<int64_t>(), vocab_size);
+  const double temperature = header.at("temperature").get<double>();
+  const bool wide = vocab_size > 65536;
+  std::vector<ExampleTargets> records;
+  int64_t positions = 0;
+  {
+    BatchStream stream(std::move(data), start);
+    c10::InferenceMode frozen;
+    for (int64_t i = 0; i < batches; ++i) {
+      const Batch b = stream.next().batch;
+      auto rows = split_rows(top_k_soft_targets(teacher->forward(model_inputs(b)).logits, k, temperature), b.labels);
+      for (size_t row = 0; row < b.example_ids.size(); ++row) {
+        const auto id = b.example_ids[row];
+        if (id >= records.size()) records.resize(id + 1);
+        // The first batch an example was met in; an example without targets is not stored.
+        if (!records[id].rest.empty() || rows[row].rest.empty()) continue;
+        positions += static_cast<int64_t>(rows[row].rest.size());
+        records[id] = std::move(rows[row]);
+      }
+    }
+  }
+  json h = header;
+  h["k"] = k;
+  h["vocab_size"] = vocab_size;
+  const std::string text = h.dump();
+  const std::string tmp = path + ".tmp-" + std::to_string(::getpid());
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) throw Error(tmp + ": cannot write the teacher's soft targets");
+    const auto put = [&](const void* p, size_t n) { out.write(static_cast<const char*>(p), static_cast<std::streamsize>(n)); };
+    const uint64_t header_len = text.size(), entries = records.size();
+    put(kMagic, 8);
+    put(&header_len, 8);
+    put(text.data(), text.size());
+    const std::string zeros(8, '\0');
+    put(zeros.data(), padded8(header_len) - header_len);
+    put(&entries, 8);
+    uint64_t offset = 16 + padded8(header_len) + 8 + entries * sizeof(Entry);
+    const uint64_t id_bytes = wide ? 4 : 2;
+    for (const auto& r : records) {
+      Entry e{0, 0, 0};
+      if (!r.rest.empty()) {
+        e = {offset, static_cast<uint32_t>(r.rest.size()), 1};
+        const uint64_t n = r.ids.size();
+        offset += n * id_bytes;
+        offset = (offset + 3) & ~uint64_t{3};  // floats 4-aligned
+        offset += n * 4 + r.rest.size() * 4;
+      }
+      put(&e, sizeof(e));
+    }
+    for (const auto& r : records) {
+      if (r.rest.empty()) continue;
+      if (wide) {
+        put(r.ids.data(), r.ids.size() * 4);
+      } else {
+        std::vector<uint16_t> narrow(r.ids.begin(), r.ids.end());
+        put(narrow.data(), narrow.size() * 2);
+        put(zeros.data(), (4 - (narrow.size() * 2) % 4) % 4);
+      }
+      put(r.probs.data(), r.probs.size() * 4);
+      put(r.rest.data(), r.rest.size() * 4);
+    }
+    out.flush();
+    if (!out) {
+      fs::remove(tmp);
+      throw Error(tmp + ": writing the teacher's soft targets failed (disk full?)");
+    }
+  }
+  fs::rename(tmp, path);
+  return positions > 0 ? static_cast<double>(fs::file_size(path)) / static_cast<double>(positions) : 0.0;
+}
+
+}  // namespace distill
