@@ -321,6 +321,26 @@ TEST(E2eJobs, AFailedStageProcessIsOneClearErrorNamingTheStage) {
   EXPECT_FALSE(fs::exists(dir.file("run/report.json")));
 }
 
+TEST(E2eJobs, StageProcessesRunTheParentsBinaryEvenWhenItsFileIsGone) {
+  // Rebuilding distill during a run replaced the file its path names; stage processes started
+  // from that path then exited 127. They run the parent's own image now.
+  ASSERT_TRUE(have_sotu());
+  test::TempDir dir;
+  fs::copy_file(DISTILL_BINARY, dir.file("distill-copy"));
+  fs::permissions(dir.file("distill-copy"), fs::perms::owner_exec, fs::perm_options::add);
+  const std::string script = "cd " + std::string(DISTILL_SOURCE_DIR) + " && (" + dir.file("distill-copy") +
+                             " --threads 2 run configs/tiny.yaml --output " + dir.file("run") +
+                             " --set training.steps=10 --set parallel_stages=2 2>" + dir.file("err") +
+                             " & p=$!; for i in $(seq 600); do grep -q 'SentencePiece tokenizer' " + dir.file("err") +
+                             " && break; sleep 0.02; done; rm " + dir.file("distill-copy") + "; wait $p; echo $? >" +
+                             dir.file("code") + ")";
+  ASSERT_EQ(std::system(script.c_str()), 0);
+  const std::string err = read_text_file(dir.file("err"));
+  ASSERT_NE(err.find("SentencePiece tokenizer"), std::string::npos) << err;  // the file went before any stage started
+  EXPECT_EQ(read_text_file(dir.file("code")), "0\n") << err;
+  EXPECT_TRUE(fs::exists(dir.file("run/report.json"))) << err;
+}
+
 TEST(E2eJobs, DivergenceLeavesOnlyFiniteCheckpoints) {
   // Issue 13, class 3: a huge learning rate; every step is checkpointed until training diverges.
   // Whatever was written must be finite (the gradient is checked before the update, the state before

@@ -17,7 +17,7 @@ pid_t spawn_self(const std::vector<std::string>& args, const SpawnOptions& o, co
   std::error_code ec;
   const std::string exe = std::filesystem::read_symlink("/proc/self/exe", ec).string();
   if (ec) throw Error("cannot find this executable (/proc/self/exe) to start " + what + ": " + ec.message());
-  std::vector<std::string> argv_s{exe};
+  std::vector<std::string> argv_s{exe};  // the name it shows; what runs is /proc/self/exe (below)
   argv_s.insert(argv_s.end(), args.begin(), args.end());
   std::vector<std::string> env_s;
   for (char** e = environ; *e; ++e) {
@@ -42,7 +42,11 @@ pid_t spawn_self(const std::vector<std::string>& args, const SpawnOptions& o, co
     }
     if (o.close_fd >= 0) close(o.close_fd);
     if (o.stderr_fd >= 0) close(o.stderr_fd);
-    execve(argv[0], argv.data(), envp.data());
+    // This very image, even when the file was rebuilt or removed since the run started (its path
+    // then names a new binary, or nothing): a run never mixes two builds.
+    execve("/proc/self/exe", argv.data(), envp.data());
+    static const char msg[] = "distill: cannot execute /proc/self/exe for a child process\n";
+    (void)!write(STDERR_FILENO, msg, sizeof msg - 1);
     _exit(127);
   }
   return pid;
