@@ -15,6 +15,7 @@
 #include "models/arch/seq2seq.h"
 #include "models/arch/switch_moe.h"
 #include "models/io/checkpoint.h"
+#include "models/kernels/attention_core.h"
 #include "models/kernels/mixed_precision.h"
 #include "models/kernels/projection.h"
 #include "models/kernels/sgemm.h"
@@ -93,6 +94,50 @@ TEST(Bf16Projection, ForwardAndGradientsAreProductsOfRoundedOperands) {
   // Outside the scope the same call is float32 again.
   EXPECT_FALSE(bf16_products_active());
   EXPECT_LT(relative_error(project(x, w1).detach(), x.detach().matmul(w1.detach().t())), 1e-5);
+}
+
+TEST(Bf16Attention, ProductsReadRoundedOperandsAndSoftmaxStaysFloat32) {
+  torch::manual_seed(4);
+  const int64_t B = 1, H = 2, T = 64, S = 1024, Dk = 64;  // T * S * Dk = 2^22: a head where bf16 pays
+  // q and k, v as the model makes them: heads split from [B, L, H*Dk] (strided views).
+  auto qf = torch::randn({B, T, H * Dk}).requires_grad_(true), kf = torch::randn({B, S, H * Dk}).requires_grad_(true),
+       vf = torch::randn({B, S, H * Dk}).requires_grad_(true);
+  auto bias = torch::randn({1, H, T, S}).requires_grad_(true);
+  const auto heads = [&](const torch::Tensor& t) { return t.view({B, -1, H, Dk}).transpose(1, 2); };  // [B, H, L, Dk]
+  auto g = torch::randn({B, T, H * Dk});
+  torch::Tensor y;
+  {
+    Bf16Products amp(true);
+    y = attention_core(heads(qf), heads(kf), heads(vf), bias, 0.0);  // [B, T, H*Dk]
+  }
+  (y * g).sum().backward();  // outside the scope, as the trainer does: backward multiplies as forward did
+  // The same arithmetic by hand: every product of rounded operands, the rest float32.
+  const auto q = heads(qf).detach(), k = heads(kf).detach(), v = heads(vf).detach();
+  const auto p = torch::softmax(rounded(q).matmul(rounded(k).transpose(2, 3)) + bias.detach(), -1);  // [B, H, T, S]
+  const auto ctx = rounded(p).matmul(rounded(v));                                                  // [B, H, T, Dk]
+  EXPECT_LT(relative_error(y.detach(), ctx.transpose(1, 2).reshape({B, T, H * Dk})), 1e-5);
+  const auto gctx = heads(g);
+  const auto gv = rounded(p).transpose(2, 3).matmul(rounded(gctx));
+  const auto dp = rounded(gctx).matmul(rounded(v).transpose(2, 3));
+  const auto ds = p * (dp - (dp * p).sum(-1, true));
+  const auto gq = rounded(ds).matmul(rounded(k)), gk = rounded(ds).transpose(2, 3).matmul(rounded(q));
+  const auto merged = [&](const torch::Tensor& t) { return t.transpose(1, 2).reshape({B, -1, H * Dk}); };
+  EXPECT_LT(relative_error(qf.grad(), merged(gq)), 1e-5);
+  EXPECT_LT(relative_error(kf.grad(), merged(gk)), 1e-5);
+  EXPECT_LT(relative_error(vf.grad(), merged(gv)), 1e-5);
+  EXPECT_LT(relative_error(bias.grad(), ds.sum(0, true)), 1e-5);
+  // And within bf16 rounding of the float32 core.
+  const auto f32 = attention_core(q, k, v, bias.detach(), 0.0);
+  EXPECT_LT(norm_error(y.detach(), f32), 0.01);
+}
+
+TEST(Bf16Attention, SmallHeadsStayFloat32) {
+  torch::manual_seed(5);
+  auto q = torch::randn({2, 3, 32, 64}), k = torch::randn({2, 3, 128, 64}), v = torch::randn({2, 3, 128, 64});
+  auto bias = torch::randn({1, 3, 32, 128});
+  const auto f32 = attention_core(q, k, v, bias, 0.0);
+  Bf16Products amp(true);
+  EXPECT_TRUE(torch::equal(attention_core(q, k, v, bias, 0.0), f32));  // 32 x 128 x 64: bf16 would cost more than it saves
 }
 
 TEST(Bf16Copies, AreMadeOncePerVersionOfTheWeight) {

@@ -18,6 +18,35 @@ namespace {
 
 using blas::Op;
 
+// The products of one (batch, head) task: float32 sgemm, or, under bf16 products, both operands
+// rounded to bf16 (into this task's scratch) and multiplied with float32 accumulation; scores,
+// softmax, dropout and every result stay float32.
+class HeadProducts {
+ public:
+  explicit HeadProducts(bool bf16) : bf16_(bf16) {}
+  // C [m, n] = op(A) op(B): A stored [m, k] (Op::N) or [k, m] (Op::T) with row stride lda, B likewise.
+  void operator()(Op oa, Op ob, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
+                  float* c, int64_t ldc) {
+    if (!bf16_) {
+      blas::sgemm(oa, ob, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
+      return;
+    }
+    const int64_t ac = oa == Op::N ? k : m, bc = ob == Op::N ? n : k;
+    const uint16_t* a16 = rounded(a_, a, oa == Op::N ? m : k, ac, lda);
+    const uint16_t* b16 = rounded(b_, b, ob == Op::N ? k : n, bc, ldb);
+    blas::gemm_bf16(oa, ob, m, n, k, 1.0f, a16, ac, b16, bc, 0.0f, c, ldc);
+  }
+
+ private:
+  static const uint16_t* rounded(std::vector<uint16_t>& buf, const float* src, int64_t rows, int64_t cols, int64_t ld) {
+    buf.resize(static_cast<size_t>(rows * cols));
+    for (int64_t r = 0; r < rows; ++r) rows::to_bf16(buf.data() + r * cols, src + r * ld, cols);
+    return buf.data();
+  }
+  bool bf16_;
+  std::vector<uint16_t> a_, b_;
+};
+
 // A [B, H, L, Dk] float32 view with unit last stride: where head (b, h) starts and its row stride.
 struct Heads {
   float* data;
@@ -32,6 +61,10 @@ Heads heads_of(at::Tensor& t) {
 
 struct Shape {
   int64_t B, H, T, S, Dk;
+  // Where bf16 products pay for a head: oneDNN's bf16 gemm costs tens of microseconds per call
+  // beyond its arithmetic, so small heads lose (d256's T, S <= 128, Dk 64: the student step 1.31x
+  // slower in bf16) and large ones win (base8's encoder, 512 x 512 x 64: the step 0.90x).
+  bool bf16_pays() const { return T * S * Dk >= (int64_t{1} << 22); }
 };
 
 // The bias as a [B, H, T, S] view with unit last stride; broadcast dimensions get stride 0.
@@ -44,7 +77,7 @@ at::Tensor bias_view(const at::Tensor& bias, const Shape& s) {
 // Forward of the float32 path. probs [B, H, T, S] receives the softmax before dropout (saved for
 // backward); the result is the context [B, T, H*Dk].
 at::Tensor forward_sgemm(const Heads& q, const Heads& k, const Heads& v, const at::Tensor& bias, const Shape& s,
-                         uint64_t seed, double dropout, at::Tensor& probs) {
+                         uint64_t seed, double dropout, bool bf16, at::Tensor& probs) {
   const auto [B, H, T, S, Dk] = s;
   const int64_t I = H * Dk;
   probs = at::empty({B, H, T, S}, at::kFloat);
@@ -57,10 +90,11 @@ at::Tensor forward_sgemm(const Heads& q, const Heads& k, const Heads& v, const a
   const float scale_kept = dropout_scale(dropout);
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> dropped(dropout > 0 ? static_cast<size_t>(T * S) : 0), mask(dropped.size());
+    HeadProducts mm(bf16 && s.bf16_pays());
     for (int64_t n = begin; n < end; ++n) {
       const int64_t b = n / H, h = n % H;
       float* p = pp + n * T * S;  // [T, S]
-      blas::sgemm(Op::N, Op::T, T, S, Dk, 1.0f, q.at(b, h), q.ld, k.at(b, h), k.ld, 0.0f, p, S);  // scores [T, S]
+      mm(Op::N, Op::T, T, S, Dk, q.at(b, h), q.ld, k.at(b, h), k.ld, p, S);  // scores [T, S]
       for (int64_t t = 0; t < T; ++t) {
         float* row = p + t * S;
         const float mx = rows::add_bias_max(row, pbias ? pbias + b * bb + h * bh + t * bt : nullptr, S);
@@ -76,8 +110,7 @@ at::Tensor forward_sgemm(const Heads& q, const Heads& k, const Heads& v, const a
         rows::multiply(dropped.data(), p, mask.data(), T * S);
         used = dropped.data();
       }
-      blas::sgemm(Op::N, Op::N, T, Dk, S, 1.0f, used, S, v.at(b, h), v.ld, 0.0f, pc + b * T * I + h * Dk,
-                  I);  // [T, Dk]
+      mm(Op::N, Op::N, T, Dk, S, used, S, v.at(b, h), v.ld, pc + b * T * I + h * Dk, I);  // [T, Dk]
     }
   });
   return ctx;
@@ -89,7 +122,7 @@ struct Grads {
 };
 
 Grads backward_sgemm(const at::Tensor& grad_in, const Heads& q, const Heads& k, const Heads& v, const at::Tensor& probs,
-                     const Shape& s, uint64_t seed, double dropout, bool want_scores) {
+                     const Shape& s, uint64_t seed, double dropout, bool bf16, bool want_scores) {
   const auto [B, H, T, S, Dk] = s;
   const int64_t I = H * Dk;
   const auto grad = grad_in.contiguous();  // [B, T, H*Dk]
@@ -104,6 +137,7 @@ Grads backward_sgemm(const at::Tensor& grad_in, const Heads& q, const Heads& k, 
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> work(static_cast<size_t>(T * S)), local(pgs ? 0 : static_cast<size_t>(T * S));
     std::vector<float> mask(dropout > 0 ? static_cast<size_t>(T * S) : 0);
+    HeadProducts mm(bf16 && s.bf16_pays());
     for (int64_t n = begin; n < end; ++n) {
       const int64_t b = n / H, h = n % H, base = n * T * S;
       const float* p = pp + base;                   // [T, S] softmax
@@ -116,9 +150,9 @@ Grads backward_sgemm(const at::Tensor& grad_in, const Heads& q, const Heads& k, 
         rows::multiply(w, p, mask.data(), T * S);
         used = w;
       }
-      blas::sgemm(Op::T, Op::N, S, Dk, T, 1.0f, used, S, gctx, I, 0.0f, pgv + b * S * I + h * Dk, I);  // [S, Dk]
+      mm(Op::T, Op::N, S, Dk, T, used, S, gctx, I, pgv + b * S * I + h * Dk, I);  // [S, Dk]
       // dP = dctx V^T, back through dropout.
-      blas::sgemm(Op::N, Op::T, T, S, Dk, 1.0f, gctx, I, v.at(b, h), v.ld, 0.0f, w, S);  // [T, S]
+      mm(Op::N, Op::T, T, S, Dk, gctx, I, v.at(b, h), v.ld, w, S);  // [T, S]
       if (dropout > 0) rows::multiply(w, w, mask.data(), T * S);
       // Softmax backward: dscores = P * (dP - rowsum(dP * P)).
       float* ds = pgs ? pgs + base : local.data();
@@ -127,10 +161,8 @@ Grads backward_sgemm(const at::Tensor& grad_in, const Heads& q, const Heads& k, 
         const float* wr = w + t * S;
         rows::softmax_backward(ds + t * S, pr, wr, rows::dot(wr, pr, S), S);
       }
-      blas::sgemm(Op::N, Op::N, T, Dk, S, 1.0f, ds, S, k.at(b, h), k.ld, 0.0f, pgq + b * T * I + h * Dk,
-                  I);  // dQ [T, Dk]
-      blas::sgemm(Op::T, Op::N, S, Dk, T, 1.0f, ds, S, q.at(b, h), q.ld, 0.0f, pgk + b * S * I + h * Dk,
-                  I);  // dK [S, Dk]
+      mm(Op::N, Op::N, T, Dk, S, ds, S, k.at(b, h), k.ld, pgq + b * T * I + h * Dk, I);  // dQ [T, Dk]
+      mm(Op::T, Op::N, S, Dk, T, ds, S, q.at(b, h), q.ld, pgk + b * S * I + h * Dk, I);  // dK [S, Dk]
     }
   });
   out.q = gq.transpose(1, 2);
@@ -160,9 +192,11 @@ struct AttentionCoreFunction : public torch::autograd::Function<AttentionCoreFun
     const Heads hq = heads_of(q), hk = heads_of(k), hv = heads_of(v);
     const uint64_t seed = dropout > 0 ? dropout_seed() : 0;
     at::Tensor probs;
-    auto out = forward_sgemm(hq, hk, hv, bias, s, seed, dropout, probs);
+    const bool bf16 = bf16_products_active();  // backward multiplies as forward did
+    auto out = forward_sgemm(hq, hk, hv, bias, s, seed, dropout, bf16, probs);
     ctx->save_for_backward({q, k, v, probs});
     ctx->saved_data["seed"] = seed_as_int(seed);
+    ctx->saved_data["bf16"] = bf16;
     ctx->saved_data["dropout"] = dropout;
     ctx->saved_data["bias_sizes"] = bias_in.defined() ? c10::IValue(bias_in.sizes().vec()) : c10::IValue();
     return out;
@@ -176,7 +210,7 @@ struct AttentionCoreFunction : public torch::autograd::Function<AttentionCoreFun
     const Heads hq = heads_of(q), hk = heads_of(k), hv = heads_of(v);
     const bool want_bias = ctx->needs_input_grad(3);
     auto g = backward_sgemm(grads[0], hq, hk, hv, probs, s, seed_from_int(ctx->saved_data["seed"].toInt()),
-                            ctx->saved_data["dropout"].toDouble(), want_bias);
+                            ctx->saved_data["dropout"].toDouble(), ctx->saved_data["bf16"].toBool(), want_bias);
     at::Tensor gbias;
     if (want_bias) gbias = at::sum_to(g.scores, ctx->saved_data["bias_sizes"].toIntVector());
     return {g.q, g.k, g.v, gbias, at::Tensor()};
@@ -200,7 +234,7 @@ at::Tensor attention_core(const at::Tensor& q, const at::Tensor& k, const at::Te
   at::Tensor qq = q, kk = k, vv = v, probs;
   const Shape s{q.size(0), q.size(1), q.size(2), k.size(2), q.size(3)};
   return forward_sgemm(heads_of(qq), heads_of(kk), heads_of(vv), bias_view(bias, s), s, dropout > 0 ? dropout_seed() : 0,
-                       dropout, probs);
+                       dropout, bf16_products_active(), probs);
 }
 
 at::Tensor attention_core_reference(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias,

@@ -12,8 +12,11 @@ namespace distill {
 
 // q [B, H, T, Dk], k and v [B, H, S, Dk] (any strides), bias broadcastable to [B, H, T, S]
 // (may require grad). T5 does not scale the scores. Dropout p applies to the probabilities.
-// Returns the context [B, T, H * Dk], heads side by side. Float32 under Bf16Products too (its
-// products are small: T x S x Dk per head); other dtypes and devices take the equivalent ATen ops.
+// Returns the context [B, T, H * Dk], heads side by side. Under Bf16Products, when a head's
+// product is large enough to pay (T * S * Dk >= 2^22, e.g. 512 x 512 x 64), its products forward
+// and backward read bf16-rounded operands with float32 accumulation, as the projections do; scores,
+// bias, softmax, dropout and the saved probabilities stay float32. Smaller heads stay float32.
+// Other dtypes and devices take the equivalent ATen ops.
 at::Tensor attention_core(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias,
                           double dropout);
 
