@@ -52,6 +52,12 @@ std::vector<std::vector<at::Tensor>> buckets(const std::vector<at::Tensor>& tens
   return out;
 }
 
+// What an exception says, without the C++ backtrace a c10::Error carries.
+std::string message_of(const std::exception& e) {
+  if (auto* c = dynamic_cast<const c10::Error*>(&e)) return c->what_without_backtrace();
+  return e.what();
+}
+
 // A connection to the job's TCPStore. torchrun's agent serves it when TORCHELASTIC_USE_AGENT_STORE
 // is set, under the restart's prefix (as torch.distributed's env:// rendezvous does); else rank 0.
 c10::intrusive_ptr<c10d::Store> connect_store(const WorldEnv& env, bool counted) {
@@ -114,8 +120,7 @@ class Liveness {
         for (size_t r = 0; r < seen.size(); ++r) seen[r] = store_->add(key(r), 0);  // add 0: read, never block
       } catch (const std::exception& e) {
         std::lock_guard<std::mutex> l(mu_);
-        store_error_ = e.what();
-        if (auto* c = dynamic_cast<const c10::Error*>(&e)) store_error_ = c->what_without_backtrace();
+        store_error_ = message_of(e);
         return;  // the connection is gone for good: store_ok_ ages from here
       }
       std::unique_lock<std::mutex> l(mu_);
@@ -212,8 +217,7 @@ std::string stopped_ranks(const WorldEnv& env, const Liveness& live, const std::
 }  // namespace
 
 void Collective::fail(const std::string& op, const std::exception& e) const {
-  std::string msg = e.what();
-  if (auto* c = dynamic_cast<const c10::Error*>(&e)) msg = c->what_without_backtrace();
+  const std::string msg = message_of(e);
   // A dead peer shows first as a broken connection; its heartbeat tells which rank it was within a
   // few beats. A rank whose heartbeat goes on is alive but did not take part in time.
   std::string who;
