@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include "models/arch/generate.h"
+#include "models/arch/routing.h"
 #include "models/errors.h"
 #include "models/io/checkpoint.h"
 #include "tests/test_util.h"
@@ -108,6 +109,59 @@ TEST(Decoding, RowsLeavingTheBatchChangeNoOtherRow) {
   auto ended = (a == model->config().eos_token_id).to(torch::kLong).argmax(1);
   EXPECT_GT(ended.max().item<int64_t>(), ended.min().item<int64_t>()) << a;
   EXPECT_TRUE((a == model->config().eos_token_id).any(1).any().item<bool>()) << a;
+}
+
+// A decoding step routes one token per row, all at the same position, so a per-batch capacity would
+// drop tokens by batch composition: generation keeps every token. The Switch fixture rebuilt with
+// a capacity that binds (factor 0.25: teacher forcing drops tokens) decodes exactly what it decodes
+// with capacity to spare, and each row alone decodes what it decodes in the batch.
+TEST(Decoding, SparseLayersKeepEveryTokenWhileDecoding) {
+  auto roomy = load_model(test::fixture("switch-tiny-4"));
+  auto config = roomy->config();
+  config.capacity_mode = CapacityMode::kFactor;
+  config.capacity_factor_eval = 0.25;
+  Seq2SeqModel tight(config);
+  {
+    std::map<std::string, at::Tensor> state;
+    for (const auto& [name, t] : model_state(roomy)) state[name] = t;
+    load_state(tight, state, "switch-tiny-4");
+  }
+  tight->eval();
+  auto [ids, mask] = padded_inputs(config.vocab_size, 5);
+  {
+    torch::NoGradGuard ng;
+    Seq2SeqInputs in;
+    in.input_ids = ids;
+    in.attention_mask = mask;
+    in.decoder_input_ids = torch::zeros({5, 6}, torch::kLong);
+    auto out = tight->forward(in);
+    bool dropped = false;
+    for (const auto& [layer, r] : out.routing) dropped = dropped || !r.top_kept.all().item<bool>();
+    EXPECT_TRUE(dropped) << "capacity factor 0.25 should drop tokens in a forward pass";
+  }
+  auto [a, b] = both_ways(tight, ids, mask);
+  EXPECT_TRUE(torch::equal(a, b)) << a << "\nwithout the cache\n" << b;
+  EXPECT_TRUE(torch::equal(a, both_ways(roomy, ids, mask).first));
+  for (int64_t r = 0; r < ids.size(0); ++r) {
+    auto alone = both_ways(tight, ids.narrow(0, r, 1), mask.narrow(0, r, 1)).first;
+    EXPECT_TRUE(torch::equal(alone, a.narrow(0, r, 1).narrow(1, 0, alone.size(1)))) << "row " << r;
+  }
+}
+
+TEST(Decoding, DroplessRoutingLiftsTheEvaluationCapacityOnly) {
+  RoutingOptions o;
+  o.num_experts = 4;
+  o.top_k = 1;
+  o.capacity_mode = CapacityMode::kFactor;
+  o.capacity_factor_train = 1.0;
+  o.capacity_factor_eval = 1.0;
+  EXPECT_EQ(expert_capacity_for(o, 40, /*training=*/false), 10);
+  {
+    DroplessRouting scope;
+    EXPECT_EQ(expert_capacity_for(o, 40, /*training=*/false), 40);
+    EXPECT_EQ(expert_capacity_for(o, 40, /*training=*/true), 10);
+  }
+  EXPECT_EQ(expert_capacity_for(o, 40, /*training=*/false), 10);
 }
 
 }  // namespace

@@ -4,6 +4,8 @@
 
 #include <limits>
 
+#include "models/arch/routing.h"
+
 namespace distill {
 namespace {
 
@@ -83,6 +85,7 @@ at::Tensor generate_with_cache(Seq2SeqModel& model, const at::Tensor& input_ids,
 at::Tensor greedy_generate(Seq2SeqModel& model, const at::Tensor& input_ids, const at::Tensor& attention_mask,
                            const GenerateOptions& options) {
   torch::NoGradGuard no_grad;
+  DroplessRouting keep_every_token;
   const bool was_training = model->is_training();
   model->eval();
   auto out = options.use_cache ? generate_with_cache(model, input_ids, attention_mask, options)

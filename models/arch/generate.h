@@ -18,8 +18,9 @@ struct GenerateOptions {
 
 // input_ids [B, S], attention_mask [B, S] or undefined -> [B, 1 + n] beginning with the decoder
 // start token; a sequence that emitted EOS is padded with the pad id; stops early when all did.
-// With the cache, finished sequences leave the batch, so later steps only decode the rest; a
-// sparse decoder layer's capacity then applies to the sequences still decoding.
+// With the cache, finished sequences leave the batch, so later steps only decode the rest. Sparse
+// layers keep every token (DroplessRouting): a sequence's output does not depend on the others in
+// its batch, and the cache gives the same tokens as re-running the decoder.
 at::Tensor greedy_generate(Seq2SeqModel& model, const at::Tensor& input_ids, const at::Tensor& attention_mask,
                            const GenerateOptions& options = {});
 

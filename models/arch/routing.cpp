@@ -7,7 +7,15 @@
 
 namespace distill {
 
+namespace {
+thread_local bool dropless = false;
+}  // namespace
+
+DroplessRouting::DroplessRouting() : previous_(dropless) { dropless = true; }
+DroplessRouting::~DroplessRouting() { dropless = previous_; }
+
 int64_t expert_capacity_for(const RoutingOptions& o, int64_t tokens, bool training) {
+  if (!training && dropless) return std::max<int64_t>(1, tokens);
   if (o.capacity_mode == CapacityMode::kFixed) return o.expert_capacity;
   const double factor = training ? o.capacity_factor_train : o.capacity_factor_eval;
   const double assignments = static_cast<double>(tokens * o.top_k);

@@ -89,7 +89,8 @@ class T5StackImpl : public torch::nn::Module {
 
   // Decoder only, eval only: embeds [B, T, D] of the next T positions after the cache's -> the
   // final-norm output [B, T, D]; the cache grows by T. A sparse layer routes each step's B x T
-  // tokens as one batch (its capacity is over them), as Hugging Face's and T5X's decoding do.
+  // tokens as one batch (its capacity is over them, unless a DroplessRouting scope is open, as
+  // greedy_generate's is).
   torch::Tensor forward_step(const torch::Tensor& embeds, const torch::Tensor& memory, const torch::Tensor& memory_mask,
                              DecoderCache& cache);
 
