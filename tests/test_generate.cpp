@@ -121,11 +121,7 @@ TEST(Decoding, SparseLayersKeepEveryTokenWhileDecoding) {
   config.capacity_mode = CapacityMode::kFactor;
   config.capacity_factor_eval = 0.25;
   Seq2SeqModel tight(config);
-  {
-    std::map<std::string, at::Tensor> state;
-    for (const auto& [name, t] : model_state(roomy)) state[name] = t;
-    load_state(tight, state, "switch-tiny-4");
-  }
+  load_state(tight, test::load_fixture_tensors("switch-tiny-4/model.safetensors"), "switch-tiny-4");
   tight->eval();
   auto [ids, mask] = padded_inputs(config.vocab_size, 5);
   {

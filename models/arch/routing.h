@@ -77,5 +77,4 @@ class DroplessRouting {
   bool previous_;
 };
 
-
 }  // namespace distill
