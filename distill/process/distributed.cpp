@@ -93,15 +93,17 @@ class Liveness {
     thread_.join();
   }
 
-  // The other ranks whose counter has not moved for `age` (kStore first when the store has not
-  // answered for that long: then nobody's counter can be read).
+  // The other ranks whose counter had not moved for `age` when the store last answered, kStore
+  // first when the store's connection broke or it has not answered for `age`. A rank is judged by
+  // the store's clock, not the wall's: when the store's host dies, its counter stops a beat before
+  // the store's connection reports the error, and naming the host rank then would blame a rank
+  // for what is the store's loss (nobody's counter can be read without it).
   std::vector<int> silent(Clock::duration age) const {
     std::lock_guard<std::mutex> l(mu_);
-    const auto now = Clock::now();
     std::vector<int> out;
-    if (now - store_ok_ > age) out.push_back(kStore);
+    if (!store_error_.empty() || Clock::now() - store_ok_ > age) out.push_back(kStore);
     for (size_t r = 0; r < moved_.size(); ++r)
-      if (static_cast<int>(r) != rank_ && now - moved_[r] > age) out.push_back(static_cast<int>(r));
+      if (static_cast<int>(r) != rank_ && store_ok_ - moved_[r] > age) out.push_back(static_cast<int>(r));
     return out;
   }
   std::string store_error() const {
