@@ -279,6 +279,42 @@ TEST(E2eInterrupt, CtrlCStopsEveryStageProcessAndResumeFinishesTheRun) {
   EXPECT_EQ(r["baseline"]["budget"]["steps"], 300);  // the teacher's 150 plus the student's 150
 }
 
+// student.schedule: continue reads the schedule on from the teacher's last step, so every step of
+// the student's path has the learning rate of the baseline's step at the same place in the data.
+TEST(E2eRun, AStudentContinuingItsTeachersScheduleHasTheBaselinesLearningRate) {
+  ASSERT_TRUE(have_sotu());
+  test::TempDir dir;
+  std::string out, err;
+  const std::string common = " --set training.log_interval=1 --set training.schedule.name=inverse_sqrt";
+  ASSERT_EQ(run_distill("run configs/tiny.yaml --output " + dir.file("run") + common + " --set student.schedule=continue", &out, &err), 0)
+      << err;
+  auto lr_by_step = [&](const std::string& stage) {
+    std::map<int64_t, double> lr;
+    std::ifstream in(dir.file("run/" + stage + "/metrics.jsonl"));
+    for (std::string line; std::getline(in, line);) {
+      const auto m = json::parse(line);
+      if (m.contains("lr")) lr[m["step"].get<int64_t>()] = m["lr"].get<double>();
+    }
+    return lr;
+  };
+  const auto teacher = lr_by_step("teacher"), baseline = lr_by_step("baseline"), student = lr_by_step("student");
+  ASSERT_FALSE(teacher.empty());
+  ASSERT_FALSE(student.empty());
+  const int64_t offset = teacher.rbegin()->first;
+  for (const auto& [step, lr] : student) {
+    ASSERT_TRUE(baseline.count(offset + step)) << step;
+    EXPECT_DOUBLE_EQ(lr, baseline.at(offset + step)) << "student step " << step;
+  }
+  // restart (the default) warms up again: its first step's rate is not the baseline's there.
+  ASSERT_EQ(run_distill("run configs/tiny.yaml --output " + dir.file("run") + common, &out, &err), 0) << err;
+  const auto restarted = lr_by_step("student");
+  EXPECT_LT(restarted.begin()->second, baseline.at(offset + restarted.begin()->first));
+  // A given teacher's schedule is unknown.
+  EXPECT_EQ(run_distill("run configs/tiny.yaml --output " + dir.file("other") + " --set student.schedule=continue --set teacher.path=" +
+                            dir.file("run/teacher/model"), &out, &err), 1);
+  EXPECT_NE(err.find("student.schedule = continue needs a teacher trained or fine-tuned here"), std::string::npos) << err;
+}
+
 TEST(E2eCompare, TeacherAgainstItsDenseCounterpartAtEqualSteps) {
   ASSERT_TRUE(have_sotu());
   test::TempDir dir;

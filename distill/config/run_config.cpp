@@ -165,6 +165,7 @@ void visit(V& v, StudentConfig& c) {
   v.field("d_ff", c.d_ff);
   v.field("top_k", c.top_k);
   v.field("weighting", c.weighting);
+  v.field("schedule", c.schedule);
 }
 
 template <class V>
@@ -590,6 +591,10 @@ void check(ReadContext& ctx, const RunConfig& r) {
   c.one_of(s.init, "student.init", {"fresh", "mean", "router_weighted", "top_expert", "concat_top_k", "merge_aligned"});
   c.need(s.top_k >= 1 && s.top_k <= 4096, "student.top_k", "must be in [1, 4096]");
   c.one_of(s.weighting, "student.weighting", {"frequency", "plain"});
+  c.one_of(s.schedule, "student.schedule", {"restart", "continue"});
+  if (s.schedule == "continue")
+    c.need(t.path.empty(), "student.schedule",
+           "= continue needs a teacher trained or fine-tuned here (teacher.path's schedule is unknown); use restart");
   if (s.init == "concat_top_k" && t.path.empty() && a.num_experts > 0) {
     c.need(s.top_k <= a.num_experts, "student.top_k", "must be <= teacher.model.num_experts");
     if (s.d_ff) {

@@ -157,6 +157,9 @@ struct StudentConfig {
   int64_t top_k = 2;                  // concat_top_k: the most-routed experts concatenated per layer
   std::string weighting = "frequency";  // concat_top_k: the experts' outputs mixed by routed frequency
                                         // (renormalised over the k) | plain (equal shares)
+  std::string schedule = "restart";   // learning-rate schedule: restart (a fresh run's, warm-up included:
+                                      // the paper's) | continue (from the teacher's last step, so the
+                                      // student's whole path has the baseline's schedule)
 };
 
 struct DistillationConfig {

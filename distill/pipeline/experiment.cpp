@@ -720,6 +720,7 @@ StageResult distill_student(const RunConfig& c, const PreparedData& data, const 
     }
     if (x.teacher_cache_disk) signal.targets = teacher_target_file(c, data, teacher_stage, teacher, start);
     TrainerOptions o{label, dir, c.training, c.seed, action == StageAction::kResume, data.tokenizer_files, start};
+    if (c.student.schedule == "continue") o.schedule_offset = teacher_steps(c);
     Trainer(student, data.train, &data.eval, o, signal).run();
   }
   read_stage(r, dir);

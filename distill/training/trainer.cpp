@@ -385,7 +385,7 @@ TrainResult Trainer::run() {
     const double grad_norm = clip_grad_norm(params_, t.grad_clip);
     // Checked before the update, so the weights and optimizer state stay those of the last good step.
     if (!std::isfinite(grad_norm)) throw diverged(fmt::format("gradient norm is {} at step {}", grad_norm, step + 1));
-    const double lr = schedule_lr(t.schedule, t.optimizer.lr, step + 1, t.steps);
+    const double lr = schedule_lr(t.schedule, t.optimizer.lr, o_.schedule_offset + step + 1, o_.schedule_offset + t.steps);
     optimizer_->step(lr);
     ++step;
     window.total += sl.total;

@@ -42,6 +42,8 @@ struct TrainerOptions {
   std::vector<std::string> copy_files;    // copied into every saved model (tokenizer files)
   DataPosition start;                     // where a fresh run starts in the data stream (a student
                                           // continues where its teacher's training stopped)
+  int64_t schedule_offset = 0;            // the learning-rate schedule is read this many steps further on
+                                          // (a student continuing its teacher's schedule)
   Collective* dist = world();             // data-parallel: this rank trains on its share of every
                                           // global batch; only rank 0 writes (nullptr: one process)
 };
