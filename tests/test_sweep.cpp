@@ -244,7 +244,7 @@ TEST(E2eSweep, SharedStagesReportsPlotsAndReportRegeneration) {
   ASSERT_EQ(run_distill("config check configs/table6.yaml", &o, &e), 0) << e;
   EXPECT_NE(o.find("# a sweep of 5 variant(s):"), std::string::npos) << o;
   ASSERT_EQ(run_distill("sweep configs/frontier.yaml --check", &o, &e), 0) << e;
-  EXPECT_NE(o.find("e32_half: runs/frontier/e32_half teacher.model.num_experts=32 student.d_ff=64"), std::string::npos) << o;
+  EXPECT_NE(o.find("e32_half: runs/frontier/e32_half teacher.model.num_experts=32 student.d_ff=128"), std::string::npos) << o;
 
   // A directory with no report is one clear error.
   EXPECT_EQ(run_distill("report " + dir.file("nothing"), &o, &e), 1);
