@@ -137,6 +137,31 @@ TEST(CliUsage, BadSgemmChoiceIsAClearError) {
   EXPECT_EQ(run_distill("inspect " + test::fixture("switch-tiny-4"), nullptr, &err, "DISTILL_SGEMM=openblas"), 0) << err;
 }
 
+// `distill bench --json` on a tiny shape: the documented keys, and a step breakdown whose parts
+// add up to the step (products on all threads, per-head and per-expert products, the rest).
+TEST(CliBench, JsonKeepsItsKeysAndTheBreakdownAddsUp) {
+  std::string out, err;
+  ASSERT_EQ(run_distill("bench --d-model 32 --d-ff 64 --d-kv 8 --experts 2 --batch 2 --vocab 64 --warmup 0 --repeats 2 --json",
+                        &out, &err),
+            0)
+      << err;
+  const auto j = json::parse(out);
+  for (const char* key : {"distill_step_ms", "teacher_tokens_per_s", "switch_vs_dense_ratio", "cached_vs_student_ratio",
+                          "matmul_peak_gflops_fp32", "matmul_peak_gflops_bf16", "mfu", "student_step_mfu", "peak_rss_mb",
+                          "distill_tokens_per_s", "timings", "shape", "sgemm", "blas_kernels", "cpu", "step_breakdown"}) {
+    EXPECT_TRUE(j.contains(key)) << key;
+  }
+  const auto& b = j["step_breakdown"];
+  EXPECT_EQ(b["steps"], 3);
+  const double step = b["step_ms"], products = b["products_ms"], nested = b["nested_products_ms"], other = b["other_ms"];
+  EXPECT_GT(step, 0);
+  EXPECT_GT(products, 0);  // the projections and the LM head
+  EXPECT_GE(nested, 0);
+  EXPECT_GT(b["products_gflops"].get<double>(), 0);
+  EXPECT_NEAR(products + nested + other, step, 1e-6 * step);
+  EXPECT_LT(products + nested, step * 1.05);  // timed inside the step; thread time / threads is an estimate
+}
+
 TEST(CliTokenizer, EncodeMatchesTheGoldenIds) {
   std::string out, err;
   ASSERT_EQ(run_distill("tokenizer encode --model " + test::fixture("switch-tiny-4") +

@@ -1,6 +1,7 @@
 // The hand-written kernels against LibTorch's own: sgemm, row kernels, projections, batched
 // matmul, attention and dropout.
 #include <gtest/gtest.h>
+#include <ATen/Parallel.h>
 #include <torch/torch.h>
 
 #include "models/kernels/attention_core.h"
@@ -193,6 +194,91 @@ TEST(FastDropout, KeepsOneMinusPScaledAndIsReproducible) {
   EXPECT_NEAR(both, 0.01, 0.002);
   drop->eval();
   EXPECT_TRUE(torch::equal(drop->forward(x), x));
+}
+
+// The fused residual + dropout and ReLU + dropout draw dropout_mask's mask from the same seed and
+// give the unfused ops' output and gradients (to float32 rounding: the fused add may use an FMA).
+TEST(FastDropout, FusedOpsMatchTheMaskTimesInputWithGradients) {
+  torch::manual_seed(5);
+  auto base = torch::randn({3, 37, 41}).requires_grad_(true);
+  auto x = torch::randn({3, 37, 41}).requires_grad_(true);
+  auto g = torch::randn({3, 37, 41});
+  const double p = 0.3;
+
+  torch::manual_seed(11);
+  auto fused = add_dropout(base, x, p);
+  (fused * g).sum().backward();
+  auto fused_gx = x.grad().clone(), fused_gbase = base.grad().clone();
+  x.mutable_grad() = at::Tensor();
+  base.mutable_grad() = at::Tensor();
+  torch::manual_seed(11);
+  auto mask = dropout_mask(x, p);
+  auto reference = base + x * mask;
+  (reference * g).sum().backward();
+  EXPECT_TRUE(tensors_close(fused, reference, 1e-6));
+  EXPECT_TRUE(torch::equal(fused_gx, x.grad()));  // g * mask, exactly
+  EXPECT_TRUE(torch::equal(fused_gbase, g));
+  // Dropout alone, with and without autograd, is x * mask.
+  torch::manual_seed(11);
+  EXPECT_TRUE(torch::equal(add_dropout({}, x, p), x * mask));
+  {
+    torch::NoGradGuard ng;
+    torch::manual_seed(11);
+    EXPECT_TRUE(tensors_close(add_dropout(base, x, p), reference, 1e-6));
+  }
+
+  // ReLU + dropout: relu(x) * mask, the gradient through both (zero where dropped or negative).
+  x.mutable_grad() = at::Tensor();
+  torch::manual_seed(13);
+  auto fused_relu = relu_dropout(x, p);
+  (fused_relu * g).sum().backward();
+  fused_gx = x.grad().clone();
+  x.mutable_grad() = at::Tensor();
+  torch::manual_seed(13);
+  auto h = torch::relu(x);
+  auto reference_relu = h * dropout_mask(h, p);
+  (reference_relu * g).sum().backward();
+  EXPECT_TRUE(torch::equal(fused_relu, reference_relu));
+  EXPECT_TRUE(torch::equal(fused_gx, x.grad()));
+  EXPECT_TRUE(torch::equal(relu_dropout(x, 0.0), torch::relu(x)));  // p == 0: ReLU alone
+  // Other dtypes take the unfused ops.
+  torch::manual_seed(13);
+  auto xd = x.detach().to(torch::kDouble);
+  auto hd = torch::relu(xd);
+  auto expected = hd * dropout_mask(hd, p);
+  torch::manual_seed(13);
+  EXPECT_TRUE(torch::equal(relu_dropout(xd, p), expected));
+}
+
+// The product clock counts a product on all threads as wall time and one inside a parallel region
+// as thread time, each with its 2mnk, and nothing while off.
+TEST(Sgemm, ProductClockCountsTopLevelAndNestedProducts) {
+  const int64_t m = 64, n = 48, k = 32;
+  std::vector<float> a(m * k, 1.0f), b(k * n, 1.0f), c(m * n);
+  auto product = [&] { blas::sgemm(blas::Op::N, blas::Op::N, m, n, k, 1.0f, a.data(), k, b.data(), n, 0.0f, c.data(), n); };
+  blas::count_products(true);
+  product();
+  at::parallel_for(0, 4, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> local(m * n);
+    for (int64_t i = begin; i < end; ++i) {
+      blas::sgemm(blas::Op::N, blas::Op::N, m, n, k, 1.0f, a.data(), k, b.data(), n, 0.0f, local.data(), n);
+    }
+  });
+  blas::count_products(false);
+  product();  // not counted
+  const auto t = blas::counted_products();
+  EXPECT_EQ(t.top_calls, 1);
+  EXPECT_DOUBLE_EQ(t.top_flops, 2.0 * m * n * k);
+  EXPECT_GT(t.top_ms, 0.0);
+  EXPECT_EQ(t.top_calls + t.nested_calls, 5);  // with one thread the parallel region runs serially, not nested
+  EXPECT_DOUBLE_EQ(t.top_flops + t.nested_flops, 5 * 2.0 * m * n * k);
+  if (at::get_num_threads() > 1) {
+    EXPECT_EQ(t.nested_calls, 4);
+  }
+  EXPECT_FLOAT_EQ(c[0], static_cast<float>(k));
+  blas::count_products(true);  // starts from zero
+  EXPECT_EQ(blas::counted_products().top_calls, 0);
+  blas::count_products(false);
 }
 
 }  // namespace

@@ -233,6 +233,26 @@ BenchResult run_bench(const BenchShape& s, const BenchOptions& o) {
     student_step([&](const torch::Tensor& s) { return distillation_loss(s, targets, labels, loss_options).total; });
   });
   r.cached_vs_student_ratio = r.cached_step.median_ms / r.student_step.median_ms;
+  {
+    auto distill_step = [&] {
+      auto t = teacher_forward();
+      student_step([&](const torch::Tensor& s) { return distillation_loss(s, t, labels, loss_options).total; });
+    };
+    StepBreakdown& b = r.breakdown;
+    b.steps = std::max(3, o.repeats / 2);
+    blas::count_products(true);
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < b.steps; ++i) distill_step();
+    const double wall = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    blas::count_products(false);
+    const auto p = blas::counted_products();
+    b.step_ms = wall / b.steps;
+    b.products_ms = p.top_ms / b.steps;
+    b.products_gflops = p.top_ms > 0 ? p.top_flops / (p.top_ms * 1e-3) / 1e9 : 0;
+    b.nested_products_ms = p.nested_ms / r.threads / b.steps;
+    b.nested_gflops_per_thread = p.nested_ms > 0 ? p.nested_flops / (p.nested_ms * 1e-3) / 1e9 : 0;
+    b.other_ms = b.step_ms - b.products_ms - b.nested_products_ms;
+  }
   r.teacher_tokens_per_s = tokens / (r.teacher_forward.median_ms * 1e-3);
   r.distill_tokens_per_s = tokens / (r.distill_step.median_ms * 1e-3);
 
@@ -308,6 +328,11 @@ json BenchResult::to_json() const {
           {"allreduce_bytes_per_step", allreduce_bytes},
           {"allreduce_ms", allreduce.median_ms},
           {"student_step_reduced_after_backward_ms", student_step_reduced_after.median_ms},
+          {"step_breakdown", {{"steps", breakdown.steps}, {"step_ms", breakdown.step_ms},
+                              {"products_ms", breakdown.products_ms}, {"products_gflops", breakdown.products_gflops},
+                              {"nested_products_ms", breakdown.nested_products_ms},
+                              {"nested_gflops_per_thread", breakdown.nested_gflops_per_thread},
+                              {"other_ms", breakdown.other_ms}}},
           {"blas", blas},
           {"blas_kernels", blas_kernels},
           {"sgemm", sgemm},
@@ -349,6 +374,14 @@ std::string BenchResult::markdown() const {
   }
   md += fmt::format("\nmatmul peak: {:.0f} GFLOP/s fp32, {:.0f} GFLOP/s bf16; peak RSS {:.0f} MB\n", matmul_peak_gflops_fp32,
                     matmul_peak_gflops_bf16, peak_rss_mb);
+  const auto& b = breakdown;
+  auto share = [&](double ms) { return b.step_ms > 0 ? 100 * ms / b.step_ms : 0.0; };
+  md += fmt::format(
+      "\nwhere a distillation step goes ({} steps with the products timed, {:.1f} ms each): products on all threads "
+      "{:.1f} ms ({:.0f}%, {:.0f} GFLOP/s); per-head and per-expert products {:.1f} ms ({:.0f}%, {:.0f} GFLOP/s per "
+      "thread); everything else {:.1f} ms ({:.0f}%)\n",
+      b.steps, b.step_ms, b.products_ms, share(b.products_ms), b.products_gflops, b.nested_products_ms,
+      share(b.nested_products_ms), b.nested_gflops_per_thread, b.other_ms, share(b.other_ms));
   return md;
 }
 

@@ -37,8 +37,23 @@ struct Timing {
   double median_ms = 0, min_ms = 0, max_ms = 0;
 };
 
+// Where a distillation step's time goes, from extra steps run with every product timed (after the
+// timed repetitions, so the clock does not touch the medians).
+struct StepBreakdown {
+  int steps = 0;
+  double step_ms = 0;                     // wall time per step of these steps
+  double products_ms = 0;                 // products on every thread (projections, LM head)
+  double products_gflops = 0;             // their rate
+  double nested_products_ms = 0;          // per-head and per-expert products, a thread each: wall time
+                                          // estimated as their thread time / threads
+  double nested_gflops_per_thread = 0;    // their rate on one thread
+  double other_ms = 0;                    // the rest: elementwise work, norms, softmaxes, routing, the
+                                          // loss, AdamW, dispatch, threads waiting
+};
+
 struct BenchResult {
   BenchShape shape;
+  StepBreakdown breakdown;
   Timing teacher_forward, student_step, distill_step, cached_step, switch_layer, dense_layer;
   double teacher_tokens_per_s = 0, distill_tokens_per_s = 0;
   double cached_vs_student_ratio = 0;      // distillation step served by the teacher cache / plain student step

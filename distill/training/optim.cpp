@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "models/errors.h"
+#include "models/kernels/row_kernels.h"
 
 namespace distill {
 
@@ -51,24 +52,17 @@ void AdamW::step(double lr) {
     const auto& g = p.grad();
     if (p.scalar_type() == torch::kFloat32 && g.scalar_type() == torch::kFloat32 && p.is_contiguous() && g.is_contiguous() &&
         m_[i].is_contiguous() && v_[i].is_contiguous() && p.device().is_cpu()) {
-      // One pass over memory instead of eight tensor ops: the same arithmetic, element by element.
+      // One pass over memory instead of eight tensor ops, at the CPU's vector width: the same arithmetic.
       float* pp = p.data_ptr<float>();
       float* pm = m_[i].data_ptr<float>();
       float* pv = v_[i].data_ptr<float>();
       const float* pg = g.data_ptr<float>();
-      const float decay = static_cast<float>(1 - lr * c_.weight_decay), b1 = static_cast<float>(c_.beta1),
-                  b2 = static_cast<float>(c_.beta2), a1 = static_cast<float>(1 - c_.beta1), a2 = static_cast<float>(1 - c_.beta2),
-                  inv_bc2 = static_cast<float>(1.0 / bc2_sqrt), eps = static_cast<float>(c_.eps),
-                  step_size = static_cast<float>(-lr / bc1);
+      const rows::AdamWCoefficients k{static_cast<float>(1 - lr * c_.weight_decay), static_cast<float>(c_.beta1),
+                                      static_cast<float>(1 - c_.beta1),            static_cast<float>(c_.beta2),
+                                      static_cast<float>(1 - c_.beta2),            static_cast<float>(1.0 / bc2_sqrt),
+                                      static_cast<float>(c_.eps),                  static_cast<float>(-lr / bc1)};
       at::parallel_for(0, p.numel(), 16384, [&](int64_t begin, int64_t end) {
-        for (int64_t j = begin; j < end; ++j) {
-          const float gj = pg[j];
-          const float m = pm[j] * b1 + gj * a1;
-          const float v = pv[j] * b2 + gj * gj * a2;
-          pm[j] = m;
-          pv[j] = v;
-          pp[j] = pp[j] * decay + step_size * (m / (std::sqrt(v) * inv_bc2 + eps));
-        }
+        rows::adamw(pp + begin, pm + begin, pv + begin, pg + begin, k, end - begin);
       });
       p.unsafeGetTensorImpl()->bump_version();  // written through a raw pointer: bf16 copies of p are stale
       continue;

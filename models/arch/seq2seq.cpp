@@ -66,7 +66,7 @@ torch::Tensor T5LayerFFImpl::forward(const torch::Tensor& x, std::vector<RouterO
   } else {
     h = dense_->forward(h);
   }
-  return x + dropout_->forward(h);
+  return dropout_->add_to(x, h);
 }
 
 T5BlockImpl::T5BlockImpl(const ModelConfig& c, bool is_decoder, bool has_relative_bias, bool sparse) {

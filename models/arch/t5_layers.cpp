@@ -168,6 +168,9 @@ DenseActDenseImpl::DenseActDenseImpl(const FfnOptions& options) : options_(optio
 }
 
 torch::Tensor DenseActDenseImpl::forward(const torch::Tensor& x) {
+  if (!options_.gated && options_.act == "relu") {  // T5's and Switch's FFN: ReLU and dropout in one pass
+    return project(relu_dropout(project(x, wi->weight), is_training() ? dropout_->p() : 0.0), wo->weight);
+  }
   torch::Tensor h = options_.gated
                         ? apply_activation(project(x, wi_0->weight), options_.act) * project(x, wi_1->weight)
                         : apply_activation(project(x, wi->weight), options_.act);  // [..., F]
@@ -181,7 +184,7 @@ T5LayerSelfAttentionImpl::T5LayerSelfAttentionImpl(const AttentionOptions& optio
 }
 
 torch::Tensor T5LayerSelfAttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& bias) {
-  return x + dropout_->forward(SelfAttention->forward(layer_norm->forward(x), {}, bias));
+  return dropout_->add_to(x, SelfAttention->forward(layer_norm->forward(x), {}, bias));
 }
 
 torch::Tensor T5LayerSelfAttentionImpl::forward_step(const torch::Tensor& x, const torch::Tensor& bias,
@@ -197,7 +200,7 @@ T5LayerCrossAttentionImpl::T5LayerCrossAttentionImpl(const AttentionOptions& opt
 
 torch::Tensor T5LayerCrossAttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& memory,
                                                  const torch::Tensor& bias) {
-  return x + dropout_->forward(EncDecAttention->forward(layer_norm->forward(x), memory, bias));
+  return dropout_->add_to(x, EncDecAttention->forward(layer_norm->forward(x), memory, bias));
 }
 
 torch::Tensor T5LayerCrossAttentionImpl::forward_step(const torch::Tensor& x, const torch::Tensor& memory,

@@ -30,10 +30,19 @@ inline bool dropout_keep(uint64_t seed, int64_t i, uint32_t threshold) {
   return (h >> 8) >= threshold;
 }
 
+// base + dropout(x, p) in one pass over memory, with dropout_mask's mask (drawn from one
+// dropout_seed()) regenerated in backward instead of stored; base undefined: dropout alone.
+// Float32 CPU tensors of one shape; anything else goes through x * dropout_mask(x, p).
+torch::Tensor add_dropout(const torch::Tensor& base, const torch::Tensor& x, double p);
+// dropout(relu(x), p) in one pass (p == 0: relu alone); backward reads only the output.
+torch::Tensor relu_dropout(const torch::Tensor& x, double p);
+
 class FastDropoutImpl : public torch::nn::Module {
  public:
   explicit FastDropoutImpl(double p = 0.5);
   torch::Tensor forward(const torch::Tensor& x);
+  // base + forward(x): a residual connection around dropout, fused while training
+  torch::Tensor add_to(const torch::Tensor& base, const torch::Tensor& x);
   double p() const { return p_; }
 
  private:

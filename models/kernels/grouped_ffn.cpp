@@ -176,7 +176,7 @@ Forward run_forward_fast(const at::Tensor& x_in, const at::Tensor& token_in, con
     float* h_e = h + begin * F;
     gemm<T>(Op::N, Op::T, n, F, D, xs_e, D, wi[se], D, h_e, F);  // [n, F]
     // ReLU, then the same mask dropout_mask would draw for [M, F].
-    rows::relu_dropout(h_e, dropout > 0, seed, begin * F, threshold, scale, n * F);
+    rows::relu_dropout(h_e, h_e, dropout > 0, seed, begin * F, threshold, scale, n * F);
     const T* hb_e = operand<T>(hb + begin * F, h_e, n * F);
     gemm<T>(Op::N, Op::T, n, D, F, hb_e, F, wo[se], F, y + begin * D, D);  // [n, D]
   });
@@ -255,7 +255,7 @@ Backward run_backward_fast(const at::Tensor& grad_in, const Forward& fw, const a
     gemm<T>(Op::T, Op::N, D, F, n, gyb_e, D, hb_e, F, b.gwo[se].data_ptr<float>(), F);  // [D, F]
     gemm<T>(Op::N, Op::N, n, F, D, gyb_e, D, wo[se], F, gh_e, F);                       // [n, F]
     // Through dropout and ReLU at once: a kept, positive unit has h > 0, every other unit h == 0.
-    rows::relu_dropout_backward(gh_e, ph + begin * F, scale, n * F);
+    rows::relu_dropout_backward(gh_e, gh_e, ph + begin * F, scale, n * F);
     const T* ghb_e = operand<T>(pghb + begin * F, gh_e, n * F);
     gemm<T>(Op::T, Op::N, F, D, n, ghb_e, F, xs_e, D, b.gwi[se].data_ptr<float>(), D);  // [F, D]
     gemm<T>(Op::N, Op::N, n, D, F, ghb_e, F, wi[se], D, pgxs + begin * D, D);           // [n, D]

@@ -1,5 +1,6 @@
 #include "models/kernels/row_kernels.h"
 
+#include <cmath>
 #include <cstring>
 #include <limits>
 
@@ -130,20 +131,44 @@ ROW_KERNEL void dropout_scales(float* mask, uint64_t seed, int64_t first, uint32
   for (int64_t j = 0; j < n; ++j) mask[j] = dropout_keep(seed, first + j, threshold) ? s : 0.0f;
 }
 
-ROW_KERNEL void relu_dropout(float* x, bool dropout, uint64_t seed, int64_t first, uint32_t threshold, float s, int64_t n) {
+ROW_KERNEL void relu_dropout(float* out, const float* x, bool dropout, uint64_t seed, int64_t first, uint32_t threshold,
+                             float s, int64_t n) {
   // NaN passes the ReLU, as torch's does.
   if (!dropout) {
-    for (int64_t j = 0; j < n; ++j) x[j] = x[j] < 0 ? 0.0f : x[j];
+    for (int64_t j = 0; j < n; ++j) out[j] = x[j] < 0 ? 0.0f : x[j];
     return;
   }
   for (int64_t j = 0; j < n; ++j) {
     const float v = x[j] < 0 ? 0.0f : x[j];
-    x[j] = dropout_keep(seed, first + j, threshold) ? v * s : 0.0f;
+    out[j] = dropout_keep(seed, first + j, threshold) ? v * s : 0.0f;
   }
 }
 
-ROW_KERNEL void relu_dropout_backward(float* g, const float* h, float s, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) g[j] = h[j] > 0 ? g[j] * s : 0.0f;
+ROW_KERNEL void relu_dropout_backward(float* out, const float* g, const float* h, float s, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) out[j] = h[j] > 0 ? g[j] * s : 0.0f;
+}
+
+ROW_KERNEL void dropout_add(float* out, const float* base, const float* x, uint64_t seed, int64_t first,
+                            uint32_t threshold, float s, int64_t n) {
+  if (base == nullptr) {
+    for (int64_t j = 0; j < n; ++j) out[j] = dropout_keep(seed, first + j, threshold) ? x[j] * s : 0.0f;
+    return;
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    const float kept = dropout_keep(seed, first + j, threshold) ? x[j] * s : 0.0f;
+    out[j] = base[j] + kept;
+  }
+}
+
+ROW_KERNEL void adamw(float* p, float* m, float* v, const float* g, const AdamWCoefficients& c, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    const float gj = g[j];
+    const float mj = m[j] * c.b1 + gj * c.a1;
+    const float vj = v[j] * c.b2 + gj * gj * c.a2;
+    m[j] = mj;
+    v[j] = vj;
+    p[j] = p[j] * c.decay + c.step_size * (mj / (std::sqrt(vj) * c.inv_bc2 + c.eps));
+  }
 }
 
 ROW_KERNEL void scaled_product(float* out, const float* a, const float* b, float c, int64_t n) {

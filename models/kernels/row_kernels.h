@@ -31,10 +31,22 @@ float scaled_copy_dot(float* out, const float* a, float c, const float* b, int64
 void softmax_backward(float* out, const float* p, const float* g, float c, int64_t n);
 // mask[j] = s if dropout keeps element first + j (see fast_dropout.h), else 0
 void dropout_scales(float* mask, uint64_t seed, int64_t first, uint32_t threshold, float s, int64_t n);
-// x = relu(x), then dropout of elements first..first+n-1 (kept ones scaled by s); p == 0: relu only
-void relu_dropout(float* x, bool dropout, uint64_t seed, int64_t first, uint32_t threshold, float s, int64_t n);
-// g = h > 0 ? g * s : 0, the backward of relu_dropout given its output h
-void relu_dropout_backward(float* g, const float* h, float s, int64_t n);
+// out = relu(x), then dropout of elements first..first+n-1 (kept ones scaled by s); without
+// dropout relu only. out may alias x.
+void relu_dropout(float* out, const float* x, bool dropout, uint64_t seed, int64_t first, uint32_t threshold, float s,
+                  int64_t n);
+// out = h > 0 ? g * s : 0, the backward of relu_dropout given its output h (out may alias g)
+void relu_dropout_backward(float* out, const float* g, const float* h, float s, int64_t n);
+// out = dropout of x (elements first..first+n-1, kept ones scaled by s), plus base unless null:
+// the forward and backward of dropout and of a residual connection around it
+void dropout_add(float* out, const float* base, const float* x, uint64_t seed, int64_t first, uint32_t threshold, float s,
+                 int64_t n);
+// One AdamW update of n elements (PyTorch's arithmetic): m = b1 m + a1 g, v = b2 v + a2 g^2,
+// p = p decay + step_size m / (sqrt(v) inv_bc2 + eps)
+struct AdamWCoefficients {
+  float decay, b1, a1, b2, a2, inv_bc2, eps, step_size;
+};
+void adamw(float* p, float* m, float* v, const float* g, const AdamWCoefficients& c, int64_t n);
 // out = c * a * b
 void scaled_product(float* out, const float* a, const float* b, float c, int64_t n);
 // out += c * a * b

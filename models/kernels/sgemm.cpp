@@ -6,8 +6,10 @@
 #include <omp.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <vector>
 
 #include "models/errors.h"
@@ -70,9 +72,58 @@ void run_dnnl(const char* what, int64_t m, int64_t n, int64_t k, Call&& call) {
 
 const std::string& sgemm_library() { return backend().name; }
 
+namespace {
+
+std::atomic<bool> counting{false};
+std::mutex count_mutex;
+ProductTime count;
+thread_local bool in_product = false;  // gemm_bf16's widened fallback calls sgemm: count it once
+
+// Adds one product's time to the count when counting is on.
+class CountedProduct {
+ public:
+  CountedProduct(int64_t m, int64_t n, int64_t k)
+      : on_(counting.load(std::memory_order_relaxed) && !in_product), flops_(2.0 * static_cast<double>(m) * n * k) {
+    if (!on_) return;
+    in_product = true;
+    start_ = std::chrono::steady_clock::now();
+  }
+  ~CountedProduct() {
+    if (!on_) return;
+    in_product = false;
+    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start_).count();
+    const bool nested = omp_in_parallel() != 0;
+    std::lock_guard<std::mutex> lock(count_mutex);
+    (nested ? count.nested_ms : count.top_ms) += ms;
+    (nested ? count.nested_flops : count.top_flops) += flops_;
+    ++(nested ? count.nested_calls : count.top_calls);
+  }
+  CountedProduct(const CountedProduct&) = delete;
+  CountedProduct& operator=(const CountedProduct&) = delete;
+
+ private:
+  bool on_;
+  double flops_;
+  std::chrono::steady_clock::time_point start_;
+};
+
+}  // namespace
+
+void count_products(bool on) {
+  std::lock_guard<std::mutex> lock(count_mutex);
+  if (on) count = ProductTime{};
+  counting.store(on, std::memory_order_relaxed);
+}
+
+ProductTime counted_products() {
+  std::lock_guard<std::mutex> lock(count_mutex);
+  return count;
+}
+
 void sgemm(Op op_a, Op op_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda, const float* b,
            int64_t ldb, float beta, float* c, int64_t ldc) {
   if (m == 0 || n == 0) return;
+  const CountedProduct counted(m, n, k);
   if (k == 0) {  // oneDNN rejects an empty inner dimension; the product is zero
     for (int64_t i = 0; i < m; ++i) {
       for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
@@ -121,6 +172,7 @@ void gemm_bf16_widened(Op op_a, Op op_b, int64_t m, int64_t n, int64_t k, float 
 void gemm_bf16(Op op_a, Op op_b, int64_t m, int64_t n, int64_t k, float alpha, const uint16_t* a, int64_t lda,
                const uint16_t* b, int64_t ldb, float beta, float* c, int64_t ldc) {
   if (m == 0 || n == 0) return;
+  const CountedProduct counted(m, n, k);
   const auto& be = backend();
   if (k == 0 || be.dnnl_bf16 == nullptr || dnnl_bf16_unimplemented.load(std::memory_order_relaxed)) {
     gemm_bf16_widened(op_a, op_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);

@@ -32,6 +32,18 @@ void sgemm(Op op_a, Op op_b, int64_t m, int64_t n, int64_t k, float alpha,
 void gemm_bf16(Op op_a, Op op_b, int64_t m, int64_t n, int64_t k, float alpha, const uint16_t *a, int64_t lda,
                const uint16_t *b, int64_t ldb, float beta, float *c, int64_t ldc);
 
+// Time spent in sgemm and gemm_bf16 while counting is on, for `distill bench`'s breakdown of a
+// step. Products called outside a parallel region use every thread, so their wall time is the
+// step's; those inside one (a thread per attention head or expert) add thread time.
+struct ProductTime {
+  double top_ms = 0, top_flops = 0;        // outside parallel regions: wall time, 2mnk
+  double nested_ms = 0, nested_flops = 0;  // inside: summed over threads
+  int64_t top_calls = 0, nested_calls = 0;
+};
+// Starts counting from zero (true) or stops (false); off, a product pays one atomic load.
+void count_products(bool on);
+ProductTime counted_products();
+
 // "oneDNN" or "OpenBLAS". DISTILL_SGEMM=openblas or =onednn chooses; any other
 // value is a ConfigError (thrown here, so call this at start-up to report it
 // before any work).
