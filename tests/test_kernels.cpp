@@ -1,8 +1,12 @@
 // The hand-written kernels against LibTorch's own: sgemm, row kernels, projections, batched
 // matmul, attention and dropout.
-#include <gtest/gtest.h>
 #include <ATen/Parallel.h>
+#include <gtest/gtest.h>
 #include <torch/torch.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
 
 #include "models/kernels/attention_core.h"
 #include "models/kernels/batched_matmul.h"
@@ -58,6 +62,32 @@ TEST(RowKernels, CombineMatchesAProduct) {
       EXPECT_TRUE(tensors_close(got, want.to(torch::kFloat), 1e-6)) << with_base << with_s;
     }
   }
+}
+
+// The softmax's exp: within 2 ulp of expf where a softmax uses it, 0 far below, NaN kept; the sum
+// returned is the row's.
+TEST(RowKernels, ExpSumIsWithinTwoUlpOfExpf) {
+  std::vector<float> x;
+  for (int i = 0; i <= 20000; ++i) x.push_back(-87.0f + 88.0f * static_cast<float>(i) / 20000.0f);  // [-87, 1]
+  for (float v : {60.0f, 87.9f, -87.3f}) x.push_back(v);
+  std::vector<float> y = x;
+  const float shift = 0.0f;
+  const float sum = rows::exp_sum(y.data(), shift, static_cast<int64_t>(y.size()));
+  double expected_sum = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    const float e = std::exp(x[i]);
+    expected_sum += e;
+    EXPECT_LE(std::abs(y[i] - e), 2 * std::abs(std::nextafter(e, INFINITY) - e)) << "x = " << x[i];
+  }
+  EXPECT_NEAR(sum, expected_sum, 1e-5 * expected_sum);
+  std::vector<float> special{-std::numeric_limits<float>::infinity(), std::numeric_limits<float>::lowest(), -100.0f,
+                             std::numeric_limits<float>::quiet_NaN(), 5.0f};
+  rows::exp_sum(special.data(), 5.0f, 5);  // shifted: exp(x - 5)
+  EXPECT_EQ(special[0], 0.0f);
+  EXPECT_EQ(special[1], 0.0f);
+  EXPECT_EQ(special[2], 0.0f);
+  EXPECT_TRUE(std::isnan(special[3]));
+  EXPECT_EQ(special[4], 1.0f);
 }
 
 TEST(Projection, MatchesLinearWithGradients) {

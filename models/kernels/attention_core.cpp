@@ -95,14 +95,11 @@ at::Tensor forward_sgemm(const Heads& q, const Heads& k, const Heads& v, const a
       const int64_t b = n / H, h = n % H;
       float* p = pp + n * T * S;  // [T, S]
       mm(Op::N, Op::T, T, S, Dk, q.at(b, h), q.ld, k.at(b, h), k.ld, p, S);  // scores [T, S]
-      for (int64_t t = 0; t < T; ++t) {
+      for (int64_t t = 0; t < T; ++t) {  // softmax of the row in three passes
         float* row = p + t * S;
         const float mx = rows::add_bias_max(row, pbias ? pbias + b * bb + h * bh + t * bt : nullptr, S);
-        rows::add_scalar(row, -mx, S);
+        rows::scale(row, 1.0f / rows::exp_sum(row, mx, S), S);
       }
-      // ATen's vectorised exp (serial inside this parallel region).
-      at::from_blob(p, {T * S}, at::kFloat).exp_();
-      for (int64_t t = 0; t < T; ++t) rows::scale(p + t * S, 1.0f / rows::sum(p + t * S, S), S);
       const float* used = p;
       if (dropout > 0) {
         // Element index in [B, H, T, S], as dropout_mask numbers them.

@@ -56,6 +56,51 @@ ROW_KERNEL float sum(const float* row, int64_t n) {
   return s;
 }
 
+namespace {
+
+// e^x as 2^k e^r, k = round(x log2 e), r = x - k ln 2 in two parts (Cody-Waite), e^r by Cephes'
+// expf polynomial; branch-free, so the loops that call it vectorise.
+inline float exp_poly(float x) {
+  constexpr float kLow = -87.33654f, kHigh = 88.0f;  // exp(kHigh) is finite: 2^k below 2^128
+  const float xc = x < kLow ? kLow : (x > kHigh ? kHigh : x);
+  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const float k = (xc * 1.44269504088896341f + kRound) - kRound;
+  const float r = (xc - k * 0.693359375f) + k * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float er = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;  // 2^k
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  const float y = er * scale;
+  return x < kLow ? 0.0f : (x == x ? y : x);
+}
+
+}  // namespace
+
+ROW_KERNEL float exp_sum(float* row, float shift, int64_t n) {
+  float acc[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    for (int u = 0; u < kLanes; ++u) {
+      const float v = exp_poly(row[j + u] - shift);
+      row[j + u] = v;
+      acc[u] += v;
+    }
+  }
+  float s = 0.0f;
+  for (int u = 0; u < kLanes; ++u) s += acc[u];
+  for (; j < n; ++j) {
+    row[j] = exp_poly(row[j] - shift);
+    s += row[j];
+  }
+  return s;
+}
+
 ROW_KERNEL float dot(const float* a, const float* b, int64_t n) {
   float acc[kLanes] = {};
   int64_t j = 0;

@@ -15,6 +15,9 @@ void add_scalar(float* row, float c, int64_t n);
 // row *= c
 void scale(float* row, float c, int64_t n);
 float sum(const float* row, int64_t n);
+// row = exp(row - shift), returning the new row's sum: a softmax's middle pass. exp is Cephes'
+// polynomial (within 2 ulp of expf up to 88; exactly 0 below -87.3, NaN stays NaN), vectorised.
+float exp_sum(float* row, float shift, int64_t n);
 float dot(const float* a, const float* b, int64_t n);
 // out = a * b (out may alias a or b)
 void multiply(float* out, const float* a, const float* b, int64_t n);
