@@ -4,7 +4,6 @@
 #include <ATen/Parallel.h>
 #include <torch/torch.h>
 
-#include <cstring>
 #include <vector>
 
 #include "models/kernels/batched_matmul.h"
@@ -168,18 +167,6 @@ Grads backward_sgemm(const at::Tensor& grad_in, const Heads& q, const Heads& k, 
   return out;
 }
 
-int64_t seed_as_int(uint64_t seed) {
-  int64_t out;
-  std::memcpy(&out, &seed, sizeof out);
-  return out;
-}
-
-uint64_t seed_from_int(int64_t v) {
-  uint64_t out;
-  std::memcpy(&out, &v, sizeof out);
-  return out;
-}
-
 struct AttentionCoreFunction : public torch::autograd::Function<AttentionCoreFunction> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q_in, const at::Tensor& k_in,
                             const at::Tensor& v_in, const at::Tensor& bias_in, double dropout) {
@@ -192,7 +179,7 @@ struct AttentionCoreFunction : public torch::autograd::Function<AttentionCoreFun
     const bool bf16 = bf16_products_active();  // backward multiplies as forward did
     auto out = forward_sgemm(hq, hk, hv, bias, s, seed, dropout, bf16, probs);
     ctx->save_for_backward({q, k, v, probs});
-    ctx->saved_data["seed"] = seed_as_int(seed);
+    ctx->saved_data["seed"] = seed_to_int(seed);
     ctx->saved_data["bf16"] = bf16;
     ctx->saved_data["dropout"] = dropout;
     ctx->saved_data["bias_sizes"] = bias_in.defined() ? c10::IValue(bias_in.sizes().vec()) : c10::IValue();

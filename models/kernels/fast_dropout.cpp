@@ -4,7 +4,6 @@
 #include <ATen/Parallel.h>
 #include <torch/torch.h>
 
-#include <cstring>
 #include <mutex>
 
 #include "models/errors.h"
@@ -68,23 +67,11 @@ void run_dropout_add(float* out, const float* base, const float* x, uint64_t see
   });
 }
 
-int64_t as_int(uint64_t v) {
-  int64_t out;
-  std::memcpy(&out, &v, sizeof out);
-  return out;
-}
-
-uint64_t as_uint(int64_t v) {
-  uint64_t out;
-  std::memcpy(&out, &v, sizeof out);
-  return out;
-}
-
 // The gradient through dropout: the forward's mask, regenerated from its seed.
 at::Tensor dropout_backward(torch::autograd::AutogradContext* ctx, const at::Tensor& grad) {
   const auto g = grad.contiguous();
   auto gx = at::empty(g.sizes(), g.options());
-  run_dropout_add(gx.data_ptr<float>(), nullptr, g.data_ptr<float>(), as_uint(ctx->saved_data["seed"].toInt()),
+  run_dropout_add(gx.data_ptr<float>(), nullptr, g.data_ptr<float>(), seed_from_int(ctx->saved_data["seed"].toInt()),
                   ctx->saved_data["p"].toDouble(), g.numel());
   return gx;
 }
@@ -98,7 +85,7 @@ at::Tensor dropout_forward(torch::autograd::AutogradContext* ctx, const at::Tens
   run_dropout_add(out.data_ptr<float>(), base.defined() ? base.data_ptr<float>() : nullptr, x.data_ptr<float>(), seed, p,
                   x.numel());
   if (ctx != nullptr) {
-    ctx->saved_data["seed"] = as_int(seed);
+    ctx->saved_data["seed"] = seed_to_int(seed);
     ctx->saved_data["p"] = p;
   }
   return out;

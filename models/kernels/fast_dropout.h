@@ -7,6 +7,9 @@
 #include <torch/nn/module.h>
 #include <torch/nn/pimpl.h>
 
+#include <cstdint>
+#include <cstring>
+
 namespace distill {
 
 // Keep mask scaled by 1 / (1 - p), in x's dtype and shape: x * mask is inverted dropout.
@@ -17,6 +20,17 @@ torch::Tensor dropout_mask(const torch::Tensor& x, double p);
 // dropout_seed() per tensor. Same seed, same mask as dropout_mask.
 uint64_t dropout_seed();
 inline uint32_t dropout_threshold(double p) { return static_cast<uint32_t>(p * 16777216.0 + 0.5); }  // 24-bit uniforms
+// A seed kept in an autograd node's saved_data (an IValue holds int64_t): the same 64 bits.
+inline int64_t seed_to_int(uint64_t seed) {
+  int64_t out;
+  std::memcpy(&out, &seed, sizeof out);
+  return out;
+}
+inline uint64_t seed_from_int(int64_t v) {
+  uint64_t out;
+  std::memcpy(&out, &v, sizeof out);
+  return out;
+}
 // What a kept element is multiplied by (1 without dropout).
 inline float dropout_scale(double p) { return p > 0 ? static_cast<float>(1.0 / (1.0 - p)) : 1.0f; }
 // murmur3's 32-bit finaliser of (seed, index): a simple loop the compiler vectorises.
