@@ -88,7 +88,7 @@ at::Tensor forward_sgemm(const Heads& q, const Heads& k, const Heads& v, const a
   const uint32_t threshold = dropout_threshold(dropout);
   const float scale_kept = dropout_scale(dropout);
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> dropped(dropout > 0 ? static_cast<size_t>(T * S) : 0), mask(dropped.size());
+    std::vector<float> dropped(dropout > 0 ? static_cast<size_t>(T * S) : 0);
     HeadProducts mm(bf16 && s.bf16_pays());
     for (int64_t n = begin; n < end; ++n) {
       const int64_t b = n / H, h = n % H;
@@ -102,8 +102,7 @@ at::Tensor forward_sgemm(const Heads& q, const Heads& k, const Heads& v, const a
       const float* used = p;
       if (dropout > 0) {
         // Element index in [B, H, T, S], as dropout_mask numbers them.
-        rows::dropout_scales(mask.data(), seed, n * T * S, threshold, scale_kept, T * S);
-        rows::multiply(dropped.data(), p, mask.data(), T * S);
+        rows::dropout_add(dropped.data(), nullptr, p, seed, n * T * S, threshold, scale_kept, T * S);
         used = dropped.data();
       }
       mm(Op::N, Op::N, T, Dk, S, used, S, v.at(b, h), v.ld, pc + b * T * I + h * Dk, I);  // [T, Dk]

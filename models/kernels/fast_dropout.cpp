@@ -109,19 +109,23 @@ struct AddDropoutFunction : public torch::autograd::Function<AddDropoutFunction>
   }
 };
 
-void run_relu_dropout(float* out, const float* x, uint64_t seed, double p, int64_t n) {
+at::Tensor relu_dropout_forward(const at::Tensor& x_in, double p) {
+  const auto x = x_in.contiguous();
+  auto out = at::empty(x.sizes(), x.options());
+  const uint64_t seed = p > 0 ? dropout_seed() : 0;
   const uint32_t threshold = dropout_threshold(p);
   const float scale = dropout_scale(p);
-  at::parallel_for(0, n, 16384, [&](int64_t begin, int64_t end) {
-    rows::relu_dropout(out + begin, x + begin, p > 0, seed, begin, threshold, scale, end - begin);
+  const float* px = x.data_ptr<float>();
+  float* po = out.data_ptr<float>();
+  at::parallel_for(0, x.numel(), 16384, [&](int64_t begin, int64_t end) {
+    rows::relu_dropout(po + begin, px + begin, p > 0, seed, begin, threshold, scale, end - begin);
   });
+  return out;
 }
 
 struct ReluDropoutFunction : public torch::autograd::Function<ReluDropoutFunction> {
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x_in, double p) {
-    const auto x = x_in.contiguous();
-    auto out = at::empty(x.sizes(), x.options());
-    run_relu_dropout(out.data_ptr<float>(), x.data_ptr<float>(), p > 0 ? dropout_seed() : 0, p, x.numel());
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, double p) {
+    auto out = relu_dropout_forward(x, p);
     ctx->save_for_backward({out});
     ctx->saved_data["p"] = p;
     return out;
@@ -160,22 +164,15 @@ torch::Tensor relu_dropout(const torch::Tensor& x, double p) {
     return p > 0 ? h * dropout_mask(h, p) : h;
   }
   if (torch::GradMode::is_enabled() && x.requires_grad()) return ReluDropoutFunction::apply(x, p);
-  const auto xc = x.contiguous();
-  auto out = at::empty(xc.sizes(), xc.options());
-  run_relu_dropout(out.data_ptr<float>(), xc.data_ptr<float>(), p > 0 ? dropout_seed() : 0, p, xc.numel());
-  return out;
+  return relu_dropout_forward(x, p);
 }
 
 FastDropoutImpl::FastDropoutImpl(double p) : p_(p) {}
 
-torch::Tensor FastDropoutImpl::forward(const torch::Tensor& x) {
-  if (!is_training() || p_ <= 0) return x;
-  return add_dropout({}, x, p_);
-}
+torch::Tensor FastDropoutImpl::forward(const torch::Tensor& x) { return add_dropout({}, x, is_training() ? p_ : 0.0); }
 
 torch::Tensor FastDropoutImpl::add_to(const torch::Tensor& base, const torch::Tensor& x) {
-  if (!is_training() || p_ <= 0) return base + x;
-  return add_dropout(base, x, p_);
+  return add_dropout(base, x, is_training() ? p_ : 0.0);
 }
 
 }  // namespace distill
