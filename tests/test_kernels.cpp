@@ -8,8 +8,10 @@
 #include <limits>
 #include <vector>
 
+#include "models/errors.h"
 #include "models/kernels/attention_core.h"
 #include "models/kernels/batched_matmul.h"
+#include "models/kernels/embedding.h"
 #include "models/kernels/fast_dropout.h"
 #include "models/kernels/projection.h"
 #include "models/kernels/rms_norm.h"
@@ -138,6 +140,37 @@ TEST(RmsNorm, MatchesTheAtenOpsWithGradients) {
   EXPECT_TRUE(tensors_close(w.grad(), w2.grad(), 1e-5));
 }
 
+// The lookup and its gradient against ATen's embedding: repeated ids add up, unused rows get zero,
+// at widths that take one task and several; the same on one thread (columns split, not ids).
+TEST(Embedding, MatchesAtenWithRepeatedIdsAndGradients) {
+  torch::manual_seed(3);
+  for (int64_t D : {4, 200}) {
+    auto table = torch::randn({11, D});
+    auto ids = torch::randint(0, 7, {3, 300}, torch::kLong);  // ids 7..10 unused; most repeat
+    auto g = torch::randn({3, 300, D});
+    auto run = [&](bool ours) {
+      auto w = table.clone().requires_grad_(true);
+      auto y = ours ? embedding_lookup(w, ids) : torch::embedding(w, ids);
+      (y * g).sum().backward();
+      return std::vector<torch::Tensor>{y.detach(), w.grad()};
+    };
+    const auto want = run(false);
+    for (int threads : {at::get_num_threads(), 1}) {
+      const int before = at::get_num_threads();
+      at::set_num_threads(threads);
+      const auto got = run(true);
+      at::set_num_threads(before);
+      EXPECT_TRUE(torch::equal(got[0], want[0])) << D;
+      EXPECT_TRUE(tensors_close(got[1], want[1], 1e-5)) << "D " << D << " threads " << threads;
+      EXPECT_TRUE(torch::equal(got[1].narrow(0, 7, 4), torch::zeros({4, D}))) << D;
+    }
+  }
+  auto table = torch::randn({5, 3});
+  EXPECT_THROW(embedding_lookup(table, torch::tensor({1, 5}, torch::kLong)), c10::Error);  // out of range
+  auto d = torch::randn({5, 3}, torch::kDouble);  // other dtypes: ATen's embedding
+  EXPECT_TRUE(torch::equal(embedding_lookup(d, torch::tensor({4, 0}, torch::kLong)), torch::embedding(d, torch::tensor({4, 0}, torch::kLong))));
+}
+
 TEST(BatchedMatmul, MatchesTorchOnStridedViewsWithGradients) {
   torch::manual_seed(0);
   // Heads split from a fused projection, as attention does: strided, transposed views.
@@ -204,6 +237,62 @@ TEST(AttentionCore, MatchesTheAtenOpsWithGradients) {
   }
   auto d = attention_core(q.to(torch::kDouble), k.to(torch::kDouble), v.to(torch::kDouble), {}, 0.0);
   EXPECT_TRUE(tensors_close(d.to(torch::kFloat), attention_core_reference(q, k, v, {}, 0.0), 1e-5));
+}
+
+// The packed entry points (heads read in place from the projections' outputs, gradients handed back
+// in that layout) against the reference on the same heads as views: self and cross, with and
+// without dropout, without autograd, and in double (through the views).
+TEST(AttentionCore, PackedSourcesMatchTheReferenceWithGradients) {
+  const int64_t B = 2, T = 6, S = 9, H = 3, Dk = 4, I = H * Dk;
+  for (double p : {0.0, 0.25}) {
+    for (bool cross : {false, true}) {
+      torch::manual_seed(2);
+      const int64_t L = cross ? S : T;
+      auto a_in = torch::randn({B, T, cross ? I : 3 * I}), kv_in = torch::randn({B, L, 2 * I});
+      auto bias_in = torch::randn({1, H, T, L}), g = torch::randn({B, T, I});
+      auto run = [&](bool packed) {
+        auto a = a_in.clone().requires_grad_(true), kv = kv_in.clone().requires_grad_(true),
+             bias = bias_in.clone().requires_grad_(true);
+        auto heads = [&](const torch::Tensor& t) { return t.view({B, -1, H, Dk}).transpose(1, 2); };  // [B, H, L, Dk]
+        torch::manual_seed(9);
+        torch::Tensor out;
+        if (packed) {
+          out = cross ? cross_attention_core(a, kv, H, bias, p) : self_attention_core(a, H, bias, p);
+        } else {
+          auto q = cross ? a : a.narrow(2, 0, I);
+          auto k = cross ? kv.narrow(2, 0, I) : a.narrow(2, I, I), v = cross ? kv.narrow(2, I, I) : a.narrow(2, 2 * I, I);
+          out = attention_core_reference(heads(q), heads(k), heads(v), bias, p);
+        }
+        (out * g).sum().backward();
+        return std::vector<torch::Tensor>{out.detach(), a.grad(), cross ? kv.grad() : torch::zeros({1}), bias.grad()};
+      };
+      const auto got = run(true), want = run(false);
+      for (size_t i = 0; i < got.size(); ++i) {
+        EXPECT_TRUE(tensors_close(got[i], want[i], 1e-5)) << "p=" << p << (cross ? " cross" : " self") << " output " << i;
+      }
+      if (p == 0) {
+        torch::NoGradGuard ng;
+        auto fwd = cross ? cross_attention_core(a_in, kv_in, H, bias_in, 0) : self_attention_core(a_in, H, bias_in, 0);
+        EXPECT_TRUE(tensors_close(fwd, want[0], 1e-5)) << (cross ? "cross" : "self");
+        auto d = cross ? cross_attention_core(a_in.to(torch::kDouble), kv_in.to(torch::kDouble), H, bias_in.to(torch::kDouble), 0)
+                       : self_attention_core(a_in.to(torch::kDouble), H, bias_in.to(torch::kDouble), 0);
+        EXPECT_TRUE(tensors_close(d.to(torch::kFloat), want[0], 1e-5)) << (cross ? "cross" : "self");
+      }
+    }
+  }
+  // No bias, and a bias broadcast over the keys ([1, H, T, 1]), under autograd.
+  for (bool keyless : {false, true}) {
+    torch::manual_seed(4);
+    auto a = torch::randn({B, T, 3 * I}).requires_grad_(true), bias = torch::randn({1, H, T, 1});
+    auto out = self_attention_core(a, H, keyless ? bias : torch::Tensor(), 0);
+    auto heads = [&](int64_t part) { return a.narrow(2, part * I, I).view({B, T, H, Dk}).transpose(1, 2); };
+    auto want = attention_core_reference(heads(0), heads(1), heads(2), keyless ? bias : torch::Tensor(), 0);
+    EXPECT_TRUE(tensors_close(out, want, 1e-5)) << keyless;
+    auto g1 = torch::autograd::grad({out.sum()}, {a})[0], g2 = torch::autograd::grad({want.sum()}, {a})[0];
+    EXPECT_TRUE(tensors_close(g1, g2, 1e-5)) << keyless;
+  }
+  EXPECT_THROW(self_attention_core(torch::randn({2, 5, 10}), 3, {}, 0), Error);  // 10 is not 3 x 3 x Dk
+  EXPECT_THROW(cross_attention_core(torch::randn({2, 5, 6}), torch::randn({2, 7, 6}), 3, {}, 0), Error);  // kv not 2 x 6
 }
 
 TEST(FastDropout, KeepsOneMinusPScaledAndIsReproducible) {

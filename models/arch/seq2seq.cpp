@@ -1,6 +1,7 @@
 #include "models/arch/seq2seq.h"
 
 #include "models/errors.h"
+#include "models/kernels/embedding.h"
 #include "models/kernels/projection.h"
 #include "models/kernels/mixed_precision.h"
 
@@ -200,7 +201,7 @@ Seq2SeqModelImpl::Seq2SeqModelImpl(ModelConfig config) : config_(std::move(confi
 StackOutput Seq2SeqModelImpl::encode(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
                                      bool keep_hidden_states) {
   Bf16Products amp(bf16_products_);
-  return encoder->forward(shared->forward(input_ids), attention_mask, {}, {}, keep_hidden_states);
+  return encoder->forward(embedding_lookup(shared->weight, input_ids), attention_mask, {}, {}, keep_hidden_states);
 }
 
 StackOutput Seq2SeqModelImpl::decode(const torch::Tensor& decoder_input_ids,
@@ -208,14 +209,14 @@ StackOutput Seq2SeqModelImpl::decode(const torch::Tensor& decoder_input_ids,
                                      const torch::Tensor& memory_mask, bool keep_hidden_states,
                                      const torch::Tensor& routing_mask) {
   Bf16Products amp(bf16_products_);
-  return decoder->forward(shared->forward(decoder_input_ids), decoder_attention_mask, memory, memory_mask,
+  return decoder->forward(embedding_lookup(shared->weight, decoder_input_ids), decoder_attention_mask, memory, memory_mask,
                           keep_hidden_states, routing_mask);
 }
 
 torch::Tensor Seq2SeqModelImpl::decode_step(const torch::Tensor& decoder_input_ids, const torch::Tensor& memory,
                                             const torch::Tensor& memory_mask, DecoderCache& cache) {
   Bf16Products amp(bf16_products_);
-  return decoder->forward_step(shared->forward(decoder_input_ids), memory, memory_mask, cache);
+  return decoder->forward_step(embedding_lookup(shared->weight, decoder_input_ids), memory, memory_mask, cache);
 }
 
 torch::Tensor Seq2SeqModelImpl::lm_logits(const torch::Tensor& hidden) {

@@ -8,6 +8,7 @@
 
 #include "models/kernels/attention_core.h"
 #include "models/errors.h"
+#include "models/kernels/embedding.h"
 #include "models/kernels/projection.h"
 #include "models/kernels/rms_norm.h"
 
@@ -77,30 +78,25 @@ torch::Tensor T5AttentionImpl::compute_bias(int64_t query_len, int64_t key_len, 
   auto memory = torch::arange(key_len, opts).unsqueeze(0);     // [1, S]
   auto buckets = relative_position_bucket(memory - context, options_.bidirectional,
                                           options_.num_buckets, options_.max_distance);
-  auto values = relative_attention_bias->forward(buckets);  // [T, S, H]
-  return values.permute({2, 0, 1}).unsqueeze(0);          // [1, H, T, S]
+  auto values = embedding_lookup(relative_attention_bias->weight, buckets);  // [T, S, H]
+  // Contiguous once here, not in every layer: the masks added to it and the attention core's rows
+  // then all read [.., T, S] with unit stride.
+  return values.permute({2, 0, 1}).contiguous().unsqueeze(0);  // [1, H, T, S]
 }
 
 torch::Tensor T5AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& kv,
                                        const torch::Tensor& bias) {
-  const auto B = x.size(0), T = x.size(1);
-  const auto& src = kv.defined() ? kv : x;
-  const auto S = src.size(1), H = options_.num_heads, Dk = options_.d_kv, I = H * Dk;
-  // One matmul for q, k and v (self) or k and v (cross): fewer, larger products run faster here.
-  torch::Tensor qp, kp, vp;  // [B, T or S, I]
+  const auto H = options_.num_heads;
+  // One matmul for q, k and v (self) or k and v (cross): fewer, larger products run faster here. The
+  // core reads the heads in place and returns the gradients in the same layout.
+  const double p = is_training() ? dropout_->p() : 0.0;
+  torch::Tensor ctx;  // [B, T, H*Dk]
   if (!kv.defined()) {
-    auto qkv = project(x, std::vector<torch::Tensor>{q->weight, k->weight, v->weight});  // [B, T, 3I]
-    auto parts = qkv.split(I, -1);
-    qp = parts[0], kp = parts[1], vp = parts[2];
+    ctx = self_attention_core(project(x, std::vector<torch::Tensor>{q->weight, k->weight, v->weight}), H, bias, p);  // [B, T, 3I]
   } else {
-    qp = project(x, q->weight);
-    auto parts = project(src, std::vector<torch::Tensor>{k->weight, v->weight}).split(I, -1);  // [B, S, 2I]
-    kp = parts[0], vp = parts[1];
+    ctx = cross_attention_core(project(x, q->weight), project(kv, std::vector<torch::Tensor>{k->weight, v->weight}), H,
+                               bias, p);  // [B, T, I] and [B, S, 2I]
   }
-  auto qh = qp.view({B, T, H, Dk}).transpose(1, 2);  // [B, H, T, Dk]
-  auto kh = kp.view({B, S, H, Dk}).transpose(1, 2);  // [B, H, S, Dk]
-  auto vh = vp.view({B, S, H, Dk}).transpose(1, 2);  // [B, H, S, Dk]
-  auto ctx = attention_core(qh, kh, vh, bias, is_training() ? dropout_->p() : 0.0);  // [B, T, H*Dk]
   return project(ctx, o->weight);
 }
 

@@ -4,8 +4,11 @@
 #include <ATen/Parallel.h>
 #include <torch/torch.h>
 
+#include <array>
+#include <string>
 #include <vector>
 
+#include "models/errors.h"
 #include "models/kernels/batched_matmul.h"
 #include "models/kernels/fast_dropout.h"
 #include "models/kernels/mixed_precision.h"
@@ -58,6 +61,11 @@ Heads heads_of(at::Tensor& t) {
   return {t.data_ptr<float>(), t.stride(0), t.stride(1), t.stride(2)};
 }
 
+// The heads held in columns [offset, offset + H * Dk) of a contiguous [B, L, W] projection output.
+Heads packed_heads(const at::Tensor& t, int64_t offset, int64_t Dk) {
+  return {t.data_ptr<float>() + offset, t.size(1) * t.size(2), Dk, t.size(2)};
+}
+
 struct Shape {
   int64_t B, H, T, S, Dk;
   // Where bf16 products pay for a head: oneDNN's bf16 gemm costs tens of microseconds per call
@@ -66,11 +74,23 @@ struct Shape {
   bool bf16_pays() const { return T * S * Dk >= (int64_t{1} << 22); }
 };
 
-// The bias as a [B, H, T, S] view with unit last stride; broadcast dimensions get stride 0.
+// The bias as a [B, H, T, S] view with unit last stride (the kernels read its rows); other
+// broadcast dimensions get stride 0.
 at::Tensor bias_view(const at::Tensor& bias, const Shape& s) {
   if (!bias.defined()) return {};
-  auto b = bias.size(-1) > 1 && bias.stride(-1) != 1 ? bias.contiguous() : bias;
+  auto b = bias;
+  if (b.size(-1) != s.S) {  // broadcast over the keys: rows made real
+    auto sizes = b.sizes().vec();
+    sizes.back() = s.S;
+    b = b.expand(sizes);
+  }
+  if (b.stride(-1) != 1) b = b.contiguous();
   return b.expand({s.B, s.H, s.T, s.S});
+}
+
+// Autograd takes no undefined inputs: no bias is a zero one, [1, 1, 1, S].
+at::Tensor bias_or_zeros(const at::Tensor& bias, int64_t S) {
+  return bias.defined() ? bias : at::zeros({1, 1, 1, S}, at::kFloat);
 }
 
 // Forward of the float32 path. probs [B, H, T, S] receives the softmax before dropout (saved for
@@ -111,22 +131,15 @@ at::Tensor forward_sgemm(const Heads& q, const Heads& k, const Heads& v, const a
   return ctx;
 }
 
-struct Grads {
-  at::Tensor q, k, v;  // [B, H, T or S, Dk] (transposed views of [B, T or S, H, Dk] buffers)
-  at::Tensor scores;   // [B, H, T, S] when the bias needs its gradient
-};
-
-Grads backward_sgemm(const at::Tensor& grad_in, const Heads& q, const Heads& k, const Heads& v, const at::Tensor& probs,
-                     const Shape& s, uint64_t seed, double dropout, bool bf16, bool want_scores) {
+// Backward of the float32 path: the heads' gradients go to gq, gk and gv (every element written),
+// the scores' gradient to scores [B, H, T, S] when it is not null (the bias needs it).
+void backward_sgemm(const at::Tensor& grad_in, const Heads& q, const Heads& k, const Heads& v, const at::Tensor& probs,
+                    const Shape& s, uint64_t seed, double dropout, bool bf16, const Heads& gq, const Heads& gk,
+                    const Heads& gv, float* pgs) {
   const auto [B, H, T, S, Dk] = s;
   const int64_t I = H * Dk;
   const auto grad = grad_in.contiguous();  // [B, T, H*Dk]
-  auto gq = at::empty({B, T, H, Dk}, at::kFloat), gk = at::empty({B, S, H, Dk}, at::kFloat), gv = at::empty({B, S, H, Dk}, at::kFloat);
-  Grads out;
-  if (want_scores) out.scores = at::empty({B, H, T, S}, at::kFloat);
   const float *pg = grad.data_ptr<float>(), *pp = probs.data_ptr<float>();
-  float *pgq = gq.data_ptr<float>(), *pgk = gk.data_ptr<float>(), *pgv = gv.data_ptr<float>();
-  float* pgs = want_scores ? out.scores.data_ptr<float>() : nullptr;
   const uint32_t threshold = dropout_threshold(dropout);
   const float scale_kept = dropout_scale(dropout);
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
@@ -145,7 +158,7 @@ Grads backward_sgemm(const at::Tensor& grad_in, const Heads& q, const Heads& k, 
         rows::multiply(w, p, mask.data(), T * S);
         used = w;
       }
-      mm(Op::T, Op::N, S, Dk, T, used, S, gctx, I, pgv + b * S * I + h * Dk, I);  // [S, Dk]
+      mm(Op::T, Op::N, S, Dk, T, used, S, gctx, I, gv.at(b, h), gv.ld);  // [S, Dk]
       // dP = dctx V^T, back through dropout.
       mm(Op::N, Op::T, T, S, Dk, gctx, I, v.at(b, h), v.ld, w, S);  // [T, S]
       if (dropout > 0) rows::multiply(w, w, mask.data(), T * S);
@@ -156,14 +169,32 @@ Grads backward_sgemm(const at::Tensor& grad_in, const Heads& q, const Heads& k, 
         const float* wr = w + t * S;
         rows::softmax_backward(ds + t * S, pr, wr, rows::dot(wr, pr, S), S);
       }
-      mm(Op::N, Op::N, T, Dk, S, ds, S, k.at(b, h), k.ld, pgq + b * T * I + h * Dk, I);  // dQ [T, Dk]
-      mm(Op::T, Op::N, S, Dk, T, ds, S, q.at(b, h), q.ld, pgk + b * S * I + h * Dk, I);  // dK [S, Dk]
+      mm(Op::N, Op::N, T, Dk, S, ds, S, k.at(b, h), k.ld, gq.at(b, h), gq.ld);  // dQ [T, Dk]
+      mm(Op::T, Op::N, S, Dk, T, ds, S, q.at(b, h), q.ld, gk.at(b, h), gk.ld);  // dK [S, Dk]
     }
   });
-  out.q = gq.transpose(1, 2);
-  out.k = gk.transpose(1, 2);
-  out.v = gv.transpose(1, 2);
-  return out;
+}
+
+// What forward keeps beside the saved tensors, and backward's use of it: the dropout seed, whether
+// the products ran in bf16, the bias's shape for its gradient.
+uint64_t save_settings(torch::autograd::AutogradContext* ctx, const at::Tensor& bias_in, double dropout, bool bf16) {
+  const uint64_t seed = dropout > 0 ? dropout_seed() : 0;
+  ctx->saved_data["seed"] = seed_to_int(seed);
+  ctx->saved_data["bf16"] = bf16;
+  ctx->saved_data["dropout"] = dropout;
+  ctx->saved_data["bias_sizes"] = bias_in.defined() ? c10::IValue(bias_in.sizes().vec()) : c10::IValue();
+  return seed;
+}
+
+// Runs backward_sgemm with the saved settings; returns the bias's gradient when it needs one.
+at::Tensor run_backward(torch::autograd::AutogradContext* ctx, const at::Tensor& grad, const Heads& q, const Heads& k,
+                        const Heads& v, const at::Tensor& probs, const Shape& s, const Heads& gq, const Heads& gk,
+                        const Heads& gv, bool want_bias) {
+  at::Tensor scores = want_bias ? at::empty({s.B, s.H, s.T, s.S}, at::kFloat) : at::Tensor();  // [B, H, T, S]
+  backward_sgemm(grad, q, k, v, probs, s, seed_from_int(ctx->saved_data["seed"].toInt()),
+                 ctx->saved_data["dropout"].toDouble(), ctx->saved_data["bf16"].toBool(), gq, gk, gv,
+                 want_bias ? scores.data_ptr<float>() : nullptr);
+  return want_bias ? at::sum_to(scores, ctx->saved_data["bias_sizes"].toIntVector()) : at::Tensor();
 }
 
 struct AttentionCoreFunction : public torch::autograd::Function<AttentionCoreFunction> {
@@ -171,32 +202,70 @@ struct AttentionCoreFunction : public torch::autograd::Function<AttentionCoreFun
                             const at::Tensor& v_in, const at::Tensor& bias_in, double dropout) {
     at::Tensor q = q_in, k = k_in, v = v_in;
     const Shape s{q.size(0), q.size(1), q.size(2), k.size(2), q.size(3)};
-    const auto bias = bias_view(bias_in, s);
     const Heads hq = heads_of(q), hk = heads_of(k), hv = heads_of(v);
-    const uint64_t seed = dropout > 0 ? dropout_seed() : 0;
-    at::Tensor probs;
     const bool bf16 = bf16_products_active();  // backward multiplies as forward did
-    auto out = forward_sgemm(hq, hk, hv, bias, s, seed, dropout, bf16, probs);
+    const uint64_t seed = save_settings(ctx, bias_in, dropout, bf16);
+    at::Tensor probs;
+    auto out = forward_sgemm(hq, hk, hv, bias_view(bias_in, s), s, seed, dropout, bf16, probs);
     ctx->save_for_backward({q, k, v, probs});
-    ctx->saved_data["seed"] = seed_to_int(seed);
-    ctx->saved_data["bf16"] = bf16;
-    ctx->saved_data["dropout"] = dropout;
-    ctx->saved_data["bias_sizes"] = bias_in.defined() ? c10::IValue(bias_in.sizes().vec()) : c10::IValue();
     return out;
   }
 
   static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::tensor_list grads) {
     auto saved = ctx->get_saved_variables();
     at::Tensor q = saved[0], k = saved[1], v = saved[2];
-    const auto& probs = saved[3];
     const Shape s{q.size(0), q.size(1), q.size(2), k.size(2), q.size(3)};
-    const Heads hq = heads_of(q), hk = heads_of(k), hv = heads_of(v);
-    const bool want_bias = ctx->needs_input_grad(3);
-    auto g = backward_sgemm(grads[0], hq, hk, hv, probs, s, seed_from_int(ctx->saved_data["seed"].toInt()),
-                            ctx->saved_data["dropout"].toDouble(), ctx->saved_data["bf16"].toBool(), want_bias);
-    at::Tensor gbias;
-    if (want_bias) gbias = at::sum_to(g.scores, ctx->saved_data["bias_sizes"].toIntVector());
-    return {g.q, g.k, g.v, gbias, at::Tensor()};
+    // Gradients in [B, L, H, Dk] buffers, handed back as [B, H, L, Dk] views.
+    auto gq = at::empty({s.B, s.T, s.H, s.Dk}, at::kFloat), gk = at::empty({s.B, s.S, s.H, s.Dk}, at::kFloat),
+         gv = at::empty({s.B, s.S, s.H, s.Dk}, at::kFloat);
+    const auto heads = [](at::Tensor& t) { return Heads{t.data_ptr<float>(), t.stride(0), t.stride(2), t.stride(1)}; };
+    auto gbias = run_backward(ctx, grads[0], heads_of(q), heads_of(k), heads_of(v), saved[3], s, heads(gq), heads(gk),
+                              heads(gv), ctx->needs_input_grad(3));
+    return {gq.transpose(1, 2), gk.transpose(1, 2), gv.transpose(1, 2), gbias, at::Tensor()};
+  }
+};
+
+// Attention on the projections as they come out of their products: self-attention reads q, k and v
+// from one [B, T, 3I] tensor, cross-attention q from [B, T, I] and k, v from [B, S, 2I]. The
+// gradients come back in the same layout, so the projections' backward takes them as they are (no
+// split, no concatenation). Autograd takes no undefined inputs: self-attention passes its source
+// twice and gets its whole gradient through the first.
+struct PackedAttentionFunction : public torch::autograd::Function<PackedAttentionFunction> {
+  static Shape shape_of(const at::Tensor& src_q, const at::Tensor& src_kv, int64_t heads, bool self) {
+    const int64_t I = self ? src_q.size(2) / 3 : src_q.size(2);
+    return {src_q.size(0), heads, src_q.size(1), src_kv.size(1), I / heads};
+  }
+  // q, k, v heads of (src_q, src_kv) in that layout
+  static std::array<Heads, 3> heads_in(const at::Tensor& src_q, const at::Tensor& src_kv, const Shape& s, bool self) {
+    const int64_t I = s.H * s.Dk;
+    if (self) return {packed_heads(src_q, 0, s.Dk), packed_heads(src_q, I, s.Dk), packed_heads(src_q, 2 * I, s.Dk)};
+    return {packed_heads(src_q, 0, s.Dk), packed_heads(src_kv, 0, s.Dk), packed_heads(src_kv, I, s.Dk)};
+  }
+
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& src_q, const at::Tensor& src_kv,
+                            const at::Tensor& bias_in, int64_t heads, bool self, double dropout) {
+    const Shape s = shape_of(src_q, src_kv, heads, self);
+    const auto h = heads_in(src_q, src_kv, s, self);
+    const bool bf16 = bf16_products_active();
+    const uint64_t seed = save_settings(ctx, bias_in, dropout, bf16);
+    at::Tensor probs;
+    auto out = forward_sgemm(h[0], h[1], h[2], bias_view(bias_in, s), s, seed, dropout, bf16, probs);
+    ctx->save_for_backward({src_q, self ? at::Tensor() : src_kv, probs});
+    ctx->saved_data["heads"] = heads;
+    ctx->saved_data["self"] = self;
+    return out;
+  }
+
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::tensor_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const bool self = ctx->saved_data["self"].toBool();
+    const at::Tensor& src_q = saved[0];
+    const at::Tensor& src_kv = self ? src_q : saved[1];
+    const Shape s = shape_of(src_q, src_kv, ctx->saved_data["heads"].toInt(), self);
+    auto g_q = at::empty_like(src_q), g_kv = self ? at::Tensor() : at::empty_like(src_kv);
+    const auto h = heads_in(src_q, src_kv, s, self), g = heads_in(g_q, g_kv, s, self);
+    auto gbias = run_backward(ctx, grads[0], h[0], h[1], h[2], saved[2], s, g[0], g[1], g[2], ctx->needs_input_grad(2));
+    return {g_q, g_kv, gbias, at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -212,12 +281,56 @@ at::Tensor attention_core(const at::Tensor& q, const at::Tensor& k, const at::Te
   if (!fast_path(q, k, v, bias)) return attention_core_reference(q, k, v, bias, dropout);
   if (torch::GradMode::is_enabled() && (q.requires_grad() || k.requires_grad() || v.requires_grad() ||
                                         (bias.defined() && bias.requires_grad()))) {
-    return AttentionCoreFunction::apply(q, k, v, bias, dropout);
+    return AttentionCoreFunction::apply(q, k, v, bias_or_zeros(bias, k.size(2)), dropout);
   }
   at::Tensor qq = q, kk = k, vv = v, probs;
   const Shape s{q.size(0), q.size(1), q.size(2), k.size(2), q.size(3)};
   return forward_sgemm(heads_of(qq), heads_of(kk), heads_of(vv), bias_view(bias, s), s, dropout > 0 ? dropout_seed() : 0,
                        dropout, bf16_products_active(), probs);
+}
+
+namespace {
+
+// The packed entry points: the sources' layout checked, then the fused node, its forward alone, or
+// (other dtypes, devices or layouts) the heads as views through attention_core.
+at::Tensor packed_attention(const at::Tensor& src_q, const at::Tensor& src_kv, int64_t heads, const at::Tensor& bias,
+                            double dropout) {
+  const bool self = !src_kv.defined();
+  const int64_t parts = self ? 3 : 1;
+  if (heads <= 0 || src_q.dim() != 3 || src_q.size(2) % (parts * heads) != 0 ||
+      (!self && (src_kv.dim() != 3 || src_kv.size(0) != src_q.size(0) || src_kv.size(2) != 2 * src_q.size(2)))) {
+    throw Error("attention core: expected " +
+                std::string(self ? "qkv [B, T, 3 * H * Dk]" : "q [B, T, H * Dk] and kv [B, S, 2 * H * Dk]") + " with H = " +
+                std::to_string(heads) + ", got " + c10::str(src_q.sizes()) + (self ? "" : " and " + c10::str(src_kv.sizes())));
+  }
+  const int64_t I = src_q.size(2) / parts;
+  const auto fits = [](const at::Tensor& t) { return !t.defined() || (t.scalar_type() == at::kFloat && t.device().is_cpu()); };
+  if (fits(src_q) && fits(src_kv) && fits(bias) && src_q.is_contiguous() && (self || src_kv.is_contiguous())) {
+    const bool grad = torch::GradMode::is_enabled() &&
+                      (src_q.requires_grad() || (!self && src_kv.requires_grad()) || (bias.defined() && bias.requires_grad()));
+    const auto& kv = self ? src_q : src_kv;
+    if (grad) return PackedAttentionFunction::apply(src_q, kv, bias_or_zeros(bias, kv.size(1)), heads, self, dropout);
+    const Shape s = PackedAttentionFunction::shape_of(src_q, kv, heads, self);
+    const auto h = PackedAttentionFunction::heads_in(src_q, kv, s, self);
+    at::Tensor probs;
+    return forward_sgemm(h[0], h[1], h[2], bias_view(bias, s), s, dropout > 0 ? dropout_seed() : 0, dropout,
+                         bf16_products_active(), probs);
+  }
+  const auto as_heads = [&](const at::Tensor& t) { return t.view({t.size(0), t.size(1), heads, I / heads}).transpose(1, 2); };
+  const auto kv = (self ? src_q.narrow(2, I, 2 * I) : src_kv).split(I, -1);
+  return attention_core(as_heads(src_q.narrow(2, 0, I)), as_heads(kv[0]), as_heads(kv[1]), bias, dropout);
+}
+
+}  // namespace
+
+at::Tensor self_attention_core(const at::Tensor& qkv, int64_t heads, const at::Tensor& bias, double dropout) {
+  return packed_attention(qkv, {}, heads, bias, dropout);
+}
+
+at::Tensor cross_attention_core(const at::Tensor& q, const at::Tensor& kv, int64_t heads, const at::Tensor& bias,
+                                double dropout) {
+  if (!kv.defined()) throw Error("cross attention core: kv is undefined");
+  return packed_attention(q, kv, heads, bias, dropout);
 }
 
 at::Tensor attention_core_reference(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias,

@@ -8,6 +8,8 @@
 
 #include <ATen/Tensor.h>
 
+#include <cstdint>
+
 namespace distill {
 
 // q [B, H, T, Dk], k and v [B, H, S, Dk] (any strides), bias broadcastable to [B, H, T, S]
@@ -19,6 +21,14 @@ namespace distill {
 // Other dtypes and devices take the equivalent ATen ops.
 at::Tensor attention_core(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias,
                           double dropout);
+
+// The same on the projections as they come out of their products, so that backward hands the
+// gradients back in that layout (no split or concatenation around the node). Self-attention:
+// qkv [B, T, 3 * H * Dk], q, k and v side by side as project(x, {q, k, v}) returns them.
+// Cross-attention: q [B, T, H * Dk] and kv [B, S, 2 * H * Dk]. Throws Error on other shapes.
+at::Tensor self_attention_core(const at::Tensor& qkv, int64_t heads, const at::Tensor& bias, double dropout);
+at::Tensor cross_attention_core(const at::Tensor& q, const at::Tensor& kv, int64_t heads, const at::Tensor& bias,
+                                double dropout);
 
 // The same with plain ATen ops: the reference for tests and benchmarks.
 at::Tensor attention_core_reference(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias,
