@@ -114,6 +114,36 @@ TEST(Projection, MatchesLinearWithGradients) {
   EXPECT_TRUE(torch::equal(project(d, wd), torch::nn::functional::linear(d, wd)));  // double: ATen's own
 }
 
+// A weight given in parts (q, k and v): stored apart (concatenated per call) or back to back in one
+// allocation (read in place, as T5Attention keeps them), the same output and a gradient per part.
+TEST(Projection, PartsApartOrBackToBackGiveTheSameGradients) {
+  torch::manual_seed(1);
+  auto x_in = torch::randn({5, 6}), w_in = torch::randn({9, 6}), g = torch::randn({5, 9});
+  for (bool back_to_back : {false, true}) {
+    auto x = x_in.clone().requires_grad_(true);
+    std::vector<torch::Tensor> parts;
+    {
+      torch::NoGradGuard ng;
+      auto packed = w_in.clone();
+      for (int64_t i = 0; i < 3; ++i) {
+        auto p = torch::empty({3, 6});
+        p.set_data(back_to_back ? packed.narrow(0, 3 * i, 3) : w_in.narrow(0, 3 * i, 3).clone());
+        parts.push_back(p.requires_grad_(true));
+      }
+    }
+    EXPECT_EQ(parts[1].data_ptr<float>() == parts[0].data_ptr<float>() + 18, back_to_back);
+    auto y = project(x, parts);  // [5, 9]
+    (y * g).sum().backward();
+    EXPECT_TRUE(tensors_close(y.detach(), x_in.mm(w_in.t()), 1e-6)) << back_to_back;
+    EXPECT_TRUE(tensors_close(x.grad(), g.mm(w_in), 1e-6)) << back_to_back;
+    for (int64_t i = 0; i < 3; ++i) {
+      EXPECT_TRUE(tensors_close(parts[i].grad(), g.narrow(1, 3 * i, 3).t().mm(x_in), 1e-6)) << back_to_back << " part " << i;
+    }
+    torch::NoGradGuard ng;
+    EXPECT_TRUE(tensors_close(project(x_in, parts), x_in.mm(w_in.t()), 1e-6)) << back_to_back;
+  }
+}
+
 TEST(RmsNorm, MatchesTheAtenOpsWithGradients) {
   torch::manual_seed(5);
   for (int64_t D : {8, 37, 72}) {  // row kernels: a tail, blocks and a tail

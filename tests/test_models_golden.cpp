@@ -119,6 +119,17 @@ TEST(GoldenStudent, DenseT5MatchesHuggingFace) {
   EXPECT_NEAR(out.ce_loss.item<double>(), j["ce_loss"].get<double>(), 1e-4 * j["ce_loss"].get<double>());
   EXPECT_EQ(out.routing.size(), 0u);
   EXPECT_EQ(out.encoder_aux_loss.item<double>(), 0.0);
+  // Loading copies into the parameters: every attention's q, k and v still sit back to back, so
+  // its fused projections read them in place.
+  int attentions = 0;
+  for (const auto& item : model->named_modules()) {
+    auto* a = item.value()->as<T5AttentionImpl>();
+    if (!a) continue;
+    ++attentions;
+    const float *pq = a->q->weight.data_ptr<float>(), *pk = a->k->weight.data_ptr<float>(), *pv = a->v->weight.data_ptr<float>();
+    EXPECT_TRUE(pk == pq + a->q->weight.numel() && pv == pk + a->k->weight.numel()) << item.key();
+  }
+  EXPECT_GT(attentions, 0);
 }
 
 }  // namespace

@@ -64,6 +64,17 @@ T5AttentionImpl::T5AttentionImpl(const AttentionOptions& options) : options_(opt
   k = register_module("k", projection(options.d_model, inner));
   v = register_module("v", projection(options.d_model, inner));
   o = register_module("o", projection(inner, options.d_model));
+  // q, k and v share one allocation, back to back, so the fused projections (q, k, v for self-
+  // attention; k, v for cross-attention) read them as one weight instead of concatenating them on
+  // every call. Each stays its own parameter; weights moved apart later (set_data to another dtype
+  // or device) are concatenated again.
+  {
+    torch::NoGradGuard no_grad;
+    auto packed = torch::cat({q->weight, k->weight, v->weight}, 0);  // [3I, D]
+    q->weight.set_data(packed.narrow(0, 0, inner));
+    k->weight.set_data(packed.narrow(0, inner, inner));
+    v->weight.set_data(packed.narrow(0, 2 * inner, inner));
+  }
   if (options.has_relative_bias) {
     relative_attention_bias = register_module(
         "relative_attention_bias", torch::nn::Embedding(options.num_buckets, options.num_heads));
@@ -73,12 +84,16 @@ T5AttentionImpl::T5AttentionImpl(const AttentionOptions& options) : options_(opt
 
 torch::Tensor T5AttentionImpl::compute_bias(int64_t query_len, int64_t key_len, const torch::Device& device,
                                             int64_t query_offset) {
-  auto opts = torch::TensorOptions().dtype(torch::kLong).device(device);
-  auto context = torch::arange(query_offset, query_offset + query_len, opts).unsqueeze(1);  // [T, 1]
-  auto memory = torch::arange(key_len, opts).unsqueeze(0);     // [1, S]
-  auto buckets = relative_position_bucket(memory - context, options_.bidirectional,
-                                          options_.num_buckets, options_.max_distance);
-  auto values = embedding_lookup(relative_attention_bias->weight, buckets);  // [T, S, H]
+  auto& c = buckets_;
+  if (c.query_len != query_len || c.key_len != key_len || c.query_offset != query_offset || c.table.device() != device) {
+    auto opts = torch::TensorOptions().dtype(torch::kLong).device(device);
+    auto context = torch::arange(query_offset, query_offset + query_len, opts).unsqueeze(1);  // [T, 1]
+    auto memory = torch::arange(key_len, opts).unsqueeze(0);                                   // [1, S]
+    c.table = relative_position_bucket(memory - context, options_.bidirectional, options_.num_buckets,
+                                       options_.max_distance);  // [T, S]
+    c.query_len = query_len, c.key_len = key_len, c.query_offset = query_offset;
+  }
+  auto values = embedding_lookup(relative_attention_bias->weight, c.table);  // [T, S, H]
   // Contiguous once here, not in every layer: the masks added to it and the attention core's rows
   // then all read [.., T, S] with unit stride.
   return values.permute({2, 0, 1}).contiguous().unsqueeze(0);  // [1, H, T, S]

@@ -77,6 +77,12 @@ class T5AttentionImpl : public torch::nn::Module {
  private:
   AttentionOptions options_;
   FastDropout dropout_{nullptr};
+  // The last bucket table [T, S] and what it was made for: the same lengths come back every batch,
+  // and the table is about twenty small integer ops per stack and forward.
+  struct Buckets {
+    int64_t query_len = -1, key_len = -1, query_offset = -1;
+    torch::Tensor table;
+  } buckets_;
 };
 TORCH_MODULE(T5Attention);
 

@@ -27,7 +27,23 @@ at::Tensor forward_2d(const at::Tensor& x, const at::Tensor& w) {
   return product(Op::N, Op::T, x, w, x.size(0), w.size(0), x.size(1));
 }
 
-at::Tensor concat(const std::vector<at::Tensor>& parts) { return parts.size() == 1 ? parts[0].contiguous() : at::cat(parts, 0); }
+// The parts as one [sum of rows, in] weight: a view when they sit back to back in one allocation (as
+// T5Attention keeps q, k and v), else their concatenation.
+at::Tensor concat(const std::vector<at::Tensor>& parts) {
+  if (parts.size() == 1) return parts[0].contiguous();
+  bool adjacent = true;
+  int64_t rows = 0;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    const auto& p = parts[i];
+    adjacent = adjacent && p.is_contiguous() && p.scalar_type() == parts[0].scalar_type() && p.size(1) == parts[0].size(1) &&
+               p.storage().is_alias_of(parts[0].storage()) &&
+               (i == 0 || static_cast<const char*>(p.data_ptr()) ==
+                              static_cast<const char*>(parts[i - 1].data_ptr()) + parts[i - 1].nbytes());
+    rows += p.size(0);
+  }
+  if (!adjacent) return at::cat(parts, 0);
+  return parts[0].as_strided({rows, parts[0].size(1)}, {parts[0].size(1), 1}, parts[0].storage_offset());
+}
 
 // The operands of one product: float32 as given, or bf16 copies (the weight's cached).
 struct Operands {
@@ -86,7 +102,7 @@ torch::Tensor project(const torch::Tensor& x, const std::vector<torch::Tensor>& 
     direct = direct && w.scalar_type() == torch::kFloat32 && w.device().is_cpu() && w.dim() == 2 &&
              x.size(-1) == w.size(1);
   }
-  if (!direct) return torch::nn::functional::linear(x, parts.size() == 1 ? parts[0] : torch::cat(parts, 0));
+  if (!direct) return torch::nn::functional::linear(x, parts.size() == 1 ? parts[0] : torch::cat(parts, 0));  // autograd through cat
   int64_t out_features = 0;
   for (const auto& w : parts) out_features += w.size(0);
   auto out_shape = x.sizes().vec();
