@@ -420,6 +420,46 @@ TEST(Optim, SchedulesHaveTheirShapes) {
   EXPECT_NEAR(schedule_lr(s, 1.0, 110, 110), 0.1, 1e-12);
 }
 
+// AdamW's fused update (one parallel region over every parameter, chunks that start and end inside
+// parameters) against the textbook tensor ops: three steps, parameters of many sizes, one without a
+// gradient (left alone), a non-contiguous one (the tensor-op path).
+TEST(Optim, AdamWFusedUpdateMatchesTheTensorOpsAcrossChunkBoundaries) {
+  torch::manual_seed(3);
+  std::vector<std::vector<int64_t>> shapes{{7}, {300, 129}, {1}, {40000}, {33, 17}, {5, 6}};
+  NamedParams params;
+  std::vector<torch::Tensor> ref, m, v;
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    auto p = torch::randn(shapes[i]);
+    if (i == 5) p = torch::randn({6, 5}).t();  // not contiguous
+    params.emplace_back("p" + std::to_string(i), p.requires_grad_(true));
+    ref.push_back(p.detach().clone());
+    m.push_back(torch::zeros_like(ref.back()));
+    v.push_back(torch::zeros_like(ref.back()));
+  }
+  OptimizerConfig c;
+  AdamW opt(params, c);
+  const double lr = 0.01;
+  for (int step = 1; step <= 3; ++step) {
+    for (size_t i = 0; i < params.size(); ++i) {
+      auto& p = params[i].second;
+      p.mutable_grad() = i == 2 ? torch::Tensor() : torch::randn_like(p);
+    }
+    opt.step(lr);
+    const double bc1 = 1 - std::pow(c.beta1, step), bc2 = 1 - std::pow(c.beta2, step);
+    for (size_t i = 0; i < params.size(); ++i) {
+      const auto& g = params[i].second.grad();
+      if (!g.defined()) continue;
+      ref[i].mul_(1 - lr * c.weight_decay);
+      m[i].mul_(c.beta1).add_(g, 1 - c.beta1);
+      v[i].mul_(c.beta2).addcmul_(g, g, 1 - c.beta2);
+      ref[i].addcdiv_(m[i], (v[i].sqrt() / std::sqrt(bc2)).add_(c.eps), -lr / bc1);
+    }
+    for (size_t i = 0; i < params.size(); ++i) {
+      EXPECT_TRUE(tensors_close(params[i].second.detach(), ref[i], 1e-6)) << "step " << step << " parameter " << i;
+    }
+  }
+}
+
 TEST(Optim, AdafactorMinimisesAQuadraticAndRoundTripsItsState) {
   torch::manual_seed(2);
   auto w = torch::randn({6, 4}).requires_grad_(true);

@@ -4,6 +4,7 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "models/errors.h"
@@ -46,25 +47,23 @@ void AdamW::step(double lr) {
   ++step_;
   const double bc1 = 1 - std::pow(c_.beta1, static_cast<double>(step_));
   const double bc2_sqrt = std::sqrt(1 - std::pow(c_.beta2, static_cast<double>(step_)));
+  const rows::AdamWCoefficients k{static_cast<float>(1 - lr * c_.weight_decay), static_cast<float>(c_.beta1),
+                                  static_cast<float>(1 - c_.beta1),            static_cast<float>(c_.beta2),
+                                  static_cast<float>(1 - c_.beta2),            static_cast<float>(1.0 / bc2_sqrt),
+                                  static_cast<float>(c_.eps),                  static_cast<float>(-lr / bc1)};
+  // Float32 CPU parameters go through the row kernel: one pass over memory instead of eight tensor
+  // ops, at the CPU's vector width, the same arithmetic; all of them in one parallel region (a
+  // region per parameter cost more than the update of the small ones).
+  std::vector<size_t> fused;
+  std::vector<int64_t> offset{0};  // where each fused parameter starts in the concatenated range
   for (size_t i = 0; i < params_.size(); ++i) {
     auto& p = params_[i].second;
     if (!p.grad().defined()) continue;
     const auto& g = p.grad();
     if (p.scalar_type() == torch::kFloat32 && g.scalar_type() == torch::kFloat32 && p.is_contiguous() && g.is_contiguous() &&
         m_[i].is_contiguous() && v_[i].is_contiguous() && p.device().is_cpu()) {
-      // One pass over memory instead of eight tensor ops, at the CPU's vector width: the same arithmetic.
-      float* pp = p.data_ptr<float>();
-      float* pm = m_[i].data_ptr<float>();
-      float* pv = v_[i].data_ptr<float>();
-      const float* pg = g.data_ptr<float>();
-      const rows::AdamWCoefficients k{static_cast<float>(1 - lr * c_.weight_decay), static_cast<float>(c_.beta1),
-                                      static_cast<float>(1 - c_.beta1),            static_cast<float>(c_.beta2),
-                                      static_cast<float>(1 - c_.beta2),            static_cast<float>(1.0 / bc2_sqrt),
-                                      static_cast<float>(c_.eps),                  static_cast<float>(-lr / bc1)};
-      at::parallel_for(0, p.numel(), 16384, [&](int64_t begin, int64_t end) {
-        rows::adamw(pp + begin, pm + begin, pv + begin, pg + begin, k, end - begin);
-      });
-      p.unsafeGetTensorImpl()->bump_version();  // written through a raw pointer: bf16 copies of p are stale
+      fused.push_back(i);
+      offset.push_back(offset.back() + p.numel());
       continue;
     }
     p.mul_(1 - lr * c_.weight_decay);
@@ -72,6 +71,19 @@ void AdamW::step(double lr) {
     v_[i].mul_(c_.beta2).addcmul_(g, g, 1 - c_.beta2);
     auto denom = (v_[i].sqrt() / bc2_sqrt).add_(c_.eps);
     p.addcdiv_(m_[i], denom, -lr / bc1);
+  }
+  at::parallel_for(0, offset.back(), 16384, [&](int64_t begin, int64_t end) {
+    size_t j = static_cast<size_t>(std::upper_bound(offset.begin(), offset.end(), begin) - offset.begin()) - 1;
+    for (; j < fused.size() && offset[j] < end; ++j) {
+      const size_t i = fused[j];
+      const int64_t lo = std::max(begin, offset[j]) - offset[j], hi = std::min(end, offset[j + 1]) - offset[j];
+      if (hi <= lo) continue;
+      rows::adamw(params_[i].second.data_ptr<float>() + lo, m_[i].data_ptr<float>() + lo, v_[i].data_ptr<float>() + lo,
+                  params_[i].second.grad().data_ptr<float>() + lo, k, hi - lo);
+    }
+  });
+  for (const size_t i : fused) {
+    params_[i].second.unsafeGetTensorImpl()->bump_version();  // written through a raw pointer: bf16 copies are stale
   }
 }
 
