@@ -99,18 +99,19 @@ TEST(Bf16Projection, ForwardAndGradientsAreProductsOfRoundedOperands) {
 TEST(Bf16Attention, ProductsReadRoundedOperandsAndSoftmaxStaysFloat32) {
   torch::manual_seed(4);
   const int64_t B = 1, H = 2, T = 64, S = 1024, Dk = 64;  // T * S * Dk = 2^22: a head where bf16 pays
-  // q and k, v as the model makes them: heads split from [B, L, H*Dk] (strided views).
-  auto qf = torch::randn({B, T, H * Dk}).requires_grad_(true), kf = torch::randn({B, S, H * Dk}).requires_grad_(true),
-       vf = torch::randn({B, S, H * Dk}).requires_grad_(true);
+  // q and k, v as the model makes them: the cross-attention core reads the heads in place from the
+  // projections' outputs, q [B, T, H*Dk] and kv [B, S, 2*H*Dk].
+  auto qf = torch::randn({B, T, H * Dk}).requires_grad_(true), kvf = torch::randn({B, S, 2 * H * Dk}).requires_grad_(true);
   auto bias = torch::randn({1, H, T, S}).requires_grad_(true);
   const auto heads = [&](const torch::Tensor& t) { return t.view({B, -1, H, Dk}).transpose(1, 2); };  // [B, H, L, Dk]
   auto g = torch::randn({B, T, H * Dk});
   torch::Tensor y;
   {
     Bf16Products amp(true);
-    y = attention_core(heads(qf), heads(kf), heads(vf), bias, 0.0);  // [B, T, H*Dk]
+    y = cross_attention_core(qf, kvf, H, bias, 0.0);  // [B, T, H*Dk]
   }
   (y * g).sum().backward();  // outside the scope, as the trainer does: backward multiplies as forward did
+  const auto kf = kvf.narrow(2, 0, H * Dk), vf = kvf.narrow(2, H * Dk, H * Dk);
   // The same arithmetic by hand: every product of rounded operands, the rest float32.
   const auto q = heads(qf).detach(), k = heads(kf).detach(), v = heads(vf).detach();
   const auto p = torch::softmax(rounded(q).matmul(rounded(k).transpose(2, 3)) + bias.detach(), -1);  // [B, H, T, S]
@@ -123,8 +124,8 @@ TEST(Bf16Attention, ProductsReadRoundedOperandsAndSoftmaxStaysFloat32) {
   const auto gq = rounded(ds).matmul(rounded(k)), gk = rounded(ds).transpose(2, 3).matmul(rounded(q));
   const auto merged = [&](const torch::Tensor& t) { return t.transpose(1, 2).reshape({B, -1, H * Dk}); };
   EXPECT_LT(relative_error(qf.grad(), merged(gq)), 1e-5);
-  EXPECT_LT(relative_error(kf.grad(), merged(gk)), 1e-5);
-  EXPECT_LT(relative_error(vf.grad(), merged(gv)), 1e-5);
+  EXPECT_LT(relative_error(kvf.grad().narrow(2, 0, H * Dk), merged(gk)), 1e-5);
+  EXPECT_LT(relative_error(kvf.grad().narrow(2, H * Dk, H * Dk), merged(gv)), 1e-5);
   EXPECT_LT(relative_error(bias.grad(), ds.sum(0, true)), 1e-5);
   // And within bf16 rounding of the float32 core.
   const auto f32 = attention_core(q, k, v, bias.detach(), 0.0);
