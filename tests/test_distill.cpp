@@ -3,7 +3,10 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <algorithm>
+#include <cstring>
 #include <filesystem>
+#include <limits>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -791,6 +794,52 @@ TEST(TeacherTargetFile, ServesWhatTheTeacherGivesAndRefusesAStaleOrDamagedFile) 
   write_text_atomic(dir.file("garbled.bin"), garbled);
   EXPECT_THROW(TeacherTargetFile::open(dir.file("garbled.bin"), other), InputError);
   EXPECT_THROW(TeacherTargetFile::open(dir.file("missing.bin"), other), InputError);
+
+  // A record whose layout is sound but whose values are not (a token id past the vocabulary, a
+  // probability that is NaN): the batch that reads it gets one error naming the file and example.
+  uint64_t header_len = 0, entries = 0;
+  std::memcpy(&header_len, bytes.data() + 8, 8);
+  const uint64_t table_at = 16 + ((header_len + 7) & ~uint64_t{7});
+  std::memcpy(&entries, bytes.data() + table_at, 8);
+  uint32_t example = 0, positions = 0;  // the first stored example: entry {u64 offset, u32 positions, u32 present}
+  uint64_t offset = 0;
+  for (uint32_t i = 0; i < entries && offset == 0; ++i) {
+    const char* e = bytes.data() + table_at + 8 + 16 * i;
+    uint32_t present = 0;
+    std::memcpy(&present, e + 12, 4);
+    if (!present) continue;
+    std::memcpy(&offset, e, 8);
+    std::memcpy(&positions, e + 8, 4);
+    example = i;
+  }
+  ASSERT_GT(offset, 0u);
+  Batch with_example;
+  for (BatchStream s(data, start);;) {
+    with_example = s.next().batch;
+    if (std::count(with_example.example_ids.begin(), with_example.example_ids.end(), example)) break;
+  }
+  const auto no_teacher = [&]() -> at::Tensor { throw std::logic_error("the teacher ran"); };
+  for (bool bad_id : {true, false}) {
+    std::string damaged = bytes;
+    if (bad_id) {
+      const uint16_t id = 65535;  // the vocabulary is far smaller
+      std::memcpy(&damaged[offset], &id, 2);
+    } else {
+      const uint64_t probs_at = (offset + 2 * 8 * uint64_t{positions} + 3) & ~uint64_t{3};  // after [L, k = 8] u16 ids
+      const float nan = std::numeric_limits<float>::quiet_NaN();
+      std::memcpy(&damaged[probs_at], &nan, 4);  // the first position's most probable token
+    }
+    write_text_atomic(dir.file("values.bin"), damaged);
+    auto f = TeacherTargetFile::open(dir.file("values.bin"), other);
+    try {
+      f->targets(with_example, no_teacher);
+      ADD_FAILURE() << "damaged values were served (" << (bad_id ? "id" : "NaN") << ")";
+    } catch (const InputError& e) {
+      const std::string what = e.what();
+      EXPECT_NE(what.find("values.bin: example " + std::to_string(example) + "'s soft targets"), std::string::npos) << what;
+      EXPECT_NE(what.find(bad_id ? "token id 65535, outside the vocabulary" : "nan"), std::string::npos) << what;
+    }
+  }
 }
 
 TEST(TeacherCache, StudentWithTop32IsWithinNoiseOfTheUncachedStudent) {

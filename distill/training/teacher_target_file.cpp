@@ -79,7 +79,8 @@ std::unique_ptr<TeacherTargetFile> TeacherTargetFile::open(const std::string& pa
   }
   f->k_ = f->header_["k"].get<int64_t>();
   if (f->k_ > (1 << 20)) throw fail("k out of range (damaged?)");
-  f->wide_ids_ = f->header_["vocab_size"].get<int64_t>() > 65536;
+  f->vocab_size_ = f->header_["vocab_size"].get<int64_t>();
+  f->wide_ids_ = f->vocab_size_ > 65536;
   const uint64_t table_at = 16 + padded8(header_len);
   std::memcpy(&f->entries_, f->data_ + table_at, 8);
   if (f->entries_ > (f->size_ - table_at - 8) / sizeof(Entry)) throw fail("entry table larger than the file (truncated?)");
@@ -147,24 +148,41 @@ SoftTargets TeacherTargetFile::targets(const Batch& batch, const std::function<a
   auto* probs = t.probs.data_ptr<float>();
   auto* rest = t.rest.data_ptr<float>();
   for (int64_t row = 0; row < B; ++row) {
+    const uint32_t example = batch.example_ids[static_cast<size_t>(row)];
+    // A damaged record would index outside the logits or turn the loss into NaN far from here.
+    const auto damaged = [&](const std::string& what) {
+      return InputError(path_ + ": example " + std::to_string(example) + "'s soft targets " + what + " (damaged?)");
+    };
     Entry e;
-    std::memcpy(&e, entry(batch.example_ids[static_cast<size_t>(row)]), sizeof(Entry));
+    std::memcpy(&e, entry(example), sizeof(Entry));
     const int64_t n = static_cast<int64_t>(e.positions) * k;
     const uint8_t* p = data_ + e.offset;
     for (int64_t j = 0; j < n; ++j) {
+      int64_t id;
       if (wide_ids_) {
         int32_t v;
         std::memcpy(&v, p + 4 * j, 4);
-        ids[row * T * k + j] = v;
+        id = v;
       } else {
         uint16_t v;
         std::memcpy(&v, p + 2 * j, 2);
-        ids[row * T * k + j] = v;
+        id = v;
       }
+      if (id < 0 || id >= vocab_size_) throw damaged("hold token id " + std::to_string(id) + ", outside the vocabulary");
+      ids[row * T * k + j] = id;
     }
     p = data_ + ((e.offset + static_cast<uint64_t>(n) * (wide_ids_ ? 4 : 2) + 3) & ~uint64_t{3});  // floats 4-aligned
-    std::memcpy(probs + row * T * k, p, static_cast<size_t>(n) * 4);
-    std::memcpy(rest + row * T, p + 4 * n, e.positions * 4);
+    float* pr = probs + row * T * k;
+    float* rr = rest + row * T;
+    std::memcpy(pr, p, static_cast<size_t>(n) * 4);
+    std::memcpy(rr, p + 4 * n, e.positions * 4);
+    const auto probability = [](float x) { return x >= 0.0f && x <= 1.0f; };  // false for NaN
+    for (int64_t j = 0; j < n; ++j) {
+      if (!probability(pr[j])) throw damaged("hold a probability of " + std::to_string(pr[j]));
+    }
+    for (uint32_t j = 0; j < e.positions; ++j) {
+      if (!probability(rr[j])) throw damaged("hold a remaining mass of " + std::to_string(rr[j]));
+    }
   }
   return t;
 }

@@ -27,7 +27,8 @@ class TeacherTargetFile : public SoftTargetSource {
  public:
   // Maps `path`. Throws InputError naming the file when it is not such a file, is damaged (every
   // offset and length is checked against its size), or its header differs from `expected` (naming
-  // the first field that differs: a stale file).
+  // the first field that differs: a stale file). targets() checks the values it reads (ids in the
+  // vocabulary, probabilities in [0, 1]) and throws InputError naming the file and example.
   static std::unique_ptr<TeacherTargetFile> open(const std::string& path, const nlohmann::json& expected);
 
   // Runs `teacher` over `batches` batches of `data` from `start` and writes the top-k targets of
@@ -66,7 +67,8 @@ class TeacherTargetFile : public SoftTargetSource {
   uint64_t size_ = 0;
   nlohmann::json header_;
   int64_t k_ = 0;
-  bool wide_ids_ = false;  // i32 ids (vocabulary above 65536)
+  int64_t vocab_size_ = 0;  // every stored id is below it (checked as the targets are read)
+  bool wide_ids_ = false;   // i32 ids (vocabulary above 65536)
   uint64_t entries_ = 0;
   const uint8_t* table_ = nullptr;
   int64_t hits_ = 0, misses_ = 0, examples_ = 0;
