@@ -321,6 +321,18 @@ TEST(AttentionCore, PackedSourcesMatchTheReferenceWithGradients) {
     auto g1 = torch::autograd::grad({out.sum()}, {a})[0], g2 = torch::autograd::grad({want.sum()}, {a})[0];
     EXPECT_TRUE(tensors_close(g1, g2, 1e-5)) << keyless;
   }
+  // A source that is not contiguous (here [T, B, 3I] transposed) takes the views' path: same values
+  // and gradients.
+  {
+    torch::manual_seed(6);
+    auto base = torch::randn({T, B, 3 * I}).requires_grad_(true), bias = torch::randn({1, H, T, T});
+    auto nc = base.transpose(0, 1);  // [B, T, 3I], not contiguous
+    auto flat = base.detach().transpose(0, 1).contiguous().requires_grad_(true);
+    auto y1 = self_attention_core(nc, H, bias, 0), y2 = self_attention_core(flat, H, bias, 0);
+    EXPECT_TRUE(tensors_close(y1, y2, 1e-6));
+    auto g1 = torch::autograd::grad({y1.sum()}, {base})[0], g2 = torch::autograd::grad({y2.sum()}, {flat})[0];
+    EXPECT_TRUE(tensors_close(g1.transpose(0, 1), g2, 1e-6));
+  }
   EXPECT_THROW(self_attention_core(torch::randn({2, 5, 10}), 3, {}, 0), Error);  // 10 is not 3 x 3 x Dk
   EXPECT_THROW(cross_attention_core(torch::randn({2, 5, 6}), torch::randn({2, 7, 6}), 3, {}, 0), Error);  // kv not 2 x 6
 }

@@ -316,7 +316,7 @@ at::Tensor packed_attention(const at::Tensor& src_q, const at::Tensor& src_kv, i
     return forward_sgemm(h[0], h[1], h[2], bias_view(bias, s), s, dropout > 0 ? dropout_seed() : 0, dropout,
                          bf16_products_active(), probs);
   }
-  const auto as_heads = [&](const at::Tensor& t) { return t.view({t.size(0), t.size(1), heads, I / heads}).transpose(1, 2); };
+  const auto as_heads = [&](const at::Tensor& t) { return t.reshape({t.size(0), t.size(1), heads, I / heads}).transpose(1, 2); };
   const auto kv = (self ? src_q.narrow(2, I, 2 * I) : src_kv).split(I, -1);
   return attention_core(as_heads(src_q.narrow(2, 0, I)), as_heads(kv[0]), as_heads(kv[1]), bias, dropout);
 }
