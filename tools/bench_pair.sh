@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Times two distill binaries side by side on this machine: `distill bench --json` run alternately,
 # PAIRS times each, and the median of each figure over the runs (a time taken on another machine is
-# never comparable). Usage:
+# never comparable). Each pair also gives a ratio (candidate / baseline, the runs next to each other
+# in time); their median and a distribution-free interval for it (order statistics of the pair
+# ratios, with its exact coverage: about 95% needs 6 pairs or more) are the comparison's uncertainty.
+# Usage:
 #   tools/bench_pair.sh BASELINE_BINARY CANDIDATE_BINARY PAIRS [bench options, e.g. --preset d256]
 # Candidate-only options go after `--candidate`, e.g. `--preset d256 --candidate --student-bf16`.
 set -euo pipefail
@@ -29,10 +32,29 @@ value() {
     grep -h "\"$1\":" "$2" | head -1 | sed 's/.*: *//; s/,$//'
   fi
 }
-printf "%-24s %12s %12s %8s   (medians of %s pairs; ms unless named; %s)\n" figure baseline candidate ratio "$pairs" "${common[*]} | ${extra[*]}"
+# The median of the pair ratios and the widest order-statistic interval [r(j), r(n+1-j)] whose
+# coverage 1 - 2 P(Binomial(n, 1/2) < j) is at least 95% (j = 1, [min, max], below 6 pairs).
+pair_ratios() {
+  sort -g | awk '{r[NR] = $1} END {
+    n = NR; med = (n % 2) ? r[(n + 1) / 2] : (r[n / 2] + r[n / 2 + 1]) / 2
+    j = 1; cdf = 0.5 ^ n                                # P(X < 1)
+    while (j < n / 2) {                                 # next j while P(X < j + 1) keeps 95%
+      p = 0.5 ^ n; for (i = 1; i <= j; i++) p = p * (n - i + 1) / i
+      if (1 - 2 * (cdf + p) < 0.95) break
+      cdf += p; j++
+    }
+    printf "%8.3f  [%.3f, %.3f] %4.1f%%", med, r[j], r[n + 1 - j], 100 * (1 - 2 * cdf)
+  }'
+}
+printf "%-24s %12s %12s %8s   %s   (medians of %s pairs; ms unless named; %s)\n" figure baseline candidate ratio \
+  "pair ratios: median [interval] coverage" "$pairs" "${common[*]} | ${extra[*]}"
 for k in $keys; do
   b=$(for f in "$out"/base.*.json; do value "$k" "$f"; done | median)
   c=$(for f in "$out"/cand.*.json; do value "$k" "$f"; done | median)
   [ -n "$b" ] && [ -n "$c" ] || continue
-  printf "%-24s %12.2f %12.2f %8.3f\n" "$k" "$b" "$c" "$(awk -v b="$b" -v c="$c" 'BEGIN {print c / b}')"
+  r=$(for i in $(seq "$pairs"); do
+    bi=$(value "$k" "$out/base.$i.json") ci=$(value "$k" "$out/cand.$i.json")
+    awk -v b="$bi" -v c="$ci" 'BEGIN {if (b > 0) print c / b}'
+  done | pair_ratios)
+  printf "%-24s %12.2f %12.2f %8.3f   %s\n" "$k" "$b" "$c" "$(awk -v b="$b" -v c="$c" 'BEGIN {print c / b}')" "$r"
 done
