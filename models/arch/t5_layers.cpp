@@ -107,10 +107,12 @@ torch::Tensor T5AttentionImpl::forward(const torch::Tensor& x, const torch::Tens
   const double p = is_training() ? dropout_->p() : 0.0;
   torch::Tensor ctx;  // [B, T, H*Dk]
   if (!kv.defined()) {
-    ctx = self_attention_core(project(x, std::vector<torch::Tensor>{q->weight, k->weight, v->weight}), H, bias, p);  // [B, T, 3I]
+    auto qkv = project(x, std::vector<torch::Tensor>{q->weight, k->weight, v->weight});  // [B, T, 3I]
+    ctx = self_attention_core(qkv, H, bias, p);
   } else {
-    ctx = cross_attention_core(project(x, q->weight), project(kv, std::vector<torch::Tensor>{k->weight, v->weight}), H,
-                               bias, p);  // [B, T, I] and [B, S, 2I]
+    auto qp = project(x, q->weight);                                                // [B, T, I]
+    auto kvp = project(kv, std::vector<torch::Tensor>{k->weight, v->weight});      // [B, S, 2I]
+    ctx = cross_attention_core(qp, kvp, H, bias, p);
   }
   return project(ctx, o->weight);
 }

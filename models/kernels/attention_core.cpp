@@ -131,6 +131,14 @@ at::Tensor forward_sgemm(const Heads& q, const Heads& k, const Heads& v, const a
   return ctx;
 }
 
+// The forward alone (no autograd): its own dropout seed, the probabilities not kept.
+at::Tensor forward_only(const Heads& q, const Heads& k, const Heads& v, const at::Tensor& bias, const Shape& s,
+                        double dropout) {
+  at::Tensor probs;
+  return forward_sgemm(q, k, v, bias_view(bias, s), s, dropout > 0 ? dropout_seed() : 0, dropout, bf16_products_active(),
+                       probs);
+}
+
 // Backward of the float32 path: the heads' gradients go to gq, gk and gv (every element written),
 // the scores' gradient to scores [B, H, T, S] when it is not null (the bias needs it).
 void backward_sgemm(const at::Tensor& grad_in, const Heads& q, const Heads& k, const Heads& v, const at::Tensor& probs,
@@ -283,10 +291,9 @@ at::Tensor attention_core(const at::Tensor& q, const at::Tensor& k, const at::Te
                                         (bias.defined() && bias.requires_grad()))) {
     return AttentionCoreFunction::apply(q, k, v, bias_or_zeros(bias, k.size(2)), dropout);
   }
-  at::Tensor qq = q, kk = k, vv = v, probs;
+  at::Tensor qq = q, kk = k, vv = v;
   const Shape s{q.size(0), q.size(1), q.size(2), k.size(2), q.size(3)};
-  return forward_sgemm(heads_of(qq), heads_of(kk), heads_of(vv), bias_view(bias, s), s, dropout > 0 ? dropout_seed() : 0,
-                       dropout, bf16_products_active(), probs);
+  return forward_only(heads_of(qq), heads_of(kk), heads_of(vv), bias, s, dropout);
 }
 
 namespace {
@@ -312,9 +319,7 @@ at::Tensor packed_attention(const at::Tensor& src_q, const at::Tensor& src_kv, i
     if (grad) return PackedAttentionFunction::apply(src_q, kv, bias_or_zeros(bias, kv.size(1)), heads, self, dropout);
     const Shape s = PackedAttentionFunction::shape_of(src_q, kv, heads, self);
     const auto h = PackedAttentionFunction::heads_in(src_q, kv, s, self);
-    at::Tensor probs;
-    return forward_sgemm(h[0], h[1], h[2], bias_view(bias, s), s, dropout > 0 ? dropout_seed() : 0, dropout,
-                         bf16_products_active(), probs);
+    return forward_only(h[0], h[1], h[2], bias, s, dropout);
   }
   const auto as_heads = [&](const at::Tensor& t) { return t.reshape({t.size(0), t.size(1), heads, I / heads}).transpose(1, 2); };
   const auto kv = (self ? src_q.narrow(2, I, 2 * I) : src_kv).split(I, -1);
