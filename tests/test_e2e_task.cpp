@@ -71,6 +71,10 @@ TEST_F(E2eTask, PretrainFineTuneAndDistillReportTheTaskMetrics) {
                           " --set teacher.steps=20 --set training.steps=10 --set parallel_stages=1";
   ASSERT_EQ(run_distill(cmd, &out, &err), 0) << err;
   EXPECT_NE(err.find("fine-tuning"), std::string::npos) << err;
+  // The pre-training stages' lines say what they train.
+  for (const char* label : {"[teacher pre-training seed 1] step", "[baseline pre-training seed 2] step"}) {
+    EXPECT_NE(err.find(label), std::string::npos) << label << "\n" << err;
+  }
   const auto r = json::parse(read_text_file(dir_.file("run/report.json")));
   ASSERT_TRUE(r.contains("task")) << r.dump(2);
   const auto& t = r["task"];

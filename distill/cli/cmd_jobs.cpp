@@ -50,8 +50,8 @@ struct StageArgs {
   std::string config, stage;
   int64_t seed_index = 0;
   bool resume = false;
+  bool pretraining = false;
 };
-
 
 }  // namespace
 
@@ -121,9 +121,11 @@ Command add_stage(CLI::App& app) {
       ->required()
       ->check(CLI::IsMember({"teacher", "baseline", "student", "dense"}));
   sub->add_flag("--resume", a->resume, "Continue from the newest checkpoint");
+  sub->add_flag("--pretraining", a->pretraining, "The configuration is a run's pre-training (its log lines say so)");
   return {sub, [a] {
             use_child_logging();
             auto c = load_run_config(a->config);
+            c.pretraining = a->pretraining;
             if (a->seed_index >= c.seeds) {
               throw ConfigError(a->config + ": --seed-index " + std::to_string(a->seed_index) + " but seeds is " + std::to_string(c.seeds));
             }

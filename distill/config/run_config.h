@@ -229,6 +229,8 @@ struct RunConfig {
   TrainingConfig training;            // baseline and student (and teacher unless it has its own)
 
   int64_t seed_index = 0;             // not a key: which seed replica this is (replica_config sets it)
+  bool pretraining = false;           // not a key: a run's pre-training (pretrain_config and `distill stage
+                                      // --pretraining` set it); its stages' log lines say so
 };
 
 // Reads `path`, applies `overrides` ("a.b=value"), and validates. Every unknown key (with a

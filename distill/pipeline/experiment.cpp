@@ -62,7 +62,8 @@ int64_t teacher_steps(const RunConfig& c) { return c.teacher.steps ? *c.teacher.
 
 // How logs name a stage: "student", or "student seed 2" when there are several seeds.
 std::string stage_label(const RunConfig& c, const std::string& name) {
-  return c.seeds > 1 ? name + " seed " + std::to_string(c.seed_index + 1) : name;
+  const std::string what = c.pretraining ? name + " pre-training" : name;
+  return c.seeds > 1 ? what + " seed " + std::to_string(c.seed_index + 1) : what;
 }
 
 // The training settings that determine a model (not how often it logs, evaluates or checkpoints).
@@ -172,6 +173,7 @@ RunConfig pretrain_config(const RunConfig& c) {
   p.teacher.steps = c.pretrain.steps;
   p.baseline.steps = c.pretrain.steps;
   p.output_dir = (fs::path(c.output_dir) / "pretrain").string();
+  p.pretraining = true;
   return p;
 }
 
@@ -782,7 +784,7 @@ std::vector<StageJob> pending_stages(const RunConfig& c, const PreparedData& dat
   const auto pretraining = [&](const RunConfig& rc, const std::string& stage) -> std::vector<size_t> {
     const auto init = pretrains(c) ? init_source(rc, data.tokenizer, stage) : std::nullopt;
     if (!init || stage_is_done(init->stage_dir, init->fingerprint)) return {};
-    jobs.push_back({rc.seed_index, stage, {}, init->stage_dir, pretrain_config_file(c)});
+    jobs.push_back({rc.seed_index, stage, {}, init->stage_dir, pretrain_config_file(c), /*pretraining=*/true});
     return {jobs.size() - 1};
   };
   for (int64_t i = 0; i < c.seeds; ++i) {

@@ -83,6 +83,7 @@ struct StageJob {
   std::vector<size_t> after;  // jobs that must finish first (a student waits for its teacher)
   std::string dir;            // the stage's directory (jobs of several runs that share it are one)
   std::string config_file;    // the run's resolved configuration; empty: the one run_stage_jobs is given
+  bool pretraining = false;   // config_file is a run's pre-training (RunConfig::pretraining)
 };
 
 // Every stage of every seed that is not finished with its current settings, in dependency order:

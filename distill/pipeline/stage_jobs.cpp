@@ -80,6 +80,7 @@ Child launch(const StageJob& job, size_t index, const std::string& config, bool 
   std::vector<std::string> args{"--threads", std::to_string(threads), "stage", job.config_file.empty() ? config : job.config_file,
                                 "--seed-index", std::to_string(job.seed_index), "--stage", job.stage};
   if (resume) args.push_back("--resume");
+  if (job.pretraining) args.push_back("--pretraining");
   SpawnOptions o;
   o.stderr_fd = fds[1];
   o.close_fd = fds[0];
