@@ -41,16 +41,17 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     auto file = distill::TeacherTargetReader::open(path, expected);
     // The records the table says are present (as the reader would find them), at their lengths,
     // four to a batch; and one example past the table, which the file does not hold.
-    const uint64_t table_at = 16 + ((header_len + 7) & ~uint64_t{7});
+    using distill::teacher_target_format::Entry;
+    const uint64_t table_at = 16 + distill::teacher_target_format::padded8(header_len);
     uint64_t entries = 0;
     std::memcpy(&entries, data + table_at, 8);
+    const uint64_t listed = std::min<uint64_t>(entries, 64);
     std::vector<std::pair<uint32_t, int64_t>> rows;
-    for (uint64_t i = 0; i < std::min<uint64_t>(entries, 64); ++i) {
-      uint32_t positions = 0, present = 0;
-      std::memcpy(&positions, data + table_at + 8 + 16 * i + 8, 4);
-      std::memcpy(&present, data + table_at + 8 + 16 * i + 12, 4);
-      if (present && positions <= 256) rows.emplace_back(static_cast<uint32_t>(i), positions);
-      if (rows.size() == 4 || (i + 1 == std::min<uint64_t>(entries, 64) && !rows.empty())) {
+    for (uint64_t i = 0; i < listed; ++i) {
+      Entry e;
+      std::memcpy(&e, data + table_at + 8 + sizeof(Entry) * i, sizeof(Entry));
+      if (e.present && e.positions <= 256) rows.emplace_back(static_cast<uint32_t>(i), e.positions);
+      if (rows.size() == 4 || (i + 1 == listed && !rows.empty())) {
         try {
           file->stored(batch_of(rows));
         } catch (const distill::InputError&) {
