@@ -794,6 +794,25 @@ TEST(TeacherTargetFile, ServesWhatTheTeacherGivesAndRefusesAStaleOrDamagedFile) 
   write_text_atomic(dir.file("garbled.bin"), garbled);
   EXPECT_THROW(TeacherTargetFile::open(dir.file("garbled.bin"), other), InputError);
   EXPECT_THROW(TeacherTargetFile::open(dir.file("missing.bin"), other), InputError);
+  // A header without the temperature (the teacher's misses could not be scaled like the stored
+  // targets): refused at open, even when it is what the caller expects.
+  {
+    std::string renamed = bytes;
+    const auto at = renamed.find("\"temperature\":");
+    ASSERT_NE(at, std::string::npos);
+    renamed[at + 11] = 'X';  // "temperaturX": the same length, so every offset holds
+    json expect = other;
+    expect.erase("temperature");
+    expect["temperaturX"] = other["temperature"];
+    write_text_atomic(dir.file("no_temperature.bin"), renamed);
+    try {
+      TeacherTargetFile::open(dir.file("no_temperature.bin"), expect);
+      ADD_FAILURE() << "a header without the temperature was accepted";
+    } catch (const InputError& e) {
+      EXPECT_NE(std::string(e.what()).find("no_temperature.bin: header lacks k, vocab_size or a positive temperature"),
+                std::string::npos) << e.what();
+    }
+  }
 
   // A record whose layout is sound but whose values are not (a token id past the vocabulary, a
   // probability that is NaN): the batch that reads it gets one error naming the file and example.

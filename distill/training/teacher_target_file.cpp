@@ -30,11 +30,7 @@ SoftTargets TeacherTargetFile::targets(const Batch& batch, const std::function<a
     return std::move(*t);
   }
   ++misses_;  // outside the batches the file was made for: the teacher runs
-  const auto& h = reader_->header();
-  if (!h.contains("temperature") || !h.at("temperature").is_number()) {
-    throw InputError(reader_->path() + ": header lacks the temperature");
-  }
-  return top_k_soft_targets(teacher_logits(), reader_->k(), h.at("temperature").get<double>());
+  return top_k_soft_targets(teacher_logits(), reader_->k(), reader_->temperature());
 }
 
 std::unique_ptr<TeacherTargetFile> TeacherTargetFile::open_or_build(const std::string& path, const json& expected,

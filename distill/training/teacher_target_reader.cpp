@@ -8,6 +8,7 @@
 #include <torch/torch.h>
 
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 
 #include "models/errors.h"
@@ -65,9 +66,12 @@ std::unique_ptr<TeacherTargetReader> TeacherTargetReader::open(const std::string
   if (const auto diff = first_difference(f->header_, expected); !diff.empty()) {
     throw fail("stale soft targets, made for other settings (" + diff + ")");
   }
-  if (!f->header_["k"].is_number_integer() || f->header_["k"].get<int64_t>() < 1 || !f->header_["vocab_size"].is_number_integer()) {
-    throw fail("header lacks k or vocab_size");
+  const json& t = f->header_["temperature"];
+  if (!f->header_["k"].is_number_integer() || f->header_["k"].get<int64_t>() < 1 || !f->header_["vocab_size"].is_number_integer() ||
+      !t.is_number() || !(t.get<double>() > 0.0) || !std::isfinite(t.get<double>())) {
+    throw fail("header lacks k, vocab_size or a positive temperature (damaged?)");
   }
+  f->temperature_ = t.get<double>();
   f->k_ = f->header_["k"].get<int64_t>();
   if (f->k_ > (1 << 20)) throw fail("k out of range (damaged?)");
   f->vocab_size_ = f->header_["vocab_size"].get<int64_t>();

@@ -36,7 +36,7 @@ class TeacherTargetReader {
  public:
   // Maps `path`. Throws InputError naming the file when it is not such a file, is damaged (every
   // offset and length is checked against its size), or its header differs from `expected` (naming
-  // the first field that differs: a stale file).
+  // the first field that differs: a stale file) or lacks k, vocab_size or a positive temperature.
   static std::unique_ptr<TeacherTargetReader> open(const std::string& path, const nlohmann::json& expected);
   ~TeacherTargetReader();
   TeacherTargetReader(const TeacherTargetReader&) = delete;
@@ -50,6 +50,7 @@ class TeacherTargetReader {
   const std::string& path() const { return path_; }
   const nlohmann::json& header() const { return header_; }
   int64_t k() const { return k_; }
+  double temperature() const { return temperature_; }  // what the teacher's logits were divided by
   int64_t examples() const { return examples_; }  // records present
   uint64_t bytes() const { return size_; }
 
@@ -63,6 +64,7 @@ class TeacherTargetReader {
   uint64_t size_ = 0;
   nlohmann::json header_;
   int64_t k_ = 0;
+  double temperature_ = 1.0;
   int64_t vocab_size_ = 0;  // every stored id is below it (checked as the targets are read)
   bool wide_ids_ = false;   // i32 ids (vocabulary above 65536)
   uint64_t entries_ = 0;
