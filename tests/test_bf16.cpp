@@ -10,6 +10,9 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <fstream>
+#include <string>
 
 #include "distill/training/optim.h"
 #include "models/arch/seq2seq.h"
@@ -37,6 +40,23 @@ double norm_error(const torch::Tensor& a, const torch::Tensor& b) {
 }
 
 const uint16_t* bits(const torch::Tensor& bf16) { return reinterpret_cast<const uint16_t*>(bf16.data_ptr<at::BFloat16>()); }
+
+// What the bf16 keys' `auto` follows: the CPU's own flags as the kernel lists them, and oneDNN's
+// ISA cap (the bf16_without_avx512 test group sets ONEDNN_MAX_CPU_ISA=AVX2: not native there).
+TEST(Bf16Native, FollowsTheCpuFlagsAndOneDnnsIsaCap) {
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  std::string line, flags;
+  while (std::getline(cpuinfo, line))
+    if (line.rfind("flags", 0) == 0) {
+      flags = line + " ";
+      break;
+    }
+  if (flags.empty()) GTEST_SKIP() << "no /proc/cpuinfo flags";
+  const bool has = flags.find(" avx512_bf16 ") != std::string::npos || flags.find(" amx_bf16 ") != std::string::npos;
+  const char* cap = std::getenv("ONEDNN_MAX_CPU_ISA");
+  const bool capped = cap != nullptr && std::string(cap) == "AVX2";
+  EXPECT_EQ(blas::native_bf16_gemm(), has && !capped) << flags;
+}
 
 TEST(Bf16Gemm, EqualsTheFloat32ProductOfRoundedOperandsForEveryTranspose) {
   torch::manual_seed(1);

@@ -21,6 +21,7 @@
 #include "distill/training/teacher_target_file.h"
 #include "distill/training/trainer.h"
 #include "distill/training/unit_matching.h"
+#include "models/kernels/sgemm.h"
 #include "models/io/atomic_file.h"
 #include "models/io/checkpoint.h"
 #include "models/io/hf_config.h"
@@ -937,6 +938,29 @@ TEST(RunConfig, DefaultsResolveAndRoundTrip) {
   write_text_atomic(dir.file("resolved.yaml"), run_config_yaml(c));
   auto again = load_run_config(dir.file("resolved.yaml"));
   EXPECT_EQ(run_config_yaml(again), run_config_yaml(c));
+}
+
+TEST(RunConfig, Bf16KeysDefaultToWhatTheCpuMultipliesNatively) {
+  test::TempDir dir;
+  write_text_atomic(dir.file("c.yaml"), "data:\n  train:\n    files: [" + kTrainFile + "]\n");
+  const bool native = blas::native_bf16_gemm();
+  auto c = load_run_config(dir.file("c.yaml"));  // absent: auto
+  EXPECT_EQ(c.training.bf16, native);
+  EXPECT_EQ(c.teacher.bf16, native);
+  EXPECT_EQ(c.bf16_auto, (std::vector<std::string>{"teacher.bf16", "training.bf16"}));
+  c = load_run_config(dir.file("c.yaml"), {"training.bf16=auto", "teacher.bf16=false"});
+  EXPECT_EQ(c.training.bf16, native);
+  EXPECT_FALSE(c.teacher.bf16);
+  EXPECT_EQ(c.bf16_auto, (std::vector<std::string>{"training.bf16"}));
+  c = load_run_config(dir.file("c.yaml"), {"training.bf16=true", "teacher.bf16=true"});
+  EXPECT_TRUE(c.training.bf16 && c.teacher.bf16);  // asked for: emulated where the CPU lacks bf16
+  EXPECT_TRUE(c.bf16_auto.empty());
+  // The resolved config states what ran, not "auto".
+  EXPECT_NE(run_config_yaml(load_run_config(dir.file("c.yaml"), {"teacher.bf16=false"})).find("  bf16: false"), std::string::npos);
+  auto err = config_error("data:\n  train:\n    files: [" + kTrainFile + "]\ntraining:\n  bf16: sometimes\n");
+  EXPECT_NE(err.find("c.yaml:5: training.bf16 must be true, false or auto, got \"sometimes\""), std::string::npos) << err;
+  err = config_error("data:\n  train:\n    files: [" + kTrainFile + "]\nteacher:\n  bf16: [true]\n");
+  EXPECT_NE(err.find("c.yaml:5: teacher.bf16 must be true, false or auto"), std::string::npos) << err;
 }
 
 TEST(RunConfig, UnknownKeyGetsASuggestionWithFileAndLine) {

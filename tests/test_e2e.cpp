@@ -14,6 +14,7 @@
 
 #include "distill/process/run_lock.h"
 #include "distill/training/trainer.h"
+#include "models/kernels/sgemm.h"
 #include "models/io/atomic_file.h"
 #include "models/io/safetensors.h"
 #include "tests/test_util.h"
@@ -93,9 +94,14 @@ TEST(E2eRun, TinyExperimentWritesACompleteConsistentReport) {
   for (const char* k : {"hard_weight", "soft_weight", "temperature", "soft_loss", "student_init", "steps", "objective", "seeds"})
     EXPECT_TRUE(r["settings"].contains(k)) << k;
   EXPECT_EQ(r["settings"]["hard_weight"], 0.75);
-  EXPECT_EQ(r["settings"]["precision"]["training"], "float32");
-  EXPECT_EQ(r["settings"]["precision"]["frozen_teacher"], "float32");
-  EXPECT_NE(read_text_file(dir.file("run/report.md")).find("- Precision: training float32, frozen teacher float32."),
+  // The bf16 keys are left at auto: bf16 products where the CPU multiplies bf16 natively.
+  const std::string precision = blas::native_bf16_gemm() ? "bf16 products" : "float32";
+  EXPECT_EQ(r["settings"]["precision"]["training"], precision);
+  EXPECT_EQ(r["settings"]["precision"]["frozen_teacher"], precision);
+  EXPECT_NE(read_text_file(dir.file("run/report.md")).find("- Precision: training " + precision + ", frozen teacher " + precision + "."),
+            std::string::npos);
+  EXPECT_NE(read_text_file(dir.file("run/distill.log"))
+                .find("precision: training " + precision + ", frozen teacher " + precision + " (teacher.bf16, training.bf16: auto"),
             std::string::npos);
 
   // metrics.jsonl carries every loss term, and the teacher's the routing of each sparse layer.

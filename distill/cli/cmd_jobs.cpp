@@ -21,6 +21,15 @@
 namespace distill::cli {
 namespace fs = std::filesystem;
 
+void add_no_bf16(CLI::App* sub, bool& flag) {
+  sub->add_flag("--no-bf16", flag, "Float32 matrix products even where the CPU multiplies bf16 natively (there the bf16 "
+                                   "keys' default, auto, picks bf16): --set training.bf16=false --set teacher.bf16=false");
+}
+
+void apply_no_bf16(bool flag, std::vector<std::string>& overrides) {
+  if (flag) overrides.insert(overrides.end(), {"training.bf16=false", "teacher.bf16=false"});
+}
+
 namespace {
 
 struct JobArgs {
@@ -29,18 +38,22 @@ struct JobArgs {
   std::string output;
   bool resume = false;
   bool dense = false;
+  bool no_bf16 = false;
 };
+
 
 void add_job_options(CLI::App* sub, JobArgs& a) {
   sub->add_option("config", a.config, "Run configuration (YAML)")->required();
   sub->add_option("--set", a.set, "Override a key: --set training.steps=100 (repeatable)");
   sub->add_option("--output", a.output, "Output directory (overrides output_dir)");
   sub->add_flag("--resume", a.resume, "Continue unfinished stages from their newest checkpoint");
+  add_no_bf16(sub, a.no_bf16);
 }
 
 RunConfig load(const JobArgs& a) {
   auto overrides = a.set;
   if (!a.output.empty()) overrides.push_back("output_dir=" + a.output);
+  apply_no_bf16(a.no_bf16, overrides);
   auto c = load_run_config(a.config, overrides);
   apply_config_threads(c.threads);
   return c;
@@ -141,10 +154,12 @@ Command add_config(CLI::App& app) {
   auto* check = sub->add_subcommand("check", "Validate a run configuration and print it resolved");
   check->add_option("config", a->config, "Run configuration (YAML)")->required();
   check->add_option("--set", a->set, "Override a key: --set training.steps=100 (repeatable)");
+  add_no_bf16(check, a->no_bf16);
   return {sub, [a] {
             if (is_sweep_file(a->config)) {  // checked as `distill sweep` reads it
               auto overrides = a->set;
               if (!a->output.empty()) overrides.push_back("output_dir=" + a->output);
+              apply_no_bf16(a->no_bf16, overrides);
               const auto sweep = load_sweep_config(a->config, overrides);
               std::cout << run_config_yaml(sweep.base) << "# a sweep of " << sweep.variants.size() << " variant(s):\n";
               for (const auto& v : sweep.variants) {

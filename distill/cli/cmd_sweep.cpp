@@ -23,6 +23,7 @@ struct SweepArgs {
   std::string output;
   bool resume = false;
   bool check = false;
+  bool no_bf16 = false;
 };
 
 }  // namespace
@@ -37,9 +38,11 @@ Command add_sweep(CLI::App& app) {
   sub->add_option("--output", a->output, "Output directory (overrides output_dir)");
   sub->add_flag("--resume", a->resume, "Continue unfinished stages from their newest checkpoint");
   sub->add_flag("--check", a->check, "Validate the sweep and print each variant's overrides; train nothing");
+  add_no_bf16(sub, a->no_bf16);
   return {sub, [a] {
             auto overrides = a->set;
             if (!a->output.empty()) overrides.push_back("output_dir=" + a->output);
+            apply_no_bf16(a->no_bf16, overrides);
             const auto sweep = load_sweep_config(a->config, overrides);
             if (a->check) {
               for (const auto& v : sweep.variants) {

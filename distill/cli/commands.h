@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 
 #include <functional>
+#include <string>
 #include <vector>
 
 namespace distill::cli {
@@ -13,6 +14,11 @@ struct Command {
   CLI::App* app = nullptr;     // the parsed sub-command
   std::function<void()> run;   // throws distill::Error on bad input
 };
+
+// --no-bf16 on a sub-command that reads a run configuration; with it on, `overrides` gains
+// training.bf16=false and teacher.bf16=false (float32 whatever the CPU).
+void add_no_bf16(CLI::App* sub, bool& flag);
+void apply_no_bf16(bool flag, std::vector<std::string>& overrides);
 
 Command add_inspect(CLI::App& app);
 Command add_forward(CLI::App& app);

@@ -12,6 +12,7 @@
 #include "distill/config/hidden_layer_map.h"
 #include "models/io/atomic_file.h"
 #include "models/errors.h"
+#include "models/kernels/sgemm.h"
 
 namespace distill {
 
@@ -110,7 +111,7 @@ void visit(V& v, TrainingConfig& c) {
   v.field("grad_clip", c.grad_clip);
   v.field("dropout", c.dropout);
   v.field("expert_dropout", c.expert_dropout);
-  v.field("bf16", c.bf16);
+  v.bf16_field("bf16", c.bf16);
   v.field("init_scale", c.init_scale);
   v.field("expert_grad_scaling", c.expert_grad_scaling);
   v.section("optimizer", c.optimizer);
@@ -143,7 +144,7 @@ void visit(V& v, TeacherConfig& c) {
   v.field("init_from", c.init_from);
   v.section("model", c.model);
   v.field("steps", c.steps);
-  v.field("bf16", c.bf16);
+  v.bf16_field("bf16", c.bf16);
   v.field("trained_tokens", c.trained_tokens);
   v.field("train_once", c.train_once);
 }
@@ -236,6 +237,8 @@ struct ReadContext {
   std::set<std::string> overridden;          // dotted paths set with --set
   std::map<std::string, std::string> where;  // dotted path -> "file:line"
   std::vector<std::string> errors;
+  bool native_bf16 = false;                  // what a bf16 key left at auto becomes
+  std::vector<std::string> automatic;        // the bf16 keys left at auto
 
   std::string locate(const std::string& path, const YAML::Node& node) {
     if (overridden.count(path)) return "--set " + path;
@@ -266,12 +269,42 @@ class Reader {
     read_value(n, path, value);
   }
 
+  // A bf16 switch: true, false, or auto (also when absent): whether this CPU multiplies bf16
+  // natively, decided here so the resolved config.yaml states what ran.
+  void bf16_field(const char* key, bool& value) {
+    known_.push_back(key);
+    const YAML::Node n = child(key);
+    const std::string path = prefix_ + key;
+    if (n) ctx_.where[path] = ctx_.locate(path, n);
+    if (!n || (n.IsScalar() && n.Scalar() == "auto")) {
+      value = ctx_.native_bf16;
+      ctx_.automatic.push_back(path);
+      return;
+    }
+    bool v = false;
+    if (n.IsScalar()) {
+      try {
+        v = n.as<bool>();
+      } catch (const YAML::Exception&) {
+        ctx_.errors.push_back(ctx_.locate(path, n) + ": " + path + " must be true, false or auto, got \"" + n.Scalar() + "\"");
+        return;
+      }
+      value = v;
+    } else {
+      ctx_.errors.push_back(ctx_.locate(path, n) + ": " + path + " must be true, false or auto");
+    }
+  }
+
   template <class T>
   void section(const char* key, T& value) {
     known_.push_back(key);
     const YAML::Node n = child(key);
-    if (!n || n.IsNull()) return;
     const std::string path = prefix_ + key;
+    if (!n || n.IsNull()) {  // every key at its default; an absent bf16 key is still decided (auto)
+      Reader defaults(YAML::Node(YAML::NodeType::Map), path + ".", ctx_);
+      visit(defaults, value);
+      return;
+    }
     ctx_.where[path] = ctx_.locate(path, n);
     if (!n.IsMap()) {
       ctx_.errors.push_back(ctx_.where[path] + ": " + path + " must be a mapping of keys");
@@ -387,6 +420,8 @@ class Writer {
     }
   }
 
+  void bf16_field(const char* key, bool value) { field(key, value); }
+
   template <class T>
   void section(const char* key, T& value) {
     out_ << YAML::Key << key << YAML::Value << YAML::BeginMap;
@@ -410,6 +445,8 @@ class JsonWriter {
       out_[key] = value;
     }
   }
+
+  void bf16_field(const char* key, bool value) { field(key, value); }
 
   template <class T>
   void section(const char* key, T& value) {
@@ -698,6 +735,7 @@ RunConfig load_run_config(const std::string& path, const std::vector<std::string
   for (const auto& k : foreign_keys) root.remove(k);
   for (const auto& o : overrides) apply_override(root, o, ctx);
 
+  ctx.native_bf16 = blas::native_bf16_gemm();
   RunConfig config;
   Reader reader(root, "", ctx);
   visit(reader, config);
@@ -709,6 +747,7 @@ RunConfig load_run_config(const std::string& path, const std::vector<std::string
     for (const auto& e : ctx.errors) msg << "\n  " << e;
     throw ConfigError(msg.str());
   }
+  config.bf16_auto = ctx.automatic;
   // Pre-training stages are found by the hash of their settings from every seed's process, so
   // they need a stages directory; the resolved config.yaml names it.
   if (config.pretrain.steps > 0 && config.stages_dir.empty()) {

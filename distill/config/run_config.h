@@ -105,7 +105,9 @@ struct TrainingConfig {
   double expert_dropout = 0.1;        // dropout inside experts (sparse models)
   bool bf16 = false;                  // bfloat16 matrix products with float32 accumulation (bf16 weight
                                       // copies made once per step); master weights, optimizer state,
-                                      // router, norms, softmaxes and losses stay float32
+                                      // router, norms, softmaxes and losses stay float32. In YAML also
+                                      // `auto`, the default there: true where the CPU multiplies bf16
+                                      // natively (blas::native_bf16_gemm), decided at load
   double init_scale = 0.1;            // from-scratch init: truncated normal, std sqrt(s / fan_in)
   bool expert_grad_scaling = false;   // Artetxe et al.: scale expert gradients by 1/sqrt(E)
   OptimizerConfig optimizer;
@@ -125,7 +127,8 @@ struct TeacherConfig {
   std::optional<int64_t> steps;       // teacher training steps; default: training.steps (a teacher
                                       // usually trains longer than the distillation runs)
   bool bf16 = false;                  // the frozen teacher's matrix products in bfloat16 (float32
-                                      // accumulation; weights cast once); router, norms stay float32
+                                      // accumulation; weights cast once); router, norms stay float32.
+                                      // In YAML also `auto`, the default there (as training.bf16)
   std::optional<int64_t> trained_tokens;  // with path or init_from: the tokens it was trained on, when
                                           // known (the budget check and the baseline's default steps use it)
   bool train_once = false;            // with seeds > 1: train one teacher (the first seed's) and distill
@@ -231,6 +234,8 @@ struct RunConfig {
   int64_t seed_index = 0;             // not a key: which seed replica this is (replica_config sets it)
   bool pretraining = false;           // not a key: a run's pre-training (pretrain_config and `distill stage
                                       // --pretraining` set it); its stages' log lines say so
+  std::vector<std::string> bf16_auto; // not a key: the bf16 keys load_run_config decided (auto), for
+                                      // the log line that says what the CPU chose
 };
 
 // Reads `path`, applies `overrides` ("a.b=value"), and validates. Every unknown key (with a

@@ -24,6 +24,7 @@
 #include "models/io/hf_config.h"
 #include "models/io/safetensors.h"
 #include "models/errors.h"
+#include "models/kernels/sgemm.h"
 
 namespace distill {
 namespace fs = std::filesystem;
@@ -289,6 +290,15 @@ void open_run_directory(const RunConfig& config) {
   spdlog::set_default_logger(logger);
   spdlog::flush_every(std::chrono::seconds(2));
   write_text_atomic((fs::path(config.output_dir) / "config.yaml").string(), run_config_yaml(config));
+  const auto precision = [](bool bf16) { return bf16 ? "bf16 products" : "float32"; };
+  std::string why;
+  if (!config.bf16_auto.empty()) {
+    std::string keys;
+    for (const auto& k : config.bf16_auto) keys += (keys.empty() ? "" : ", ") + k;
+    why = " (" + keys + ": auto, and this CPU " +
+          (blas::native_bf16_gemm() ? "multiplies bf16 natively; --no-bf16 keeps float32)" : "has no native bf16 products)");
+  }
+  spdlog::info("precision: training {}, frozen teacher {}{}", precision(config.training.bf16), precision(config.teacher.bf16), why);
 }
 
 Tokenizer resolve_tokenizer(const RunConfig& c) {
