@@ -20,6 +20,7 @@
 #include "models/io/checkpoint.h"
 #include "models/kernels/attention_core.h"
 #include "models/kernels/mixed_precision.h"
+#include "models/kernels/native_bf16.h"
 #include "models/kernels/projection.h"
 #include "models/kernels/sgemm.h"
 #include "tests/test_util.h"
@@ -55,7 +56,7 @@ TEST(Bf16Native, FollowsTheCpuFlagsAndOneDnnsIsaCap) {
   const bool has = flags.find(" avx512_bf16 ") != std::string::npos || flags.find(" amx_bf16 ") != std::string::npos;
   const char* cap = std::getenv("ONEDNN_MAX_CPU_ISA");
   const bool capped = cap != nullptr && std::string(cap) == "AVX2";
-  EXPECT_EQ(blas::native_bf16_gemm(), has && !capped) << flags;
+  EXPECT_EQ(native_bf16_products(), has && !capped) << flags;
 }
 
 TEST(Bf16Gemm, EqualsTheFloat32ProductOfRoundedOperandsForEveryTranspose) {

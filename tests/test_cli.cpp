@@ -7,7 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data/tokenizer.h"
-#include "models/kernels/sgemm.h"
+#include "models/kernels/native_bf16.h"
 #include "models/io/atomic_file.h"
 #include "models/io/safetensors.h"
 #include "tests/test_util.h"
@@ -274,7 +274,7 @@ TEST(CliConfig, ShippedConfigsAreValid) {
   for (size_t at = out.find("bf16: false"); at != std::string::npos; at = out.find("bf16: false", at + 1)) ++off;
   EXPECT_EQ(off, 2u) << out;
   ASSERT_EQ(run_distill("config check configs/tiny.yaml", &out, &err), 0) << err;
-  EXPECT_NE(out.find(blas::native_bf16_gemm() ? "bf16: true" : "bf16: false"), std::string::npos) << out;
+  EXPECT_NE(out.find(native_bf16_products() ? "bf16: true" : "bf16: false"), std::string::npos) << out;
   // The Hugging Face example needs the downloaded checkpoint; without it, the one error names it.
   if (!fs::exists(std::string(DISTILL_SOURCE_DIR) + "/models/switch-base-8/config.json")) {
     EXPECT_EQ(run_distill("config check configs/switch-base-8-to-t5-base.yaml", &out, &err), 1);

@@ -21,7 +21,7 @@
 #include "distill/training/teacher_target_file.h"
 #include "distill/training/trainer.h"
 #include "distill/training/unit_matching.h"
-#include "models/kernels/sgemm.h"
+#include "models/kernels/native_bf16.h"
 #include "models/io/atomic_file.h"
 #include "models/io/checkpoint.h"
 #include "models/io/hf_config.h"
@@ -943,7 +943,7 @@ TEST(RunConfig, DefaultsResolveAndRoundTrip) {
 TEST(RunConfig, Bf16KeysDefaultToWhatTheCpuMultipliesNatively) {
   test::TempDir dir;
   write_text_atomic(dir.file("c.yaml"), "data:\n  train:\n    files: [" + kTrainFile + "]\n");
-  const bool native = blas::native_bf16_gemm();
+  const bool native = native_bf16_products();
   auto c = load_run_config(dir.file("c.yaml"));  // absent: auto
   EXPECT_EQ(c.training.bf16, native);
   EXPECT_EQ(c.teacher.bf16, native);

@@ -14,7 +14,7 @@
 
 #include "distill/process/run_lock.h"
 #include "distill/training/trainer.h"
-#include "models/kernels/sgemm.h"
+#include "models/kernels/native_bf16.h"
 #include "models/io/atomic_file.h"
 #include "models/io/safetensors.h"
 #include "tests/test_util.h"
@@ -95,7 +95,7 @@ TEST(E2eRun, TinyExperimentWritesACompleteConsistentReport) {
     EXPECT_TRUE(r["settings"].contains(k)) << k;
   EXPECT_EQ(r["settings"]["hard_weight"], 0.75);
   // The bf16 keys are left at auto: bf16 products where the CPU multiplies bf16 natively.
-  const std::string precision = blas::native_bf16_gemm() ? "bf16 products" : "float32";
+  const std::string precision = native_bf16_products() ? "bf16 products" : "float32";
   EXPECT_EQ(r["settings"]["precision"]["training"], precision);
   EXPECT_EQ(r["settings"]["precision"]["frozen_teacher"], precision);
   EXPECT_NE(read_text_file(dir.file("run/report.md")).find("- Precision: training " + precision + ", frozen teacher " + precision + "."),

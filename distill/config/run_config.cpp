@@ -12,7 +12,7 @@
 #include "distill/config/hidden_layer_map.h"
 #include "models/io/atomic_file.h"
 #include "models/errors.h"
-#include "models/kernels/sgemm.h"
+#include "models/kernels/native_bf16.h"
 
 namespace distill {
 
@@ -735,7 +735,7 @@ RunConfig load_run_config(const std::string& path, const std::vector<std::string
   for (const auto& k : foreign_keys) root.remove(k);
   for (const auto& o : overrides) apply_override(root, o, ctx);
 
-  ctx.native_bf16 = blas::native_bf16_gemm();
+  ctx.native_bf16 = native_bf16_products();
   RunConfig config;
   Reader reader(root, "", ctx);
   visit(reader, config);

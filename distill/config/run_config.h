@@ -107,7 +107,7 @@ struct TrainingConfig {
                                       // copies made once per step); master weights, optimizer state,
                                       // router, norms, softmaxes and losses stay float32. In YAML also
                                       // `auto`, the default there: true where the CPU multiplies bf16
-                                      // natively (blas::native_bf16_gemm), decided at load
+                                      // natively (native_bf16_products), decided at load
   double init_scale = 0.1;            // from-scratch init: truncated normal, std sqrt(s / fan_in)
   bool expert_grad_scaling = false;   // Artetxe et al.: scale expert gradients by 1/sqrt(E)
   OptimizerConfig optimizer;

@@ -24,7 +24,7 @@
 #include "models/io/hf_config.h"
 #include "models/io/safetensors.h"
 #include "models/errors.h"
-#include "models/kernels/sgemm.h"
+#include "models/kernels/native_bf16.h"
 
 namespace distill {
 namespace fs = std::filesystem;
@@ -296,7 +296,7 @@ void open_run_directory(const RunConfig& config) {
     std::string keys;
     for (const auto& k : config.bf16_auto) keys += (keys.empty() ? "" : ", ") + k;
     why = " (" + keys + ": auto, and this CPU " +
-          (blas::native_bf16_gemm() ? "multiplies bf16 natively; --no-bf16 keeps float32)" : "has no native bf16 products)");
+          (native_bf16_products() ? "multiplies bf16 natively; --no-bf16 keeps float32)" : "has no native bf16 products)");
   }
   spdlog::info("precision: training {}, frozen teacher {}{}", precision(config.training.bf16), precision(config.teacher.bf16), why);
 }

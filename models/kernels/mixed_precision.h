@@ -1,9 +1,10 @@
 // bfloat16 mixed precision on the CPU, at the level of the matrix products: inside a Bf16Products
-// scope every product of the model's kernels (projections, the experts, the lm head) reads bf16
-// operands and accumulates and writes float32, on the CPU's bf16 dot-product units. Everything
-// else stays float32: master weights, gradients, optimizer state, norms, softmaxes, the router (as
-// the Switch paper's "selective precision") and the losses. The bf16 copy of a weight is made once
-// per version of the weight (an optimizer step makes a new version), not per call.
+// scope every product of the model's kernels (projections, the experts, large attention heads)
+// reads bf16 operands and accumulates and writes float32, on the CPU's bf16 dot-product units.
+// Everything else stays float32: master weights, gradients, optimizer state, norms, softmaxes, the
+// router (as the Switch paper's "selective precision"), the LM head and the losses. The bf16 copy
+// of a weight is made once per version of the weight (an optimizer step makes a new version), not
+// per call.
 #pragma once
 
 #include <ATen/Tensor.h>

@@ -2,15 +2,10 @@
 
 #include <cblas.h>
 #include <dlfcn.h>
-#if defined(__x86_64__)
-#include <cpuid.h>
-#endif
 
 #include <omp.h>
 
-#include <algorithm>
 #include <atomic>
-#include <cctype>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -173,38 +168,6 @@ void gemm_bf16_widened(Op op_a, Op op_b, int64_t m, int64_t n, int64_t k, float 
 }
 
 }  // namespace
-
-namespace {
-
-bool cpu_has_bf16_dot_products() {
-#if defined(__x86_64__)
-  unsigned a = 0, b = 0, c = 0, d = 0;
-  if (!__builtin_cpu_supports("avx512f")) return false;  // also checks that the OS saves AVX-512 state
-  const bool avx512_bf16 = __get_cpuid_count(7, 1, &a, &b, &c, &d) != 0 && (a & (1u << 5)) != 0;
-  const bool amx_bf16 = __get_cpuid_count(7, 0, &a, &b, &c, &d) != 0 && (d & (1u << 22)) != 0;
-  return avx512_bf16 || amx_bf16;
-#else
-  return false;
-#endif
-}
-
-// ONEDNN_MAX_CPU_ISA=AVX2 (say) keeps oneDNN off the bf16 instructions even where the CPU has them.
-bool onednn_isa_allows_bf16() {
-  const char* env = std::getenv("ONEDNN_MAX_CPU_ISA");
-  if (env == nullptr || *env == '\0') env = std::getenv("DNNL_MAX_CPU_ISA");
-  if (env == nullptr || *env == '\0') return true;
-  std::string isa = env;
-  std::transform(isa.begin(), isa.end(), isa.begin(), [](unsigned char ch) { return static_cast<char>(std::toupper(ch)); });
-  return isa == "ALL" || isa == "DEFAULT" || isa.find("BF16") != std::string::npos || isa.find("FP16") != std::string::npos ||
-         isa.find("AMX") != std::string::npos;
-}
-
-}  // namespace
-
-bool native_bf16_gemm() {
-  static const bool native = backend().dnnl_bf16 != nullptr && cpu_has_bf16_dot_products() && onednn_isa_allows_bf16();
-  return native;
-}
 
 void gemm_bf16(Op op_a, Op op_b, int64_t m, int64_t n, int64_t k, float alpha, const uint16_t* a, int64_t lda,
                const uint16_t* b, int64_t ldb, float beta, float* c, int64_t ldc) {

@@ -32,11 +32,6 @@ void sgemm(Op op_a, Op op_b, int64_t m, int64_t n, int64_t k, float alpha,
 void gemm_bf16(Op op_a, Op op_b, int64_t m, int64_t n, int64_t k, float alpha, const uint16_t *a, int64_t lda,
                const uint16_t *b, int64_t ldb, float beta, float *c, int64_t ldc);
 
-// Whether gemm_bf16 runs on the CPU's own bf16 dot-product units: oneDNN's bf16 gemm is loaded,
-// the CPU has AVX512-BF16 or AMX-BF16, and ONEDNN_MAX_CPU_ISA (DNNL_MAX_CPU_ISA) does not cap
-// oneDNN below them. Elsewhere bf16 products are emulated or widened: no faster than float32.
-bool native_bf16_gemm();
-
 // Time spent in sgemm and gemm_bf16 while counting is on, for `distill bench`'s breakdown of a
 // step. Products called outside a parallel region use every thread, so their wall time is the
 // step's; those inside one (a thread per attention head or expert) add thread time.
