@@ -325,11 +325,15 @@ TEST(E2eCompare, TeacherAgainstItsDenseCounterpartAtEqualSteps) {
   ASSERT_TRUE(have_sotu());
   test::TempDir dir;
   std::string out, err;
-  ASSERT_EQ(run_distill("compare configs/tiny.yaml --output " + dir.file("run") + " --set seeds=2 --set parallel_stages=2", &out, &err), 0) << err;
+  // --no-bf16: float32 on every CPU, and the report says so.
+  ASSERT_EQ(run_distill("compare configs/tiny.yaml --output " + dir.file("run") + " --set seeds=2 --set parallel_stages=2 --no-bf16",
+                        &out, &err), 0) << err;
   EXPECT_NE(out.find("gap "), std::string::npos) << out;
   EXPECT_NE(err.find("started the dense counterpart of seed 2"), std::string::npos) << err;
   auto r = json::parse(read_text_file(dir.file("run/compare.json")));
   EXPECT_EQ(r["seeds"], 2);
+  EXPECT_EQ(r["settings"]["precision"], "float32");
+  EXPECT_NE(read_text_file(dir.file("run/compare.md")).find("- Precision: both trained with float32."), std::string::npos);
   EXPECT_EQ(r["teacher"]["budget"]["steps"], r["dense"]["budget"]["steps"]);  // equal steps
   EXPECT_EQ(r["teacher"]["budget"]["tokens"], r["dense"]["budget"]["tokens"]);  // on the same batches
   ASSERT_EQ(r["gap_per_seed"].size(), 2u);
@@ -343,7 +347,7 @@ TEST(E2eCompare, TeacherAgainstItsDenseCounterpartAtEqualSteps) {
   EXPECT_EQ(r["routing"].size(), 2u);
   EXPECT_TRUE(fs::exists(dir.file("run/compare.md")));
   // The experiment in the same directory reuses the teacher the comparison trained.
-  ASSERT_EQ(run_distill("run configs/tiny.yaml --output " + dir.file("run"), &out, &err), 0) << err;
+  ASSERT_EQ(run_distill("run configs/tiny.yaml --output " + dir.file("run") + " --no-bf16", &out, &err), 0) << err;
   EXPECT_NE(err.find("[teacher] finished earlier with the same settings"), std::string::npos) << err;
   // A given teacher has no dense counterpart trained alongside it.
   EXPECT_EQ(run_distill("compare configs/tiny.yaml --output " + dir.file("other") + " --set teacher.path=" + dir.file("run/teacher/model"), &out, &err), 1);

@@ -415,7 +415,8 @@ json build_comparison(const ComparisonInputs& in) {
   r["warnings"] = warnings;
   r["settings"] = {{"steps", runs.front().teacher.budget.steps}, {"batch_size", in.config.data.batch_size},
                    {"objective", in.config.data.objective}, {"seed", in.config.seed}, {"seeds", N},
-                   {"eval_tokens", runs.front().teacher_eval.tokens}};
+                   {"eval_tokens", runs.front().teacher_eval.tokens},
+                   {"precision", in.config.training.bf16 ? "bf16 products" : "float32"}};  // both models trained so
   return r;
 }
 
@@ -436,6 +437,9 @@ std::string comparison_markdown(const json& r) {
   }
   md += fmt::format("\n- Gap (teacher - dense): **{}** nats: {}.\n", interval_text(r["gap"], 4, true), r["verdict"].get<std::string>());
   md += fmt::format("- FLOPs per token: the teacher's are {:.2f}x the dense counterpart's.\n", r["flops_per_token_ratio"].get<double>());
+  if (r["settings"].contains("precision")) {  // absent from a compare.json written before it was recorded
+    md += fmt::format("- Precision: both trained with {}.\n", r["settings"]["precision"].get<std::string>());
+  }
   if (r.contains("routing")) {
     md += "\nTeacher routing per sparse layer (first seed, held-out batches):\n\n" + routing_markdown(r["routing"]);
   }
