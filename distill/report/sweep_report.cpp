@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -63,6 +64,7 @@ json sweep_row(const SweepVariant& v, const json& r) {
                           {"student_path_tokens", r["student"]["path_budget"]["tokens"]},
                           {"fair", r["budget_check"]["fair"]}}}};
   if (q.contains("gain_preserved_undefined")) row["gain_preserved_undefined"] = q["gain_preserved_undefined"];
+  if (r["settings"].contains("precision")) row["precision"] = r["settings"]["precision"];
   return row;
 }
 
@@ -101,6 +103,20 @@ std::string sweep_markdown(const json& s) {
     if (row.contains("gain_preserved_undefined")) {
       md += "\n- " + row["label"].get<std::string>() + ": gain preserved undefined: " + row["gain_preserved_undefined"].get<std::string>();
     }
+  }
+  // Which products ran: one line when every variant ran alike (the usual case), else one per variant.
+  std::set<std::string> precisions;
+  const auto precision_text = [](const json& p) {
+    return "training " + p["training"].get<std::string>() + ", frozen teacher " + p["frozen_teacher"].get<std::string>();
+  };
+  for (const auto& row : s["rows"])
+    if (row.contains("precision")) precisions.insert(precision_text(row["precision"]));
+  if (precisions.size() == 1) {
+    md += "\n\nPrecision: " + *precisions.begin() + ".";
+  } else if (precisions.size() > 1) {
+    md += "\n";
+    for (const auto& row : s["rows"])
+      if (row.contains("precision")) md += "\n- " + row["label"].get<std::string>() + ": " + precision_text(row["precision"]) + ".";
   }
   md += "\n\nEach variant's own report: `<variant>/report.md`. Plots: `report.html`.\n";
   return md;
