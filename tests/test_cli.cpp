@@ -152,6 +152,7 @@ TEST(CliBench, JsonKeepsItsKeysAndTheBreakdownAddsUp) {
                           "distill_tokens_per_s", "timings", "shape", "sgemm", "blas_kernels", "cpu", "step_breakdown"}) {
     EXPECT_TRUE(j.contains(key)) << key;
   }
+  EXPECT_EQ(j["native_bf16"], native_bf16_products());  // what runs default to on this CPU
   const auto& b = j["step_breakdown"];
   EXPECT_EQ(b["steps"], 3);
   const double step = b["step_ms"], products = b["products_ms"], nested = b["nested_products_ms"], other = b["other_ms"];

@@ -21,6 +21,7 @@
 #include "distill/training/teacher_cache.h"
 #include "models/io/checkpoint.h"
 #include "models/kernels/mixed_precision.h"
+#include "models/kernels/native_bf16.h"
 #include "models/errors.h"
 #include "models/arch/model_stats.h"
 #include "models/kernels/sgemm.h"
@@ -305,6 +306,7 @@ json BenchResult::to_json() const {
           {"cached_vs_student_ratio", cached_vs_student_ratio},
           {"matmul_peak_gflops_fp32", matmul_peak_gflops_fp32},
           {"matmul_peak_gflops_bf16", matmul_peak_gflops_bf16},
+          {"native_bf16", native_bf16_products()},
           {"mfu", mfu},
           {"student_step_mfu", student_step_mfu},
           {"peak_rss_mb", peak_rss_mb},
@@ -369,8 +371,11 @@ std::string BenchResult::markdown() const {
               fmt::format("{:.1f} MB per rank per step", allreduce_bytes / 1e6));
     md += row("student step, all-reduce after backward", student_step_reduced_after, "instead of during it");
   }
-  md += fmt::format("\nmatmul peak: {:.0f} GFLOP/s fp32, {:.0f} GFLOP/s bf16; peak RSS {:.0f} MB\n", matmul_peak_gflops_fp32,
-                    matmul_peak_gflops_bf16, peak_rss_mb);
+  md += fmt::format("\nmatmul peak: {:.0f} GFLOP/s fp32, {:.0f} GFLOP/s bf16 ({}); peak RSS {:.0f} MB\n", matmul_peak_gflops_fp32,
+                    matmul_peak_gflops_bf16,
+                    native_bf16_products() ? "native bf16 products: runs default to them here"
+                                           : "no native bf16 products: runs default to float32 here",
+                    peak_rss_mb);
   const auto& b = breakdown;
   auto share = [&](double ms) { return b.step_ms > 0 ? 100 * ms / b.step_ms : 0.0; };
   md += fmt::format(
