@@ -186,6 +186,17 @@ TEST(Bf16Copies, AreMadeOncePerVersionOfTheWeight) {
     auto t = torch::full({8, 4}, static_cast<float>(i));
     EXPECT_TRUE(torch::equal(bf16_copy(t).to(torch::kFloat32), t)) << i;
   }
+  // Copies of freed weights go when asked (a new stage starts), live weights keep theirs.
+  clear_bf16_copies();
+  {
+    auto gone = torch::randn({16, 4});
+    bf16_copy(gone);
+    bf16_copy(w);
+    EXPECT_EQ(bf16_cache_stats().copies, 2);
+  }
+  drop_freed_bf16_copies();
+  EXPECT_EQ(bf16_cache_stats().copies, 1);
+  EXPECT_EQ(bf16_cache_stats().bytes, 8 * 4 * 2);
   clear_bf16_copies();
   EXPECT_EQ(bf16_cache_stats().copies, 0);
 }

@@ -291,6 +291,7 @@ void Trainer::restore_checkpoint_from(const std::string& dir, int64_t& step, Dat
 
 TrainResult Trainer::run() {
   const auto& t = o_.training;
+  drop_freed_bf16_copies();  // an earlier stage's model, trained or evaluated in this process, is gone by now
   fs::create_directories(o_.dir);
   const std::string metrics = (fs::path(o_.dir) / "metrics.jsonl").string();
   int64_t step = 0;

@@ -48,6 +48,16 @@ bool fresh(const Entry& e, const std::vector<at::Tensor>& parts) {
   return true;
 }
 
+// Drops the copies whose weights were freed (the cache's mutex held).
+void drop_freed_locked(Cache& c) {
+  for (auto it = c.entries.begin(); it != c.entries.end();) {
+    bool dead = false;
+    for (const auto& o : it->second.owners) dead = dead || o.expired();
+    it = dead ? c.entries.erase(it) : std::next(it);
+  }
+  c.purge_at = std::max<size_t>(64, 2 * c.entries.size());
+}
+
 at::Tensor make_copy(const std::vector<at::Tensor>& parts) {
   // A normal tensor even when made under InferenceMode (a teacher's or an evaluation's pass): the
   // same copy may later be saved for a backward, which an inference tensor cannot be.
@@ -95,15 +105,14 @@ at::Tensor bf16_copy(const std::vector<at::Tensor>& parts) {
   e.copy = make_copy(parts);
   std::lock_guard<std::mutex> lock(c.mutex);
   c.entries[key] = e;
-  if (c.entries.size() >= c.purge_at) {  // drop the copies of freed weights
-    for (auto it = c.entries.begin(); it != c.entries.end();) {
-      bool dead = false;
-      for (const auto& o : it->second.owners) dead = dead || o.expired();
-      it = dead ? c.entries.erase(it) : std::next(it);
-    }
-    c.purge_at = std::max<size_t>(64, 2 * c.entries.size());
-  }
+  if (c.entries.size() >= c.purge_at) drop_freed_locked(c);
   return e.copy;
+}
+
+void drop_freed_bf16_copies() {
+  auto& c = cache();
+  std::lock_guard<std::mutex> lock(c.mutex);
+  drop_freed_locked(c);
 }
 
 void clear_bf16_copies() {

@@ -48,8 +48,11 @@ bool bf16_products_active();
 at::Tensor bf16_copy(const at::Tensor& weight);
 // The bf16 copy of the weights concatenated along dim 0 (the q, k, v projections as one product).
 at::Tensor bf16_copy(const std::vector<at::Tensor>& parts);
-// Drops every cached copy (tests; a process that frees its models).
+// Drops every cached copy (tests).
 void clear_bf16_copies();
+// Drops the copies of weights that were freed (a finished stage's model): they would otherwise
+// stay until the cache has doubled. Live weights keep theirs.
+void drop_freed_bf16_copies();
 // Cached copies and their bytes (tests).
 struct Bf16CacheStats {
   int64_t copies = 0, bytes = 0;
