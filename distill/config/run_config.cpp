@@ -281,17 +281,9 @@ class Reader {
       ctx_.automatic.push_back(path);
       return;
     }
-    bool v = false;
-    if (n.IsScalar()) {
-      try {
-        v = n.as<bool>();
-      } catch (const YAML::Exception&) {
-        ctx_.errors.push_back(ctx_.locate(path, n) + ": " + path + " must be true, false or auto, got \"" + n.Scalar() + "\"");
-        return;
-      }
-      value = v;
-    } else {
-      ctx_.errors.push_back(ctx_.locate(path, n) + ": " + path + " must be true, false or auto");
+    if (!n.IsScalar() || !YAML::convert<bool>::decode(n, value)) {
+      const std::string got = n.IsScalar() ? ", got \"" + n.Scalar() + "\"" : "";
+      ctx_.errors.push_back(ctx_.locate(path, n) + ": " + path + " must be true, false or auto" + got);
     }
   }
 
