@@ -819,17 +819,16 @@ TEST(TeacherTargetFile, ServesWhatTheTeacherGivesAndRefusesAStaleOrDamagedFile) 
   // probability that is NaN): the batch that reads it gets one error naming the file and example.
   uint64_t header_len = 0, entries = 0;
   std::memcpy(&header_len, bytes.data() + 8, 8);
-  const uint64_t table_at = 16 + ((header_len + 7) & ~uint64_t{7});
+  const uint64_t table_at = 16 + teacher_target_format::padded8(header_len);
   std::memcpy(&entries, bytes.data() + table_at, 8);
-  uint32_t example = 0, positions = 0;  // the first stored example: entry {u64 offset, u32 positions, u32 present}
+  uint32_t example = 0, positions = 0;  // the first stored example
   uint64_t offset = 0;
   for (uint32_t i = 0; i < entries && offset == 0; ++i) {
-    const char* e = bytes.data() + table_at + 8 + 16 * i;
-    uint32_t present = 0;
-    std::memcpy(&present, e + 12, 4);
-    if (!present) continue;
-    std::memcpy(&offset, e, 8);
-    std::memcpy(&positions, e + 8, 4);
+    teacher_target_format::Entry e;
+    std::memcpy(&e, bytes.data() + table_at + 8 + sizeof(e) * i, sizeof(e));
+    if (!e.present) continue;
+    offset = e.offset;
+    positions = e.positions;
     example = i;
   }
   ASSERT_GT(offset, 0u);

@@ -41,7 +41,6 @@ struct JobArgs {
   bool no_bf16 = false;
 };
 
-
 void add_job_options(CLI::App* sub, JobArgs& a) {
   sub->add_option("config", a.config, "Run configuration (YAML)")->required();
   sub->add_option("--set", a.set, "Override a key: --set training.steps=100 (repeatable)");

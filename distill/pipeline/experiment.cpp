@@ -290,7 +290,6 @@ void open_run_directory(const RunConfig& config) {
   spdlog::set_default_logger(logger);
   spdlog::flush_every(std::chrono::seconds(2));
   write_text_atomic((fs::path(config.output_dir) / "config.yaml").string(), run_config_yaml(config));
-  const auto precision = [](bool bf16) { return bf16 ? "bf16 products" : "float32"; };
   std::string why;
   if (!config.bf16_auto.empty()) {
     std::string keys;
@@ -298,7 +297,8 @@ void open_run_directory(const RunConfig& config) {
     why = " (" + keys + ": auto, and this CPU " +
           (native_bf16_products() ? "multiplies bf16 natively; --no-bf16 keeps float32)" : "has no native bf16 products)");
   }
-  spdlog::info("precision: training {}, frozen teacher {}{}", precision(config.training.bf16), precision(config.teacher.bf16), why);
+  spdlog::info("precision: training {}, frozen teacher {}{}", precision_name(config.training.bf16),
+               precision_name(config.teacher.bf16), why);
 }
 
 Tokenizer resolve_tokenizer(const RunConfig& c) {

@@ -256,14 +256,16 @@ json build_report(const ReportInputs& in) {
                    {"seed", c.seed}, {"seeds", N}, {"teacher_train_once", c.teacher.train_once}};
   if (c.distillation.teacher_capacity_factor) r["settings"]["teacher_capacity_factor"] = *c.distillation.teacher_capacity_factor;
   // Which products ran in bf16 (float32 accumulation) and which in float32.
-  r["settings"]["precision"] = {{"training", c.training.bf16 ? "bf16 products" : "float32"},
-                                {"frozen_teacher", c.teacher.bf16 ? "bf16 products" : "float32"}};
+  r["settings"]["precision"] = {{"training", precision_name(c.training.bf16)},
+                                {"frozen_teacher", precision_name(c.teacher.bf16)}};
   if (c.pretrain.steps > 0) {
     r["settings"]["pretrain"] = {{"steps", c.pretrain.steps}, {"objective", c.pretrain.data.objective},
                                  {"batch_size", c.pretrain.data.batch_size}, {"files", c.pretrain.data.train.files}};
   }
   return r;
 }
+
+const char* precision_name(bool bf16) { return bf16 ? "bf16 products" : "float32"; }
 
 std::string report_markdown(const json& r) {
   const size_t N = r["seeds"].get<size_t>();
@@ -416,7 +418,7 @@ json build_comparison(const ComparisonInputs& in) {
   r["settings"] = {{"steps", runs.front().teacher.budget.steps}, {"batch_size", in.config.data.batch_size},
                    {"objective", in.config.data.objective}, {"seed", in.config.seed}, {"seeds", N},
                    {"eval_tokens", runs.front().teacher_eval.tokens},
-                   {"precision", in.config.training.bf16 ? "bf16 products" : "float32"}};  // both models trained so
+                   {"precision", precision_name(in.config.training.bf16)}};  // both models trained so
   return r;
 }
 

@@ -43,6 +43,9 @@ struct ReportInputs {
 nlohmann::json build_report(const ReportInputs& in);
 
 // The same as Markdown, for report.md and the README.
+// How reports and the run log name a precision: "bf16 products" (float32 accumulation) or "float32".
+const char* precision_name(bool bf16);
+
 std::string report_markdown(const nlohmann::json& report);
 
 // A few lines for the console.
