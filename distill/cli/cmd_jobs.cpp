@@ -26,8 +26,10 @@ void add_no_bf16(CLI::App* sub, bool& flag) {
                                    "keys' default, auto, picks bf16): --set training.bf16=false --set teacher.bf16=false");
 }
 
-void apply_no_bf16(bool flag, std::vector<std::string>& overrides) {
-  if (flag) overrides.insert(overrides.end(), {"training.bf16=false", "teacher.bf16=false"});
+std::vector<std::string> config_overrides(std::vector<std::string> set, const std::string& output, bool no_bf16) {
+  if (!output.empty()) set.push_back("output_dir=" + output);
+  if (no_bf16) set.insert(set.end(), {"training.bf16=false", "teacher.bf16=false"});
+  return set;
 }
 
 namespace {
@@ -50,10 +52,7 @@ void add_job_options(CLI::App* sub, JobArgs& a) {
 }
 
 RunConfig load(const JobArgs& a) {
-  auto overrides = a.set;
-  if (!a.output.empty()) overrides.push_back("output_dir=" + a.output);
-  apply_no_bf16(a.no_bf16, overrides);
-  auto c = load_run_config(a.config, overrides);
+  auto c = load_run_config(a.config, config_overrides(a.set, a.output, a.no_bf16));
   apply_config_threads(c.threads);
   return c;
 }
@@ -156,10 +155,7 @@ Command add_config(CLI::App& app) {
   add_no_bf16(check, a->no_bf16);
   return {sub, [a] {
             if (is_sweep_file(a->config)) {  // checked as `distill sweep` reads it
-              auto overrides = a->set;
-              if (!a->output.empty()) overrides.push_back("output_dir=" + a->output);
-              apply_no_bf16(a->no_bf16, overrides);
-              const auto sweep = load_sweep_config(a->config, overrides);
+              const auto sweep = load_sweep_config(a->config, config_overrides(a->set, a->output, a->no_bf16));
               std::cout << run_config_yaml(sweep.base) << "# a sweep of " << sweep.variants.size() << " variant(s):\n";
               for (const auto& v : sweep.variants) {
                 std::cout << "#   " << v.name << ":";

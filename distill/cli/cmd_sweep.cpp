@@ -40,10 +40,7 @@ Command add_sweep(CLI::App& app) {
   sub->add_flag("--check", a->check, "Validate the sweep and print each variant's overrides; train nothing");
   add_no_bf16(sub, a->no_bf16);
   return {sub, [a] {
-            auto overrides = a->set;
-            if (!a->output.empty()) overrides.push_back("output_dir=" + a->output);
-            apply_no_bf16(a->no_bf16, overrides);
-            const auto sweep = load_sweep_config(a->config, overrides);
+            const auto sweep = load_sweep_config(a->config, config_overrides(a->set, a->output, a->no_bf16));
             if (a->check) {
               for (const auto& v : sweep.variants) {
                 std::cout << v.name << ": " << v.config.output_dir;

@@ -15,10 +15,11 @@ struct Command {
   std::function<void()> run;   // throws distill::Error on bad input
 };
 
-// --no-bf16 on a sub-command that reads a run configuration; with it on, `overrides` gains
-// training.bf16=false and teacher.bf16=false (float32 whatever the CPU).
+// --no-bf16 on a sub-command that reads a run configuration (float32 whatever the CPU).
 void add_no_bf16(CLI::App* sub, bool& flag);
-void apply_no_bf16(bool flag, std::vector<std::string>& overrides);
+// The overrides a job's configuration is read with: its --set ones, then those --output
+// (output_dir) and --no-bf16 (training.bf16 and teacher.bf16 false) stand for.
+std::vector<std::string> config_overrides(std::vector<std::string> set, const std::string& output, bool no_bf16);
 
 Command add_inspect(CLI::App& app);
 Command add_forward(CLI::App& app);
