@@ -13,6 +13,15 @@
 #include "models/kernels/rms_norm.h"
 
 namespace distill {
+namespace {
+
+// The parts of an attention projection that stay float32 under bf16 products, leading the list:
+// the scores' operands q and k (projection.h says why); v and o are bf16.
+constexpr size_t kExactQk = 2;  // of q, k, v
+constexpr size_t kExactQ = 1;   // q alone
+constexpr size_t kExactK = 1;   // of k, v
+
+}  // namespace
 
 T5LayerNormImpl::T5LayerNormImpl(int64_t d_model, double eps) : eps_(eps) {
   weight = register_parameter("weight", torch::ones({d_model}));
@@ -107,11 +116,11 @@ torch::Tensor T5AttentionImpl::forward(const torch::Tensor& x, const torch::Tens
   const double p = is_training() ? dropout_->p() : 0.0;
   torch::Tensor ctx;  // [B, T, H*Dk]
   if (!kv.defined()) {
-    auto qkv = project(x, std::vector<torch::Tensor>{q->weight, k->weight, v->weight});  // [B, T, 3I]
+    auto qkv = project(x, std::vector<torch::Tensor>{q->weight, k->weight, v->weight}, kExactQk);  // [B, T, 3I]
     ctx = self_attention_core(qkv, H, bias, p);
   } else {
-    auto qp = project(x, q->weight);                                                // [B, T, I]
-    auto kvp = project(kv, std::vector<torch::Tensor>{k->weight, v->weight});      // [B, S, 2I]
+    auto qp = project(x, q->weight, kExactQ);                                                  // [B, T, I]
+    auto kvp = project(kv, std::vector<torch::Tensor>{k->weight, v->weight}, kExactK);        // [B, S, 2I]
     ctx = cross_attention_core(qp, kvp, H, bias, p);
   }
   return project(ctx, o->weight);
@@ -122,16 +131,16 @@ torch::Tensor T5AttentionImpl::forward_step(const torch::Tensor& x, const torch:
   const auto B = x.size(0), T = x.size(1), H = options_.num_heads, Dk = options_.d_kv, I = H * Dk;
   torch::Tensor qp;  // [B, T, I]
   if (kv.defined()) {
-    qp = project(x, q->weight);
+    qp = project(x, q->weight, kExactQ);
     if (!cache.k.defined()) {
       const auto S = kv.size(1);
-      auto parts = project(kv, std::vector<torch::Tensor>{k->weight, v->weight}).split(I, -1);  // [B, S, 2I]
+      auto parts = project(kv, std::vector<torch::Tensor>{k->weight, v->weight}, kExactK).split(I, -1);  // [B, S, 2I]
       cache.k = parts[0].reshape({B, S, H, Dk}).transpose(1, 2);  // [B, H, S, Dk]
       cache.v = parts[1].reshape({B, S, H, Dk}).transpose(1, 2);
       cache.length = S;
     }
   } else {
-    auto parts = project(x, std::vector<torch::Tensor>{q->weight, k->weight, v->weight}).split(I, -1);  // [B, T, 3I]
+    auto parts = project(x, std::vector<torch::Tensor>{q->weight, k->weight, v->weight}, kExactQk).split(I, -1);  // [B, T, 3I]
     qp = parts[0];
     if (cache.length + T > max_length) {
       throw Error("decoder cache holds " + std::to_string(max_length) + " positions; step " +

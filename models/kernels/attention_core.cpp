@@ -21,8 +21,9 @@ namespace {
 using blas::Op;
 
 // The products of one (batch, head) task: float32 sgemm, or, under bf16 products, both operands
-// rounded to bf16 (into this task's scratch) and multiplied with float32 accumulation; scores,
-// softmax, dropout and every result stay float32.
+// rounded to bf16 (into this task's scratch) and multiplied with float32 accumulation; softmax,
+// dropout and every result stay float32. The scores product q k^T is always float32: T5 does not
+// scale its scores, so they are large, and rounding q and k moves a sharp softmax (projection.h).
 class HeadProducts {
  public:
   explicit HeadProducts(bool bf16) : bf16_(bf16) {}
@@ -113,7 +114,7 @@ at::Tensor forward_sgemm(const Heads& q, const Heads& k, const Heads& v, const a
     for (int64_t n = begin; n < end; ++n) {
       const int64_t b = n / H, h = n % H;
       float* p = pp + n * T * S;  // [T, S]
-      mm(Op::N, Op::T, T, S, Dk, q.at(b, h), q.ld, k.at(b, h), k.ld, p, S);  // scores [T, S]
+      blas::sgemm(Op::N, Op::T, T, S, Dk, 1.0f, q.at(b, h), q.ld, k.at(b, h), k.ld, 0.0f, p, S);  // scores [T, S], float32
       for (int64_t t = 0; t < T; ++t) {  // softmax of the row in three passes
         float* row = p + t * S;
         const float mx = rows::add_bias_max(row, pbias ? pbias + b * bb + h * bh + t * bt : nullptr, S);
