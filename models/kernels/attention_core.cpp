@@ -22,8 +22,7 @@ using blas::Op;
 
 // The products of one (batch, head) task: float32 sgemm, or, under bf16 products, both operands
 // rounded to bf16 (into this task's scratch) and multiplied with float32 accumulation; softmax,
-// dropout and every result stay float32. The scores product q k^T is always float32: T5 does not
-// scale its scores, so they are large, and rounding q and k moves a sharp softmax (projection.h).
+// dropout and every result stay float32.
 class HeadProducts {
  public:
   explicit HeadProducts(bool bf16) : bf16_(bf16) {}
@@ -95,9 +94,10 @@ at::Tensor bias_or_zeros(const at::Tensor& bias, int64_t S) {
 }
 
 // Forward of the float32 path. probs [B, H, T, S] receives the softmax before dropout (saved for
-// backward); the result is the context [B, T, H*Dk].
+// backward); the result is the context [B, T, H*Dk]. exact_scores: q k^T from float32 operands
+// under bf16 too, where a gradient will flow through the softmax (projection.h says why).
 at::Tensor forward_sgemm(const Heads& q, const Heads& k, const Heads& v, const at::Tensor& bias, const Shape& s,
-                         uint64_t seed, double dropout, bool bf16, at::Tensor& probs) {
+                         uint64_t seed, double dropout, bool bf16, bool exact_scores, at::Tensor& probs) {
   const auto [B, H, T, S, Dk] = s;
   const int64_t I = H * Dk;
   probs = at::empty({B, H, T, S}, at::kFloat);
@@ -114,7 +114,11 @@ at::Tensor forward_sgemm(const Heads& q, const Heads& k, const Heads& v, const a
     for (int64_t n = begin; n < end; ++n) {
       const int64_t b = n / H, h = n % H;
       float* p = pp + n * T * S;  // [T, S]
-      blas::sgemm(Op::N, Op::T, T, S, Dk, 1.0f, q.at(b, h), q.ld, k.at(b, h), k.ld, 0.0f, p, S);  // scores [T, S], float32
+      if (exact_scores) {
+        blas::sgemm(Op::N, Op::T, T, S, Dk, 1.0f, q.at(b, h), q.ld, k.at(b, h), k.ld, 0.0f, p, S);  // scores [T, S]
+      } else {
+        mm(Op::N, Op::T, T, S, Dk, q.at(b, h), q.ld, k.at(b, h), k.ld, p, S);  // scores [T, S]
+      }
       for (int64_t t = 0; t < T; ++t) {  // softmax of the row in three passes
         float* row = p + t * S;
         const float mx = rows::add_bias_max(row, pbias ? pbias + b * bb + h * bh + t * bt : nullptr, S);
@@ -137,7 +141,7 @@ at::Tensor forward_only(const Heads& q, const Heads& k, const Heads& v, const at
                         double dropout) {
   at::Tensor probs;
   return forward_sgemm(q, k, v, bias_view(bias, s), s, dropout > 0 ? dropout_seed() : 0, dropout, bf16_products_active(),
-                       probs);
+                       /*exact_scores=*/false, probs);
 }
 
 // Backward of the float32 path: the heads' gradients go to gq, gk and gv (every element written),
@@ -215,7 +219,7 @@ struct AttentionCoreFunction : public torch::autograd::Function<AttentionCoreFun
     const bool bf16 = bf16_products_active();  // backward multiplies as forward did
     const uint64_t seed = save_settings(ctx, bias_in, dropout, bf16);
     at::Tensor probs;
-    auto out = forward_sgemm(hq, hk, hv, bias_view(bias_in, s), s, seed, dropout, bf16, probs);
+    auto out = forward_sgemm(hq, hk, hv, bias_view(bias_in, s), s, seed, dropout, bf16, /*exact_scores=*/true, probs);
     ctx->save_for_backward({q, k, v, probs});
     return out;
   }
@@ -258,7 +262,7 @@ struct PackedAttentionFunction : public torch::autograd::Function<PackedAttentio
     const bool bf16 = bf16_products_active();
     const uint64_t seed = save_settings(ctx, bias_in, dropout, bf16);
     at::Tensor probs;
-    auto out = forward_sgemm(h[0], h[1], h[2], bias_view(bias_in, s), s, seed, dropout, bf16, probs);
+    auto out = forward_sgemm(h[0], h[1], h[2], bias_view(bias_in, s), s, seed, dropout, bf16, /*exact_scores=*/true, probs);
     ctx->save_for_backward({src_q, self ? at::Tensor() : src_kv, probs});
     ctx->saved_data["heads"] = heads;
     ctx->saved_data["self"] = self;
