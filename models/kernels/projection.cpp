@@ -121,7 +121,9 @@ torch::Tensor project(const torch::Tensor& x, const torch::Tensor& weight, size_
 }
 
 torch::Tensor project(const torch::Tensor& x, const std::vector<torch::Tensor>& parts, size_t exact_parts) {
-  if (exact_parts > parts.size()) throw Error("project: " + std::to_string(exact_parts) + " exact parts of " + std::to_string(parts.size()));
+  if (exact_parts > parts.size()) {
+    throw Error("project: " + std::to_string(exact_parts) + " exact parts of " + std::to_string(parts.size()));
+  }
   bool direct = x.scalar_type() == torch::kFloat32 && x.device().is_cpu() && x.dim() >= 1 && !parts.empty();
   for (const auto& w : parts) {
     direct = direct && w.scalar_type() == torch::kFloat32 && w.device().is_cpu() && w.dim() == 2 &&

@@ -34,6 +34,7 @@ Gradients gradient(const std::string& model_dir, const Batch& b, const torch::Te
                    const DistillLossOptions& loss, bool bf16) {
   auto student = load_model(model_dir);  // fresh each time: both gradients from the same weights
   student->train();
+  torch::manual_seed(0);  // the same dropout masks and router jitter for both
   torch::Tensor total;
   {
     Bf16Products amp(bf16);
