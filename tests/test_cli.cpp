@@ -152,7 +152,7 @@ TEST(CliBench, JsonKeepsItsKeysAndTheBreakdownAddsUp) {
                           "distill_tokens_per_s", "timings", "shape", "sgemm", "blas_kernels", "cpu", "step_breakdown"}) {
     EXPECT_TRUE(j.contains(key)) << key;
   }
-  EXPECT_EQ(j["native_bf16"], native_bf16_products());  // what runs default to on this CPU
+  EXPECT_EQ(j["native_bf16"], native_bf16_products());  // what the bf16 keys' auto picks on this CPU
   const auto& b = j["step_breakdown"];
   EXPECT_EQ(b["steps"], 3);
   const double step = b["step_ms"], products = b["products_ms"], nested = b["nested_products_ms"], other = b["other_ms"];
@@ -266,16 +266,18 @@ TEST(CliConfig, ShippedConfigsAreValid) {
     std::string out, err;
     EXPECT_EQ(run_distill(std::string("config check ") + config, &out, &err), 0) << config << ": " << err;
   }
-  // --no-bf16: float32 whatever the CPU (the bf16 keys' default, auto, follows the CPU).
+  // --no-bf16: float32 whatever the CPU, also over an explicit auto (which follows the CPU).
   std::string out, err;
-  ASSERT_EQ(run_distill("config check configs/tiny.yaml --no-bf16", &out, &err), 0) << err;
+  ASSERT_EQ(run_distill("config check configs/tiny.yaml --set training.bf16=auto --no-bf16", &out, &err), 0) << err;
   EXPECT_EQ(out.find("bf16: true"), std::string::npos) << out;
   EXPECT_NE(out.find("teacher:"), std::string::npos);
   size_t off = 0;
   for (size_t at = out.find("bf16: false"); at != std::string::npos; at = out.find("bf16: false", at + 1)) ++off;
   EXPECT_EQ(off, 2u) << out;
-  ASSERT_EQ(run_distill("config check configs/tiny.yaml", &out, &err), 0) << err;
+  ASSERT_EQ(run_distill("config check configs/tiny.yaml --set teacher.bf16=auto", &out, &err), 0) << err;
   EXPECT_NE(out.find(native_bf16_products() ? "bf16: true" : "bf16: false"), std::string::npos) << out;
+  ASSERT_EQ(run_distill("config check configs/tiny.yaml", &out, &err), 0) << err;  // the default: float32
+  EXPECT_EQ(out.find("bf16: true"), std::string::npos) << out;
   // The Hugging Face example needs the downloaded checkpoint; without it, the one error names it.
   if (!fs::exists(std::string(DISTILL_SOURCE_DIR) + "/models/switch-base-8/config.json")) {
     EXPECT_EQ(run_distill("config check configs/switch-base-8-to-t5-base.yaml", &out, &err), 1);

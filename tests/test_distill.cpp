@@ -939,11 +939,15 @@ TEST(RunConfig, DefaultsResolveAndRoundTrip) {
   EXPECT_EQ(run_config_yaml(again), run_config_yaml(c));
 }
 
-TEST(RunConfig, Bf16KeysDefaultToWhatTheCpuMultipliesNatively) {
+TEST(RunConfig, Bf16KeysDefaultToFloat32AndAutoFollowsTheCpu) {
   test::TempDir dir;
   write_text_atomic(dir.file("c.yaml"), "data:\n  train:\n    files: [" + kTrainFile + "]\n");
   const bool native = native_bf16_products();
-  auto c = load_run_config(dir.file("c.yaml"));  // absent: auto
+  auto c = load_run_config(dir.file("c.yaml"));  // absent: float32
+  EXPECT_FALSE(c.training.bf16);
+  EXPECT_FALSE(c.teacher.bf16);
+  EXPECT_TRUE(c.bf16_auto.empty());
+  c = load_run_config(dir.file("c.yaml"), {"training.bf16=auto", "teacher.bf16=auto"});
   EXPECT_EQ(c.training.bf16, native);
   EXPECT_EQ(c.teacher.bf16, native);
   EXPECT_EQ(c.bf16_auto, (std::vector<std::string>{"teacher.bf16", "training.bf16"}));
@@ -955,7 +959,8 @@ TEST(RunConfig, Bf16KeysDefaultToWhatTheCpuMultipliesNatively) {
   EXPECT_TRUE(c.training.bf16 && c.teacher.bf16);  // asked for: emulated where the CPU lacks bf16
   EXPECT_TRUE(c.bf16_auto.empty());
   // The resolved config states what ran, not "auto".
-  EXPECT_NE(run_config_yaml(load_run_config(dir.file("c.yaml"), {"teacher.bf16=false"})).find("  bf16: false"), std::string::npos);
+  EXPECT_NE(run_config_yaml(load_run_config(dir.file("c.yaml"), {"teacher.bf16=auto"})).find(native ? "  bf16: true" : "  bf16: false"),
+            std::string::npos);
   auto err = config_error("data:\n  train:\n    files: [" + kTrainFile + "]\ntraining:\n  bf16: sometimes\n");
   EXPECT_NE(err.find("c.yaml:5: training.bf16 must be true, false or auto, got \"sometimes\""), std::string::npos) << err;
   err = config_error("data:\n  train:\n    files: [" + kTrainFile + "]\nteacher:\n  bf16: [true]\n");

@@ -28,11 +28,13 @@ using test::run_distill;
 namespace fs = std::filesystem;
 
 TEST(E2eRun, TinyExperimentWritesACompleteConsistentReport) {
+  // The bf16 keys at auto (float32 by default): bf16 products where the CPU multiplies bf16 natively.
+  const std::string bf16_auto = " --set training.bf16=auto --set teacher.bf16=auto";
   ASSERT_TRUE(have_sotu()) << "run tools/fetch_data.sh (tools/setup.sh does)";
   test::TempDir dir;
   const auto t0 = std::chrono::steady_clock::now();
   std::string out, err;
-  ASSERT_EQ(run_distill("run configs/tiny.yaml --output " + dir.file("run"), &out, &err), 0) << err;
+  ASSERT_EQ(run_distill("run configs/tiny.yaml" + bf16_auto + " --output " + dir.file("run"), &out, &err), 0) << err;
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   EXPECT_LT(seconds, 60.0);
   EXPECT_NE(out.find("quality gain preserved"), std::string::npos) << out;
@@ -94,7 +96,6 @@ TEST(E2eRun, TinyExperimentWritesACompleteConsistentReport) {
   for (const char* k : {"hard_weight", "soft_weight", "temperature", "soft_loss", "student_init", "steps", "objective", "seeds"})
     EXPECT_TRUE(r["settings"].contains(k)) << k;
   EXPECT_EQ(r["settings"]["hard_weight"], 0.75);
-  // The bf16 keys are left at auto: bf16 products where the CPU multiplies bf16 natively.
   const std::string precision = native_bf16_products() ? "bf16 products" : "float32";
   EXPECT_EQ(r["settings"]["precision"]["training"], precision);
   EXPECT_EQ(r["settings"]["precision"]["frozen_teacher"], precision);
@@ -117,7 +118,7 @@ TEST(E2eRun, TinyExperimentWritesACompleteConsistentReport) {
   EXPECT_EQ(m["routing"].size(), 2u);
 
   // A repeated run reuses every finished stage and reproduces the report.
-  ASSERT_EQ(run_distill("run configs/tiny.yaml --output " + dir.file("run"), &out, &err), 0) << err;
+  ASSERT_EQ(run_distill("run configs/tiny.yaml" + bf16_auto + " --output " + dir.file("run"), &out, &err), 0) << err;
   for (const char* stage : {"teacher", "baseline", "student"})
     EXPECT_NE(err.find(std::string("[") + stage + "] finished earlier with the same settings: reusing"), std::string::npos) << err;
   auto again = json::parse(read_text_file(dir.file("run/report.json")));
@@ -127,7 +128,7 @@ TEST(E2eRun, TinyExperimentWritesACompleteConsistentReport) {
   // and the quality figures get intervals over seeds.
   const std::string teacher_done = read_text_file(dir.file("run/teacher/DONE.json"));
   const std::string baseline_done = read_text_file(dir.file("run/baseline/DONE.json"));
-  ASSERT_EQ(run_distill("run configs/tiny.yaml --output " + dir.file("run") +
+  ASSERT_EQ(run_distill("run configs/tiny.yaml" + bf16_auto + " --output " + dir.file("run") +
                             " --set distillation.hard_weight=0.5 --set distillation.soft_weight=0.5 --set seeds=2 --set parallel_stages=2",
                         &out, &err), 0) << err;
   EXPECT_EQ(read_text_file(dir.file("run/teacher/DONE.json")), teacher_done);  // not trained again
@@ -152,7 +153,9 @@ TEST(E2eRun, TinyExperimentWritesACompleteConsistentReport) {
   EXPECT_NE(two["student"]["evals"][0], again["student"]["evals"][0]);  // retrained with the new mix
 
   // A baseline shorter than the student's path is retrained, and the report warns loudly.
-  ASSERT_EQ(run_distill("run configs/tiny.yaml --output " + dir.file("run") + " --set baseline.steps=5", &out, &err), 0) << err;
+  ASSERT_EQ(run_distill("run configs/tiny.yaml" + bf16_auto + " --output " + dir.file("run") + " --set baseline.steps=5", &out, &err),
+            0)
+      << err;
   EXPECT_NE(err.find("training.steps: 80 -> 5"), std::string::npos) << err;
   auto shortened = json::parse(read_text_file(dir.file("run/report.json")));
   EXPECT_FALSE(shortened["budget_check"]["fair"].get<bool>());

@@ -11,7 +11,6 @@
 #include "distill/report/html_report.h"
 #include "distill/report/svg_plots.h"
 #include "distill/config/sweep_config.h"
-#include "models/kernels/native_bf16.h"
 #include "models/errors.h"
 #include "models/io/atomic_file.h"
 #include "tests/test_util.h"
@@ -212,7 +211,7 @@ TEST(E2eSweep, SharedStagesReportsPlotsAndReportRegeneration) {
   }
   const std::string md = read_text_file(out + "/sweep.md");
   EXPECT_NE(md.find("![Compression against quality gain preserved"), std::string::npos) << md;
-  const std::string precision = native_bf16_products() ? "bf16 products" : "float32";  // the bf16 keys at auto
+  const std::string precision = "float32";  // the bf16 keys' default
   EXPECT_EQ(rows[0]["precision"]["training"], precision);
   EXPECT_NE(md.find("Precision: training " + precision + ", frozen teacher " + precision + "."), std::string::npos) << md;
   const std::string html = read_text_file(out + "/report.html");

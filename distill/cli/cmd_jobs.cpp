@@ -22,8 +22,8 @@ namespace distill::cli {
 namespace fs = std::filesystem;
 
 void add_no_bf16(CLI::App* sub, bool& flag) {
-  sub->add_flag("--no-bf16", flag, "Float32 matrix products even where the CPU multiplies bf16 natively (there the bf16 "
-                                   "keys' default, auto, picks bf16): --set training.bf16=false --set teacher.bf16=false");
+  sub->add_flag("--no-bf16", flag, "Float32 matrix products whatever the config says (float32 is the default; "
+                                   "auto or true pick bf16): --set training.bf16=false --set teacher.bf16=false");
 }
 
 std::vector<std::string> config_overrides(std::vector<std::string> set, const std::string& output, bool no_bf16) {

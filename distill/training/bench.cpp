@@ -373,8 +373,8 @@ std::string BenchResult::markdown() const {
   }
   md += fmt::format("\nmatmul peak: {:.0f} GFLOP/s fp32, {:.0f} GFLOP/s bf16 ({}); peak RSS {:.0f} MB\n", matmul_peak_gflops_fp32,
                     matmul_peak_gflops_bf16,
-                    native_bf16_products() ? "native bf16 products: runs default to them here"
-                                           : "no native bf16 products: runs default to float32 here",
+                    native_bf16_products() ? "native bf16 products: the bf16 keys' auto picks them here"
+                                           : "no native bf16 products: the bf16 keys' auto picks float32 here",
                     peak_rss_mb);
   const auto& b = breakdown;
   auto share = [&](double ms) { return b.step_ms > 0 ? 100 * ms / b.step_ms : 0.0; };
