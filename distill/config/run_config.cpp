@@ -277,10 +277,7 @@ class Reader {
     const YAML::Node n = child(key);
     const std::string path = prefix_ + key;
     if (n) ctx_.where[path] = ctx_.locate(path, n);
-    if (!n) {
-      value = false;
-      return;
-    }
+    if (!n) return;  // the struct's default: false
     if (n.IsScalar() && n.Scalar() == "auto") {
       value = ctx_.native_bf16;
       ctx_.automatic.push_back(path);

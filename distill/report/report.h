@@ -42,10 +42,10 @@ struct ReportInputs {
 // per sparse layer; warnings; settings; with a task, "task" (task_report.h).
 nlohmann::json build_report(const ReportInputs& in);
 
-// The same as Markdown, for report.md and the README.
 // How reports and the run log name a precision: "bf16 products" (float32 accumulation) or "float32".
 const char* precision_name(bool bf16);
 
+// The same as Markdown, for report.md and the README.
 std::string report_markdown(const nlohmann::json& report);
 
 // A few lines for the console.

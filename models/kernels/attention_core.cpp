@@ -110,15 +110,11 @@ at::Tensor forward_sgemm(const Heads& q, const Heads& k, const Heads& v, const a
   const float scale_kept = dropout_scale(dropout);
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> dropped(dropout > 0 ? static_cast<size_t>(T * S) : 0);
-    HeadProducts mm(bf16 && s.bf16_pays());
+    HeadProducts mm(bf16 && s.bf16_pays()), scores_mm(bf16 && s.bf16_pays() && !exact_scores);
     for (int64_t n = begin; n < end; ++n) {
       const int64_t b = n / H, h = n % H;
       float* p = pp + n * T * S;  // [T, S]
-      if (exact_scores) {
-        blas::sgemm(Op::N, Op::T, T, S, Dk, 1.0f, q.at(b, h), q.ld, k.at(b, h), k.ld, 0.0f, p, S);  // scores [T, S]
-      } else {
-        mm(Op::N, Op::T, T, S, Dk, q.at(b, h), q.ld, k.at(b, h), k.ld, p, S);  // scores [T, S]
-      }
+      scores_mm(Op::N, Op::T, T, S, Dk, q.at(b, h), q.ld, k.at(b, h), k.ld, p, S);  // scores [T, S]
       for (int64_t t = 0; t < T; ++t) {  // softmax of the row in three passes
         float* row = p + t * S;
         const float mx = rows::add_bias_max(row, pbias ? pbias + b * bb + h * bh + t * bt : nullptr, S);

@@ -141,7 +141,6 @@ torch::Tensor project(const torch::Tensor& x, const std::vector<torch::Tensor>& 
   if (grad) {  // a TensorList, so autograd sees each part
     return ProjectionFunction::apply(x2, at::TensorList(parts), bf16, static_cast<int64_t>(exact_parts)).view(out_shape);
   }
-  if (!bf16) return forward_2d(x2, concat(parts)).view(out_shape);
   return forward_of(operands(x2, parts, bf16, /*exact_parts=*/0)).view(out_shape);  // nothing to differentiate
 }
 

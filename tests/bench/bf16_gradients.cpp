@@ -17,6 +17,7 @@
 #include <fmt/format.h>
 
 #include "distill/config/run_config.h"
+#include "distill/evaluation/evaluate.h"
 #include "distill/pipeline/experiment.h"
 #include "distill/process/runtime.h"
 #include "distill/training/losses.h"
@@ -38,7 +39,7 @@ Gradients gradient(const std::string& model_dir, const Batch& b, const torch::Te
   torch::Tensor total;
   {
     Bf16Products amp(bf16);
-    auto logits = student->forward({b.input_ids, b.attention_mask, b.decoder_input_ids, {}, {}}).logits;
+    auto logits = student->forward(model_inputs(b)).logits;  // as the trainer feeds it
     total = distillation_loss(logits, teacher_logits, b.labels, loss).total;
   }
   total.backward();
@@ -81,7 +82,7 @@ int run(int argc, char** argv) {
     torch::Tensor t;
     {
       torch::NoGradGuard no_grad;
-      t = teacher->forward({b.input_ids, b.attention_mask, b.decoder_input_ids, {}, {}}).logits;
+      t = teacher->forward(model_inputs(b)).logits;
     }
     const auto f32 = gradient(argv[2], b, t, loss, false), b16 = gradient(argv[2], b, t, loss, true);
     double n32 = 0, n16 = 0, diff = 0, dot = 0;
