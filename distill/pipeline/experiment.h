@@ -1,5 +1,5 @@
-// The jobs behind the CLI: data preparation, the three stages (teacher, dense baseline, student)
-// for each seed, and the whole experiment with its evaluation and report.
+// The jobs behind the CLI: the three stages (teacher, dense baseline, student) for each seed, and
+// the whole experiment with its evaluation and report. The data they train on: run_data.h.
 #pragma once
 
 #include <map>
@@ -10,34 +10,15 @@
 
 #include <nlohmann/json.hpp>
 
-#include "data/batching.h"
-#include "data/tokenized_corpus.h"
 #include "data/tokenizer.h"
 #include "distill/training/budget.h"
 #include "distill/evaluation/evaluate.h"
 #include "distill/config/run_config.h"
+#include "distill/pipeline/run_data.h"
 #include "distill/pipeline/stages.h"
 #include "models/arch/seq2seq.h"
 
 namespace distill {
-
-struct PreparedData {
-  Tokenizer tokenizer;
-  std::shared_ptr<const Dataset> train;
-  std::vector<Batch> eval;                 // fixed held-out batches, the same for every model
-  std::vector<std::string> tokenizer_files;  // copied next to every saved model
-  int64_t train_documents = 0, validation_documents = 0, train_tokens = 0;
-  CorpusStats stats;
-  nlohmann::json fingerprint;              // what determines the training batches (stage fingerprints)
-};
-
-// The tokenizer named by data.tokenizer.path, else the teacher checkpoint's, else one trained
-// on the training corpus into OUTPUT/tokenizer (reused when present).
-Tokenizer resolve_tokenizer(const RunConfig& config);
-
-// Reads, tokenizes and splits the corpora; builds the training dataset and the evaluation batches.
-// `quiet` leaves the summary out of the log (child processes that each prepare the same data).
-PreparedData prepare_data(const RunConfig& config, Tokenizer tokenizer, bool quiet = false);
 
 // A model checkpoint's vocabulary must cover the tokenizer's with the same special ids.
 void check_vocabulary(const ModelConfig& model, const Tokenizer& tokenizer, const std::string& what);
