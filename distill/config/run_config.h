@@ -108,7 +108,7 @@ struct TrainingConfig {
                                       // router, norms, softmaxes and losses stay float32. In YAML also
                                       // `auto`: true where the CPU multiplies bf16 natively
                                       // (native_bf16_products), decided at load. Off by default: a bf16
-                                      // Switch teacher lost 0.03 nats (README, "bfloat16 products")
+                                      // Switch teacher lost 0.017 nats (README, "bfloat16 products")
   double init_scale = 0.1;            // from-scratch init: truncated normal, std sqrt(s / fan_in)
   bool expert_grad_scaling = false;   // Artetxe et al.: scale expert gradients by 1/sqrt(E)
   OptimizerConfig optimizer;

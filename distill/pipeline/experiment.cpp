@@ -104,8 +104,6 @@ json baseline_fingerprint(const RunConfig& c, const json& data_fingerprint, int6
   return f;
 }
 
-bool pretrains(const RunConfig& c) { return c.pretrain.steps > 0; }
-
 // The pre-training run of `c` (a seed replica): the same seed and models, the pre-training data,
 // and pretrain.steps for the teacher and for the baseline alike. Its stages live in stages_dir
 // (load_run_config sets one), named by their settings, so every process finds them.

@@ -25,7 +25,7 @@ ObjectiveOptions run_objective_options(const RunConfig& c, const Tokenizer& t) {
 // What a tokenizer trained here learns from: the training corpus, after the pre-training corpus
 // when there is one (so the task's own pieces, phonemes say, are in the vocabulary too).
 std::vector<std::string> tokenizer_files(const RunConfig& c) {
-  std::vector<std::string> files = c.pretrain.steps > 0 ? c.pretrain.data.train.files : std::vector<std::string>{};
+  std::vector<std::string> files = pretrains(c) ? c.pretrain.data.train.files : std::vector<std::string>{};
   files.insert(files.end(), c.data.train.files.begin(), c.data.train.files.end());
   return files;
 }
@@ -52,6 +52,8 @@ CorpusOptions corpus_options(const CorpusConfig& c) {
   o.blank_line_documents = c.blank_line_documents;
   return o;
 }
+
+bool pretrains(const RunConfig& c) { return c.pretrain.steps > 0; }
 
 uint64_t data_seed(const RunConfig& c) { return c.data.seed ? static_cast<uint64_t>(*c.data.seed) : c.seed; }
 

@@ -42,6 +42,9 @@ std::string trained_tokenizer_dir(const RunConfig& config);
 // How the corpus readers read a configured corpus.
 CorpusOptions corpus_options(const CorpusConfig& corpus);
 
+// Whether the run pre-trains on pretrain.data first (its tokenizer then reads that corpus too).
+bool pretrains(const RunConfig& config);
+
 // The seed of the data order and the span-corruption noise: data.seed, else the run's seed.
 uint64_t data_seed(const RunConfig& config);
 
