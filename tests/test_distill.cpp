@@ -12,7 +12,7 @@
 #include <set>
 
 #include "data/tokenizer.h"
-#include "distill/pipeline/experiment.h"
+#include "distill/pipeline/stage_training.h"
 #include "distill/training/losses.h"
 #include "distill/training/optim.h"
 #include "distill/config/run_config.h"

@@ -8,7 +8,7 @@
 #include "data/tokenized_corpus.h"
 #include "distill/cli/commands.h"
 #include "distill/evaluation/evaluate.h"
-#include "distill/pipeline/experiment.h"
+#include "distill/pipeline/stage_training.h"
 #include "distill/evaluation/task_eval.h"
 #include "models/io/atomic_file.h"
 #include "models/io/checkpoint.h"

@@ -10,6 +10,7 @@
 #include "distill/process/distributed.h"
 #include "distill/evaluation/evaluate.h"
 #include "distill/pipeline/experiment.h"
+#include "distill/pipeline/stage_training.h"
 #include "distill/report/report.h"
 #include "distill/config/run_config.h"
 #include "distill/process/runtime.h"

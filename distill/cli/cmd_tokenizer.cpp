@@ -5,7 +5,7 @@
 
 #include "data/tokenizer.h"
 #include "distill/cli/commands.h"
-#include "distill/pipeline/experiment.h"
+#include "distill/pipeline/stage_training.h"
 #include "models/io/checkpoint.h"
 #include "models/errors.h"
 #include "models/arch/generate.h"

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "distill/pipeline/experiment.h"
+#include "distill/pipeline/stage_training.h"
 
 namespace distill {
 

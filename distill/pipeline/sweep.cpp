@@ -9,6 +9,7 @@
 
 #include "distill/process/distributed.h"
 #include "distill/pipeline/experiment.h"
+#include "distill/pipeline/stage_training.h"
 #include "distill/report/html_report.h"
 #include "distill/report/sweep_report.h"
 #include "distill/pipeline/stage_jobs.h"

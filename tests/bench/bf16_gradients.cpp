@@ -18,7 +18,7 @@
 
 #include "distill/config/run_config.h"
 #include "distill/evaluation/evaluate.h"
-#include "distill/pipeline/experiment.h"
+#include "distill/pipeline/run_data.h"
 #include "distill/process/runtime.h"
 #include "distill/training/losses.h"
 #include "models/errors.h"
