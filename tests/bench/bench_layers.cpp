@@ -7,6 +7,7 @@
 #include "models/kernels/attention_core.h"
 #include "models/kernels/batched_matmul.h"
 #include "models/kernels/fast_dropout.h"
+#include "models/kernels/mixed_precision.h"
 #include "models/kernels/sgemm.h"
 #include "models/arch/switch_moe.h"
 #include "models/arch/t5_layers.h"
@@ -25,15 +26,17 @@ FfnOptions ffn() {
   return o;
 }
 
+// Argument: float32 (0) or bf16 products (1), as `distill bench --student-bf16` times them.
 void BM_DenseFfnFwdBwd(benchmark::State& state) {
   DenseActDense layer(ffn());
   auto x = torch::randn({B, S, D}, torch::requires_grad());
+  Bf16Products amp(state.range(0) != 0);
   for (auto _ : state) {
     layer->zero_grad(/*set_to_none=*/true);
     layer->forward(x).sum().backward();
   }
 }
-BENCHMARK(BM_DenseFfnFwdBwd)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_DenseFfnFwdBwd)->Arg(0)->Arg(1)->Unit(benchmark::kMicrosecond);
 
 void BM_SwitchLayerFwdBwd(benchmark::State& state) {
   RoutingOptions r;
@@ -41,12 +44,13 @@ void BM_SwitchLayerFwdBwd(benchmark::State& state) {
   r.capacity_mode = CapacityMode::kFactor;
   SwitchSparseMlp layer(D, r, ffn());
   auto x = torch::randn({B, S, D}, torch::requires_grad());
+  Bf16Products amp(state.range(0) != 0);
   for (auto _ : state) {
     layer->zero_grad(/*set_to_none=*/true);
     layer->forward(x).hidden.sum().backward();
   }
 }
-BENCHMARK(BM_SwitchLayerFwdBwd)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_SwitchLayerFwdBwd)->Arg(0)->Arg(1)->Unit(benchmark::kMicrosecond);
 
 void BM_RouteTokens(benchmark::State& state) {
   auto probs = torch::softmax(torch::randn({B, S, E}), -1);
@@ -114,27 +118,46 @@ void BM_TorchDropout(benchmark::State& state) {
 BENCHMARK(BM_TorchDropout)->Unit(benchmark::kMicrosecond);
 
 // The six matrix products of an FFN's forward and backward (h = x wi^T, y = h wo^T, and the
-// weight and input gradients of both) through blas::sgemm, for `groups` weight sets of `rows`
-// tokens each: 1 x 1024 rows is the dense FFN (products on all threads), 8 x 128 the experts of a
-// Switch layer with even routing (one expert per thread, as the grouped FFN runs them). Their
-// ratio is the floor of the Switch/dense ratio at this shape.
+// weight and input gradients of both) for `groups` weight sets of `rows` tokens each: 1 x 1024 rows
+// is the dense FFN (products on all threads), 8 x 128 the experts of a Switch layer with even
+// routing (one expert per thread, as the grouped FFN runs them). Their ratio is the floor of the
+// Switch/dense ratio at this shape. Second argument: float32 (0) or bf16 operands (1, gemm_bf16;
+// the operands are rounded once, outside the timing).
 void BM_FfnProducts(benchmark::State& state) {
   const int64_t groups = state.range(0), rows = B * S / groups;
+  const bool bf16 = state.range(1) != 0;
   auto wi = torch::randn({groups, F, D}), wo = torch::randn({groups, D, F});
   auto gwi = torch::empty_like(wi), gwo = torch::empty_like(wo);
   auto x = torch::randn({B * S, D}), gy = torch::randn({B * S, D});
-  auto h = torch::empty({B * S, F}), y = torch::empty({B * S, D}), gh = torch::empty({B * S, F}), gx = torch::empty({B * S, D});
+  auto h = torch::randn({B * S, F}), y = torch::empty({B * S, D}), gh = torch::randn({B * S, F}), gx = torch::empty({B * S, D});
+  auto half = [](const torch::Tensor& t) { return t.to(torch::kBFloat16); };
+  auto wib = half(wi), wob = half(wo), xb = half(x), gyb = half(gy), hb = half(h), ghb = half(gh);
   auto chain = [&](int64_t e) {
     using blas::Op;
     const int64_t r0 = e * rows;
+    float *py = y[r0].data_ptr<float>(), *pgwo = gwo[e].data_ptr<float>(), *pgwi = gwi[e].data_ptr<float>(),
+          *pgx = gx[r0].data_ptr<float>();
+    if (bf16) {
+      auto u = [](const torch::Tensor& t) { return reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>()); };
+      const uint16_t *pwi = u(wib[e]), *pwo = u(wob[e]), *px = u(xb[r0]), *ph = u(hb[r0]), *pgy = u(gyb[r0]),
+                     *pgh = u(ghb[r0]);
+      float *hout = h[r0].data_ptr<float>(), *ghout = gh[r0].data_ptr<float>();
+      blas::gemm_bf16(Op::N, Op::T, rows, F, D, 1, px, D, pwi, D, 0, hout, F);    // h [rows, F]
+      blas::gemm_bf16(Op::N, Op::T, rows, D, F, 1, ph, F, pwo, F, 0, py, D);      // y [rows, D]
+      blas::gemm_bf16(Op::T, Op::N, D, F, rows, 1, pgy, D, ph, F, 0, pgwo, F);    // gwo [D, F]
+      blas::gemm_bf16(Op::N, Op::N, rows, F, D, 1, pgy, D, pwo, F, 0, ghout, F);  // gh [rows, F]
+      blas::gemm_bf16(Op::T, Op::N, F, D, rows, 1, pgh, F, px, D, 0, pgwi, D);    // gwi [F, D]
+      blas::gemm_bf16(Op::N, Op::N, rows, D, F, 1, pgh, F, pwi, D, 0, pgx, D);    // gx [rows, D]
+      return;
+    }
     float *pwi = wi[e].data_ptr<float>(), *pwo = wo[e].data_ptr<float>(), *px = x[r0].data_ptr<float>(),
           *ph = h[r0].data_ptr<float>(), *pgy = gy[r0].data_ptr<float>(), *pgh = gh[r0].data_ptr<float>();
-    blas::sgemm(Op::N, Op::T, rows, F, D, 1, px, D, pwi, D, 0, ph, F);                         // h [rows, F]
-    blas::sgemm(Op::N, Op::T, rows, D, F, 1, ph, F, pwo, F, 0, y[r0].data_ptr<float>(), D);    // y [rows, D]
-    blas::sgemm(Op::T, Op::N, D, F, rows, 1, pgy, D, ph, F, 0, gwo[e].data_ptr<float>(), F);   // gwo [D, F]
-    blas::sgemm(Op::N, Op::N, rows, F, D, 1, pgy, D, pwo, F, 0, pgh, F);                       // gh [rows, F]
-    blas::sgemm(Op::T, Op::N, F, D, rows, 1, pgh, F, px, D, 0, gwi[e].data_ptr<float>(), D);   // gwi [F, D]
-    blas::sgemm(Op::N, Op::N, rows, D, F, 1, pgh, F, pwi, D, 0, gx[r0].data_ptr<float>(), D);  // gx [rows, D]
+    blas::sgemm(Op::N, Op::T, rows, F, D, 1, px, D, pwi, D, 0, ph, F);      // h [rows, F]
+    blas::sgemm(Op::N, Op::T, rows, D, F, 1, ph, F, pwo, F, 0, py, D);      // y [rows, D]
+    blas::sgemm(Op::T, Op::N, D, F, rows, 1, pgy, D, ph, F, 0, pgwo, F);    // gwo [D, F]
+    blas::sgemm(Op::N, Op::N, rows, F, D, 1, pgy, D, pwo, F, 0, pgh, F);    // gh [rows, F]
+    blas::sgemm(Op::T, Op::N, F, D, rows, 1, pgh, F, px, D, 0, pgwi, D);    // gwi [F, D]
+    blas::sgemm(Op::N, Op::N, rows, D, F, 1, pgh, F, pwi, D, 0, pgx, D);    // gx [rows, D]
   };
   for (auto _ : state) {
     if (groups == 1) {
@@ -146,7 +169,7 @@ void BM_FfnProducts(benchmark::State& state) {
     }
   }
 }
-BENCHMARK(BM_FfnProducts)->Arg(1)->Arg(E)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_FfnProducts)->Args({1, 0})->Args({E, 0})->Args({1, 1})->Args({E, 1})->Unit(benchmark::kMicrosecond);
 
 }  // namespace
 
