@@ -266,18 +266,23 @@ TEST(CliConfig, ShippedConfigsAreValid) {
     std::string out, err;
     EXPECT_EQ(run_distill(std::string("config check ") + config, &out, &err), 0) << config << ": " << err;
   }
-  // --no-bf16: float32 whatever the CPU, also over an explicit auto (which follows the CPU).
+  // --no-bf16: float32 whatever the CPU, also over an explicit true or auto.
   std::string out, err;
-  ASSERT_EQ(run_distill("config check configs/tiny.yaml --set training.bf16=auto --no-bf16", &out, &err), 0) << err;
+  ASSERT_EQ(run_distill("config check configs/tiny.yaml --set training.bf16=auto --set teacher.train_bf16=true --no-bf16", &out,
+                        &err), 0) << err;
   EXPECT_EQ(out.find("bf16: true"), std::string::npos) << out;
   EXPECT_NE(out.find("teacher:"), std::string::npos);
   size_t off = 0;
   for (size_t at = out.find("bf16: false"); at != std::string::npos; at = out.find("bf16: false", at + 1)) ++off;
-  EXPECT_EQ(off, 2u) << out;
-  ASSERT_EQ(run_distill("config check configs/tiny.yaml --set teacher.bf16=auto", &out, &err), 0) << err;
-  EXPECT_NE(out.find(native_bf16_products() ? "bf16: true" : "bf16: false"), std::string::npos) << out;
-  ASSERT_EQ(run_distill("config check configs/tiny.yaml", &out, &err), 0) << err;  // the default: float32
-  EXPECT_EQ(out.find("bf16: true"), std::string::npos) << out;
+  EXPECT_EQ(off, 3u) << out;  // training.bf16, teacher.bf16, teacher.train_bf16
+  // The default: the CPU decides for the baseline, the student and the frozen teacher; a teacher
+  // trained here trains in float32.
+  ASSERT_EQ(run_distill("config check configs/tiny.yaml", &out, &err), 0) << err;
+  const std::string chosen = native_bf16_products() ? "  bf16: true" : "  bf16: false";
+  size_t as_cpu = 0;
+  for (size_t at = out.find(chosen); at != std::string::npos; at = out.find(chosen, at + 1)) ++as_cpu;
+  EXPECT_EQ(as_cpu, 2u) << out;
+  EXPECT_NE(out.find("  train_bf16: false"), std::string::npos) << out;
   // The Hugging Face example needs the downloaded checkpoint; without it, the one error names it.
   if (!fs::exists(std::string(DISTILL_SOURCE_DIR) + "/models/switch-base-8/config.json")) {
     EXPECT_EQ(run_distill("config check configs/switch-base-8-to-t5-base.yaml", &out, &err), 1);

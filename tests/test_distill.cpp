@@ -939,24 +939,25 @@ TEST(RunConfig, DefaultsResolveAndRoundTrip) {
   EXPECT_EQ(run_config_yaml(again), run_config_yaml(c));
 }
 
-TEST(RunConfig, Bf16KeysDefaultToFloat32AndAutoFollowsTheCpu) {
+TEST(RunConfig, Bf16KeysFollowTheCpuButATeachersTrainingIsFloat32) {
   test::TempDir dir;
   write_text_atomic(dir.file("c.yaml"), "data:\n  train:\n    files: [" + kTrainFile + "]\n");
   const bool native = native_bf16_products();
-  auto c = load_run_config(dir.file("c.yaml"));  // absent: float32
-  EXPECT_FALSE(c.training.bf16);
-  EXPECT_FALSE(c.teacher.bf16);
-  EXPECT_TRUE(c.bf16_auto.empty());
-  c = load_run_config(dir.file("c.yaml"), {"training.bf16=auto", "teacher.bf16=auto"});
+  auto c = load_run_config(dir.file("c.yaml"));  // absent: auto, but float32 for a teacher's own training
   EXPECT_EQ(c.training.bf16, native);
   EXPECT_EQ(c.teacher.bf16, native);
+  EXPECT_FALSE(c.teacher.train_bf16);
   EXPECT_EQ(c.bf16_auto, (std::vector<std::string>{"teacher.bf16", "training.bf16"}));
-  c = load_run_config(dir.file("c.yaml"), {"training.bf16=auto", "teacher.bf16=false"});
+  c = load_run_config(dir.file("c.yaml"), {"training.bf16=auto", "teacher.bf16=false", "teacher.train_bf16=auto"});
   EXPECT_EQ(c.training.bf16, native);
   EXPECT_FALSE(c.teacher.bf16);
-  EXPECT_EQ(c.bf16_auto, (std::vector<std::string>{"training.bf16"}));
-  c = load_run_config(dir.file("c.yaml"), {"training.bf16=true", "teacher.bf16=true"});
-  EXPECT_TRUE(c.training.bf16 && c.teacher.bf16);  // asked for: emulated where the CPU lacks bf16
+  EXPECT_EQ(c.teacher.train_bf16, native);
+  EXPECT_EQ(c.bf16_auto, (std::vector<std::string>{"teacher.train_bf16", "training.bf16"}));
+  c = load_run_config(dir.file("c.yaml"), {"training.bf16=false", "teacher.bf16=false"});
+  EXPECT_FALSE(c.training.bf16 || c.teacher.bf16 || c.teacher.train_bf16);
+  EXPECT_TRUE(c.bf16_auto.empty());
+  c = load_run_config(dir.file("c.yaml"), {"training.bf16=true", "teacher.bf16=true", "teacher.train_bf16=true"});
+  EXPECT_TRUE(c.training.bf16 && c.teacher.bf16 && c.teacher.train_bf16);  // asked for: emulated where the CPU lacks bf16
   EXPECT_TRUE(c.bf16_auto.empty());
   // The resolved config states what ran, not "auto".
   EXPECT_NE(run_config_yaml(load_run_config(dir.file("c.yaml"), {"teacher.bf16=auto"})).find(native ? "  bf16: true" : "  bf16: false"),
@@ -965,6 +966,8 @@ TEST(RunConfig, Bf16KeysDefaultToFloat32AndAutoFollowsTheCpu) {
   EXPECT_NE(err.find("c.yaml:5: training.bf16 must be true, false or auto, got \"sometimes\""), std::string::npos) << err;
   err = config_error("data:\n  train:\n    files: [" + kTrainFile + "]\nteacher:\n  bf16: [true]\n");
   EXPECT_NE(err.find("c.yaml:5: teacher.bf16 must be true, false or auto"), std::string::npos) << err;
+  err = config_error("data:\n  train:\n    files: [" + kTrainFile + "]\nteacher:\n  train_bf16: yes please\n");
+  EXPECT_NE(err.find("c.yaml:5: teacher.train_bf16 must be true, false or auto, got \"yes please\""), std::string::npos) << err;
 }
 
 TEST(RunConfig, UnknownKeyGetsASuggestionWithFileAndLine) {

@@ -28,13 +28,13 @@ using test::run_distill;
 namespace fs = std::filesystem;
 
 TEST(E2eRun, TinyExperimentWritesACompleteConsistentReport) {
-  // The bf16 keys at auto (float32 by default): bf16 products where the CPU multiplies bf16 natively.
-  const std::string bf16_auto = " --set training.bf16=auto --set teacher.bf16=auto";
+  // The bf16 keys at their defaults: bf16 products where the CPU multiplies bf16 natively, but a
+  // teacher trained here trains in float32 (teacher.train_bf16).
   ASSERT_TRUE(have_sotu()) << "run tools/fetch_data.sh (tools/setup.sh does)";
   test::TempDir dir;
   const auto t0 = std::chrono::steady_clock::now();
   std::string out, err;
-  ASSERT_EQ(run_distill("run configs/tiny.yaml" + bf16_auto + " --output " + dir.file("run"), &out, &err), 0) << err;
+  ASSERT_EQ(run_distill("run configs/tiny.yaml --output " + dir.file("run"), &out, &err), 0) << err;
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   EXPECT_LT(seconds, 60.0);
   EXPECT_NE(out.find("quality gain preserved"), std::string::npos) << out;
@@ -99,11 +99,18 @@ TEST(E2eRun, TinyExperimentWritesACompleteConsistentReport) {
   const std::string precision = native_bf16_products() ? "bf16 products" : "float32";
   EXPECT_EQ(r["settings"]["precision"]["training"], precision);
   EXPECT_EQ(r["settings"]["precision"]["frozen_teacher"], precision);
-  EXPECT_NE(read_text_file(dir.file("run/report.md")).find("- Precision: training " + precision + ", frozen teacher " + precision + "."),
+  EXPECT_EQ(r["settings"]["precision"]["teacher_training"], "float32");
+  const std::string stated = "training " + precision + " (the teacher's: float32), frozen teacher " + precision;
+  EXPECT_NE(read_text_file(dir.file("run/report.md")).find("- Precision: " + stated + "."), std::string::npos);
+  EXPECT_NE(read_text_file(dir.file("run/distill.log")).find("precision: " + stated + " (teacher.bf16, training.bf16: auto"),
             std::string::npos);
-  EXPECT_NE(read_text_file(dir.file("run/distill.log"))
-                .find("precision: training " + precision + ", frozen teacher " + precision + " (teacher.bf16, training.bf16: auto"),
-            std::string::npos);
+  // What each stage trained with is part of what it is (a change retrains it).
+  const auto trained_bf16 = [&](const std::string& stage) {
+    return json::parse(read_text_file(dir.file("run/" + stage + "/stage.json")))["fingerprint"]["training"]["bf16"].get<bool>();
+  };
+  EXPECT_FALSE(trained_bf16("teacher"));
+  EXPECT_EQ(trained_bf16("baseline"), native_bf16_products());
+  EXPECT_EQ(trained_bf16("student"), native_bf16_products());
 
   // metrics.jsonl carries every loss term, and the teacher's the routing of each sparse layer.
   std::ifstream metrics(dir.file("run/student/metrics.jsonl"));
@@ -118,7 +125,7 @@ TEST(E2eRun, TinyExperimentWritesACompleteConsistentReport) {
   EXPECT_EQ(m["routing"].size(), 2u);
 
   // A repeated run reuses every finished stage and reproduces the report.
-  ASSERT_EQ(run_distill("run configs/tiny.yaml" + bf16_auto + " --output " + dir.file("run"), &out, &err), 0) << err;
+  ASSERT_EQ(run_distill("run configs/tiny.yaml --output " + dir.file("run"), &out, &err), 0) << err;
   for (const char* stage : {"teacher", "baseline", "student"})
     EXPECT_NE(err.find(std::string("[") + stage + "] finished earlier with the same settings: reusing"), std::string::npos) << err;
   auto again = json::parse(read_text_file(dir.file("run/report.json")));
@@ -128,7 +135,7 @@ TEST(E2eRun, TinyExperimentWritesACompleteConsistentReport) {
   // and the quality figures get intervals over seeds.
   const std::string teacher_done = read_text_file(dir.file("run/teacher/DONE.json"));
   const std::string baseline_done = read_text_file(dir.file("run/baseline/DONE.json"));
-  ASSERT_EQ(run_distill("run configs/tiny.yaml" + bf16_auto + " --output " + dir.file("run") +
+  ASSERT_EQ(run_distill("run configs/tiny.yaml --output " + dir.file("run") +
                             " --set distillation.hard_weight=0.5 --set distillation.soft_weight=0.5 --set seeds=2 --set parallel_stages=2",
                         &out, &err), 0) << err;
   EXPECT_EQ(read_text_file(dir.file("run/teacher/DONE.json")), teacher_done);  // not trained again
@@ -153,7 +160,7 @@ TEST(E2eRun, TinyExperimentWritesACompleteConsistentReport) {
   EXPECT_NE(two["student"]["evals"][0], again["student"]["evals"][0]);  // retrained with the new mix
 
   // A baseline shorter than the student's path is retrained, and the report warns loudly.
-  ASSERT_EQ(run_distill("run configs/tiny.yaml" + bf16_auto + " --output " + dir.file("run") + " --set baseline.steps=5", &out, &err),
+  ASSERT_EQ(run_distill("run configs/tiny.yaml --output " + dir.file("run") + " --set baseline.steps=5", &out, &err),
             0)
       << err;
   EXPECT_NE(err.find("training.steps: 80 -> 5"), std::string::npos) << err;
@@ -328,15 +335,17 @@ TEST(E2eCompare, TeacherAgainstItsDenseCounterpartAtEqualSteps) {
   ASSERT_TRUE(have_sotu());
   test::TempDir dir;
   std::string out, err;
-  // --no-bf16: float32 on every CPU, and the report says so.
-  ASSERT_EQ(run_distill("compare configs/tiny.yaml --output " + dir.file("run") + " --set seeds=2 --set parallel_stages=2 --no-bf16",
-                        &out, &err), 0) << err;
+  // Both models train as the teacher does (teacher.train_bf16: float32 by default, on every CPU),
+  // and the report says so.
+  ASSERT_EQ(run_distill("compare configs/tiny.yaml --output " + dir.file("run") + " --set seeds=2 --set parallel_stages=2", &out,
+                        &err), 0) << err;
   EXPECT_NE(out.find("gap "), std::string::npos) << out;
   EXPECT_NE(err.find("started the dense counterpart of seed 2"), std::string::npos) << err;
   auto r = json::parse(read_text_file(dir.file("run/compare.json")));
   EXPECT_EQ(r["seeds"], 2);
   EXPECT_EQ(r["settings"]["precision"], "float32");
   EXPECT_NE(read_text_file(dir.file("run/compare.md")).find("- Precision: both trained with float32."), std::string::npos);
+  EXPECT_FALSE(json::parse(read_text_file(dir.file("run/dense/stage.json")))["fingerprint"]["training"]["bf16"].get<bool>());
   EXPECT_EQ(r["teacher"]["budget"]["steps"], r["dense"]["budget"]["steps"]);  // equal steps
   EXPECT_EQ(r["teacher"]["budget"]["tokens"], r["dense"]["budget"]["tokens"]);  // on the same batches
   ASSERT_EQ(r["gap_per_seed"].size(), 2u);

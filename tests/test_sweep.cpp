@@ -11,6 +11,7 @@
 #include "distill/report/html_report.h"
 #include "distill/report/svg_plots.h"
 #include "distill/config/sweep_config.h"
+#include "models/kernels/native_bf16.h"
 #include "models/errors.h"
 #include "models/io/atomic_file.h"
 #include "tests/test_util.h"
@@ -211,9 +212,11 @@ TEST(E2eSweep, SharedStagesReportsPlotsAndReportRegeneration) {
   }
   const std::string md = read_text_file(out + "/sweep.md");
   EXPECT_NE(md.find("![Compression against quality gain preserved"), std::string::npos) << md;
-  const std::string precision = "float32";  // the bf16 keys' default
+  const std::string precision = native_bf16_products() ? "bf16 products" : "float32";  // the bf16 keys' default, auto
   EXPECT_EQ(rows[0]["precision"]["training"], precision);
-  EXPECT_NE(md.find("Precision: training " + precision + ", frozen teacher " + precision + "."), std::string::npos) << md;
+  EXPECT_EQ(rows[0]["precision"]["teacher_training"], "float32");
+  EXPECT_NE(md.find("Precision: training " + precision + " (the teacher's: float32), frozen teacher " + precision + "."),
+            std::string::npos) << md;
   const std::string html = read_text_file(out + "/report.html");
   EXPECT_EQ(html.find("<script"), std::string::npos);
   EXPECT_EQ(html.find("http://"), html.find("http://www.w3.org/2000/svg"));  // nothing fetched

@@ -23,13 +23,15 @@ namespace distill::cli {
 namespace fs = std::filesystem;
 
 void add_no_bf16(CLI::App* sub, bool& flag) {
-  sub->add_flag("--no-bf16", flag, "Float32 matrix products whatever the config says (float32 is the default; "
-                                   "auto or true pick bf16): --set training.bf16=false --set teacher.bf16=false");
+  sub->add_flag("--no-bf16", flag,
+                "Float32 matrix products whatever the config says (training.bf16 and teacher.bf16 default to auto: bf16 "
+                "where the CPU multiplies it natively): --set training.bf16=false --set teacher.bf16=false "
+                "--set teacher.train_bf16=false");
 }
 
 std::vector<std::string> config_overrides(std::vector<std::string> set, const std::string& output, bool no_bf16) {
   if (!output.empty()) set.push_back("output_dir=" + output);
-  if (no_bf16) set.insert(set.end(), {"training.bf16=false", "teacher.bf16=false"});
+  if (no_bf16) set.insert(set.end(), {"training.bf16=false", "teacher.bf16=false", "teacher.train_bf16=false"});
   return set;
 }
 

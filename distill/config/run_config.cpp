@@ -111,7 +111,7 @@ void visit(V& v, TrainingConfig& c) {
   v.field("grad_clip", c.grad_clip);
   v.field("dropout", c.dropout);
   v.field("expert_dropout", c.expert_dropout);
-  v.bf16_field("bf16", c.bf16);
+  v.bf16_field("bf16", c.bf16, /*absent=*/"auto");
   v.field("init_scale", c.init_scale);
   v.field("expert_grad_scaling", c.expert_grad_scaling);
   v.section("optimizer", c.optimizer);
@@ -144,7 +144,8 @@ void visit(V& v, TeacherConfig& c) {
   v.field("init_from", c.init_from);
   v.section("model", c.model);
   v.field("steps", c.steps);
-  v.bf16_field("bf16", c.bf16);
+  v.bf16_field("bf16", c.bf16, /*absent=*/"auto");
+  v.bf16_field("train_bf16", c.train_bf16, /*absent=*/"false");
   v.field("trained_tokens", c.trained_tokens);
   v.field("train_once", c.train_once);
 }
@@ -269,18 +270,21 @@ class Reader {
     read_value(n, path, value);
   }
 
-  // A bf16 switch: true, false (also when absent), or auto: whether this CPU multiplies bf16
-  // natively, decided here so the resolved config.yaml states what ran. Absent is float32: a Switch
-  // teacher trained with bf16 products ended 0.017 nats behind its float32 twin over twenty seeds (README).
-  void bf16_field(const char* key, bool& value) {
+  // A bf16 switch: true, false or auto (whether this CPU multiplies bf16 natively, decided here
+  // so the resolved config.yaml states what ran); `absent` is what a missing key means.
+  void bf16_field(const char* key, bool& value, const char* absent) {
     known_.push_back(key);
     const YAML::Node n = child(key);
     const std::string path = prefix_ + key;
     if (n) ctx_.where[path] = ctx_.locate(path, n);
-    if (!n) return;  // the struct's default: false
-    if (n.IsScalar() && n.Scalar() == "auto") {
+    const std::string text = !n ? absent : n.IsScalar() ? n.Scalar() : "";
+    if (text == "auto") {
       value = ctx_.native_bf16;
       ctx_.automatic.push_back(path);
+      return;
+    }
+    if (!n) {
+      value = text == "true";
       return;
     }
     if (!n.IsScalar() || !YAML::convert<bool>::decode(n, value)) {
@@ -414,7 +418,7 @@ class Writer {
     }
   }
 
-  void bf16_field(const char* key, bool value) { field(key, value); }
+  void bf16_field(const char* key, bool value, const char*) { field(key, value); }
 
   template <class T>
   void section(const char* key, T& value) {
@@ -440,7 +444,7 @@ class JsonWriter {
     }
   }
 
-  void bf16_field(const char* key, bool value) { field(key, value); }
+  void bf16_field(const char* key, bool value, const char*) { field(key, value); }
 
   template <class T>
   void section(const char* key, T& value) {

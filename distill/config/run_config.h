@@ -104,11 +104,11 @@ struct TrainingConfig {
   double dropout = 0.1;               // dropout rate of the model being trained
   double expert_dropout = 0.1;        // dropout inside experts (sparse models)
   bool bf16 = false;                  // bfloat16 matrix products with float32 accumulation (bf16 weight
-                                      // copies made once per step); master weights, optimizer state,
-                                      // router, norms, softmaxes and losses stay float32. In YAML also
-                                      // `auto`: true where the CPU multiplies bf16 natively
-                                      // (native_bf16_products), decided at load. Off by default: a bf16
-                                      // Switch teacher lost 0.017 nats (README, "bfloat16 products")
+                                      // copies made once per step) for the baseline and the student (a
+                                      // teacher trained here: teacher.train_bf16); master weights,
+                                      // optimizer state, router, norms, softmaxes and losses stay float32.
+                                      // true, false or `auto` (the default): true where the CPU
+                                      // multiplies bf16 natively (native_bf16_products), decided at load
   double init_scale = 0.1;            // from-scratch init: truncated normal, std sqrt(s / fan_in)
   bool expert_grad_scaling = false;   // Artetxe et al.: scale expert gradients by 1/sqrt(E)
   OptimizerConfig optimizer;
@@ -129,7 +129,11 @@ struct TeacherConfig {
                                       // usually trains longer than the distillation runs)
   bool bf16 = false;                  // the frozen teacher's matrix products in bfloat16 (float32
                                       // accumulation; weights cast once); router, norms stay float32.
-                                      // In YAML also `auto` (as training.bf16); off by default
+                                      // true, false or `auto` (the default), as training.bf16
+  bool train_bf16 = false;            // the training of a teacher trained here (and of its dense
+                                      // counterpart in `distill compare`) with bf16 products: true, false
+                                      // (the default) or auto. Off: a Switch teacher trained so ended
+                                      // 0.017 nats behind its float32 twin over twenty seeds (README)
   std::optional<int64_t> trained_tokens;  // with path or init_from: the tokens it was trained on, when
                                           // known (the budget check and the baseline's default steps use it)
   bool train_once = false;            // with seeds > 1: train one teacher (the first seed's) and distill

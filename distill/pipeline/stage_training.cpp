@@ -37,6 +37,16 @@ std::string stage_label(const RunConfig& c, const std::string& name) {
   return c.seeds > 1 ? what + " seed " + std::to_string(c.seed_index + 1) : what;
 }
 
+// How stage `stage` trains: `training` with its steps, in the teacher's training precision
+// (teacher.train_bf16) for the teacher and its dense counterpart in the comparison, which trains
+// as the teacher does.
+TrainingConfig stage_training(const RunConfig& c, const std::string& stage, int64_t steps) {
+  TrainingConfig t = c.training;
+  t.steps = steps;
+  if (stage == "teacher" || stage == "dense") t.bf16 = c.teacher.train_bf16;
+  return t;
+}
+
 // The training settings that determine a model (not how often it logs, evaluates or checkpoints).
 json training_fingerprint(const TrainingConfig& t, int64_t steps) {
   RunConfig tmp;
@@ -69,7 +79,8 @@ void read_stage(StageResult& r, const std::string& dir) {
 
 json teacher_fingerprint(const RunConfig& c, const json& data_fingerprint) {
   return {{"stage", "teacher"}, {"data", data_fingerprint}, {"model", run_config_json(c)["teacher"]["model"]},
-          {"training", training_fingerprint(c.training, teacher_steps(c))}, {"seed", c.seed}};
+          {"training", training_fingerprint(stage_training(c, "teacher", teacher_steps(c)), teacher_steps(c))},
+          {"seed", c.seed}};
 }
 
 FfnInitOptions ffn_init_options(const RunConfig& c) {
@@ -90,7 +101,7 @@ json baseline_fingerprint(const RunConfig& c, const json& data_fingerprint, int6
   json f = {{"stage", stage}, {"data", data_fingerprint}, {"seed", c.seed}};
   if (stage == "baseline" && !c.baseline.path.empty()) f["from"] = model_dir_hash(c.baseline.path);
   else f["model"] = hf_config_json(dense_shape(c, vocab_size));
-  f["training"] = training_fingerprint(c.training, steps);
+  f["training"] = training_fingerprint(stage_training(c, stage, steps), steps);
   return f;
 }
 
@@ -315,8 +326,7 @@ StageResult train_teacher(const RunConfig& c, const PreparedData& data, bool res
   const auto action = prepare_stage(label, dir, fingerprint, resume);
   r.reused = action == StageAction::kReuse;
   if (!r.reused) {
-    TrainingConfig training = c.training;
-    training.steps = teacher_steps(c);
+    const TrainingConfig training = stage_training(c, "teacher", teacher_steps(c));
     Seq2SeqModel model{nullptr};
     if (init) {
       model = load_for_training(init->model_dir, training, data.tokenizer, "the teacher's starting point");
@@ -379,8 +389,7 @@ StageResult train_dense(const RunConfig& c, const PreparedData& data, const std:
   const bool from_path = name == "baseline" && !c.baseline.path.empty();
   const std::optional<InitModel> init =
       source ? std::optional<InitModel>(prepare_init(c, data, *source, name, resume)) : std::nullopt;
-  TrainingConfig training = c.training;
-  training.steps = steps;
+  const TrainingConfig training = stage_training(c, name, steps);
   const std::string label = stage_label(c, r.name);
   const auto action = prepare_stage(label, dir, fingerprint, resume);
   r.reused = action == StageAction::kReuse;

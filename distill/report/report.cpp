@@ -258,6 +258,7 @@ json build_report(const ReportInputs& in) {
   // Which products ran in bf16 (float32 accumulation) and which in float32.
   r["settings"]["precision"] = {{"training", precision_name(c.training.bf16)},
                                 {"frozen_teacher", precision_name(c.teacher.bf16)}};
+  if (first.teacher.trained_here) r["settings"]["precision"]["teacher_training"] = precision_name(c.teacher.train_bf16);
   if (c.pretrain.steps > 0) {
     r["settings"]["pretrain"] = {{"steps", c.pretrain.steps}, {"objective", c.pretrain.data.objective},
                                  {"batch_size", c.pretrain.data.batch_size}, {"files", c.pretrain.data.train.files}};
@@ -266,6 +267,12 @@ json build_report(const ReportInputs& in) {
 }
 
 const char* precision_name(bool bf16) { return bf16 ? "bf16 products" : "float32"; }
+
+std::string precision_text(const json& p) {
+  std::string text = "training " + p["training"].get<std::string>();
+  if (p.contains("teacher_training")) text += " (the teacher's: " + p["teacher_training"].get<std::string>() + ")";
+  return text + ", frozen teacher " + p["frozen_teacher"].get<std::string>();
+}
 
 std::string report_markdown(const json& r) {
   const size_t N = r["seeds"].get<size_t>();
@@ -354,8 +361,7 @@ std::string report_markdown(const json& r) {
                     s["copy_non_expert"].get<bool>() ? " with non-expert weights copied" : "",
                     s["steps"].get<int64_t>(), s["batch_size"].get<int64_t>(), s["objective"].get<std::string>());
   if (s.contains("precision")) {  // absent from reports written before it was recorded
-    md += fmt::format("- Precision: training {}, frozen teacher {}.\n", s["precision"]["training"].get<std::string>(),
-                      s["precision"]["frozen_teacher"].get<std::string>());
+    md += "- Precision: " + precision_text(s["precision"]) + ".\n";
   }
   if (r.contains("routing")) {
     md += "\nTeacher routing per sparse layer (first seed, held-out batches; loads are shares of the layer's real tokens):\n\n";
@@ -418,7 +424,7 @@ json build_comparison(const ComparisonInputs& in) {
   r["settings"] = {{"steps", runs.front().teacher.budget.steps}, {"batch_size", in.config.data.batch_size},
                    {"objective", in.config.data.objective}, {"seed", in.config.seed}, {"seeds", N},
                    {"eval_tokens", runs.front().teacher_eval.tokens},
-                   {"precision", precision_name(in.config.training.bf16)}};  // both models trained so
+                   {"precision", precision_name(in.config.teacher.train_bf16)}};  // both models trained so
   return r;
 }
 

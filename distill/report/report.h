@@ -44,6 +44,9 @@ nlohmann::json build_report(const ReportInputs& in);
 
 // How reports and the run log name a precision: "bf16 products" (float32 accumulation) or "float32".
 const char* precision_name(bool bf16);
+// A report's settings.precision as a phrase: "training bf16 products (the teacher's: float32),
+// frozen teacher bf16 products" (the teacher's part when the teacher was trained here).
+std::string precision_text(const nlohmann::json& precision);
 
 // The same as Markdown, for report.md and the README.
 std::string report_markdown(const nlohmann::json& report);

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "distill/evaluation/stats.h"
+#include "distill/report/report.h"
 
 namespace distill {
 using json = nlohmann::json;
@@ -106,9 +107,6 @@ std::string sweep_markdown(const json& s) {
   }
   // Which products ran: one line when every variant ran alike (the usual case), else one per variant.
   std::set<std::string> precisions;
-  const auto precision_text = [](const json& p) {
-    return "training " + p["training"].get<std::string>() + ", frozen teacher " + p["frozen_teacher"].get<std::string>();
-  };
   for (const auto& row : s["rows"])
     if (row.contains("precision")) precisions.insert(precision_text(row["precision"]));
   if (precisions.size() == 1) {
