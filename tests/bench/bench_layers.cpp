@@ -130,34 +130,27 @@ void BM_FfnProducts(benchmark::State& state) {
   auto gwi = torch::empty_like(wi), gwo = torch::empty_like(wo);
   auto x = torch::randn({B * S, D}), gy = torch::randn({B * S, D});
   auto h = torch::randn({B * S, F}), y = torch::empty({B * S, D}), gh = torch::randn({B * S, F}), gx = torch::empty({B * S, D});
-  auto half = [](const torch::Tensor& t) { return t.to(torch::kBFloat16); };
-  auto wib = half(wi), wob = half(wo), xb = half(x), gyb = half(gy), hb = half(h), ghb = half(gh);
+  // The products read float32 tensors or bf16 copies of them, and write float32.
+  const auto operand = [&](const torch::Tensor& t) { return bf16 ? t.to(torch::kBFloat16) : t; };
+  const auto wio = operand(wi), woo = operand(wo), xo = operand(x), gyo = operand(gy), ho = operand(h), gho = operand(gh);
+  const auto mm = [&](blas::Op op_a, blas::Op op_b, int64_t m, int64_t n, int64_t k, const torch::Tensor& a, int64_t lda,
+                      const torch::Tensor& b, int64_t ldb, const torch::Tensor& c, int64_t ldc) {
+    if (bf16) {
+      blas::gemm_bf16(op_a, op_b, m, n, k, 1, static_cast<const uint16_t*>(a.data_ptr()), lda,
+                      static_cast<const uint16_t*>(b.data_ptr()), ldb, 0, c.data_ptr<float>(), ldc);
+    } else {
+      blas::sgemm(op_a, op_b, m, n, k, 1, a.data_ptr<float>(), lda, b.data_ptr<float>(), ldb, 0, c.data_ptr<float>(), ldc);
+    }
+  };
   auto chain = [&](int64_t e) {
     using blas::Op;
     const int64_t r0 = e * rows;
-    float *py = y[r0].data_ptr<float>(), *pgwo = gwo[e].data_ptr<float>(), *pgwi = gwi[e].data_ptr<float>(),
-          *pgx = gx[r0].data_ptr<float>();
-    if (bf16) {
-      auto u = [](const torch::Tensor& t) { return reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>()); };
-      const uint16_t *pwi = u(wib[e]), *pwo = u(wob[e]), *px = u(xb[r0]), *ph = u(hb[r0]), *pgy = u(gyb[r0]),
-                     *pgh = u(ghb[r0]);
-      float *hout = h[r0].data_ptr<float>(), *ghout = gh[r0].data_ptr<float>();
-      blas::gemm_bf16(Op::N, Op::T, rows, F, D, 1, px, D, pwi, D, 0, hout, F);    // h [rows, F]
-      blas::gemm_bf16(Op::N, Op::T, rows, D, F, 1, ph, F, pwo, F, 0, py, D);      // y [rows, D]
-      blas::gemm_bf16(Op::T, Op::N, D, F, rows, 1, pgy, D, ph, F, 0, pgwo, F);    // gwo [D, F]
-      blas::gemm_bf16(Op::N, Op::N, rows, F, D, 1, pgy, D, pwo, F, 0, ghout, F);  // gh [rows, F]
-      blas::gemm_bf16(Op::T, Op::N, F, D, rows, 1, pgh, F, px, D, 0, pgwi, D);    // gwi [F, D]
-      blas::gemm_bf16(Op::N, Op::N, rows, D, F, 1, pgh, F, pwi, D, 0, pgx, D);    // gx [rows, D]
-      return;
-    }
-    float *pwi = wi[e].data_ptr<float>(), *pwo = wo[e].data_ptr<float>(), *px = x[r0].data_ptr<float>(),
-          *ph = h[r0].data_ptr<float>(), *pgy = gy[r0].data_ptr<float>(), *pgh = gh[r0].data_ptr<float>();
-    blas::sgemm(Op::N, Op::T, rows, F, D, 1, px, D, pwi, D, 0, ph, F);      // h [rows, F]
-    blas::sgemm(Op::N, Op::T, rows, D, F, 1, ph, F, pwo, F, 0, py, D);      // y [rows, D]
-    blas::sgemm(Op::T, Op::N, D, F, rows, 1, pgy, D, ph, F, 0, pgwo, F);    // gwo [D, F]
-    blas::sgemm(Op::N, Op::N, rows, F, D, 1, pgy, D, pwo, F, 0, pgh, F);    // gh [rows, F]
-    blas::sgemm(Op::T, Op::N, F, D, rows, 1, pgh, F, px, D, 0, pgwi, D);    // gwi [F, D]
-    blas::sgemm(Op::N, Op::N, rows, D, F, 1, pgh, F, pwi, D, 0, pgx, D);    // gx [rows, D]
+    mm(Op::N, Op::T, rows, F, D, xo[r0], D, wio[e], D, h[r0], F);      // h [rows, F]
+    mm(Op::N, Op::T, rows, D, F, ho[r0], F, woo[e], F, y[r0], D);      // y [rows, D]
+    mm(Op::T, Op::N, D, F, rows, gyo[r0], D, ho[r0], F, gwo[e], F);    // gwo [D, F]
+    mm(Op::N, Op::N, rows, F, D, gyo[r0], D, woo[e], F, gh[r0], F);    // gh [rows, F]
+    mm(Op::T, Op::N, F, D, rows, gho[r0], F, xo[r0], D, gwi[e], D);    // gwi [F, D]
+    mm(Op::N, Op::N, rows, D, F, gho[r0], F, wio[e], D, gx[r0], D);    // gx [rows, D]
   };
   for (auto _ : state) {
     if (groups == 1) {
