@@ -52,10 +52,7 @@ void open_run_directory(const RunConfig& config) {
     why = " (" + keys + ": auto, and this CPU " +
           (native_bf16_products() ? "multiplies bf16 natively; --no-bf16 keeps float32)" : "has no native bf16 products)");
   }
-  const std::string teacher_training =
-      config.teacher.path.empty() ? fmt::format(" (the teacher's: {})", precision_name(config.teacher.train_bf16)) : "";
-  spdlog::info("precision: training {}{}, frozen teacher {}{}", precision_name(config.training.bf16), teacher_training,
-               precision_name(config.teacher.bf16), why);
+  spdlog::info("precision: {}{}", precision_text(precision_record(config, config.teacher.path.empty())), why);
 }
 
 namespace {

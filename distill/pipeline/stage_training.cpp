@@ -48,12 +48,11 @@ TrainingConfig stage_training(const RunConfig& c, const std::string& stage, int6
 }
 
 // The training settings that determine a model (not how often it logs, evaluates or checkpoints).
-json training_fingerprint(const TrainingConfig& t, int64_t steps) {
+json training_fingerprint(const TrainingConfig& t) {
   RunConfig tmp;
   tmp.training = t;
   json j = run_config_json(tmp)["training"];
   for (const char* k : {"log_interval", "eval_interval", "checkpoint_interval", "keep_checkpoints"}) j.erase(k);
-  j["steps"] = steps;
   return j;
 }
 
@@ -79,8 +78,7 @@ void read_stage(StageResult& r, const std::string& dir) {
 
 json teacher_fingerprint(const RunConfig& c, const json& data_fingerprint) {
   return {{"stage", "teacher"}, {"data", data_fingerprint}, {"model", run_config_json(c)["teacher"]["model"]},
-          {"training", training_fingerprint(stage_training(c, "teacher", teacher_steps(c)), teacher_steps(c))},
-          {"seed", c.seed}};
+          {"training", training_fingerprint(stage_training(c, "teacher", teacher_steps(c)))}, {"seed", c.seed}};
 }
 
 FfnInitOptions ffn_init_options(const RunConfig& c) {
@@ -101,7 +99,7 @@ json baseline_fingerprint(const RunConfig& c, const json& data_fingerprint, int6
   json f = {{"stage", stage}, {"data", data_fingerprint}, {"seed", c.seed}};
   if (stage == "baseline" && !c.baseline.path.empty()) f["from"] = model_dir_hash(c.baseline.path);
   else f["model"] = hf_config_json(dense_shape(c, vocab_size));
-  f["training"] = training_fingerprint(stage_training(c, stage, steps), steps);
+  f["training"] = training_fingerprint(stage_training(c, stage, steps));
   return f;
 }
 
@@ -200,7 +198,7 @@ json student_fingerprint(const RunConfig& c, const PreparedData& data, const Sta
           {"teacher_run", teacher_run(c)},
           {"student", settings["student"]},
           {"distillation", settings["distillation"]},
-          {"training", training_fingerprint(c.training, c.training.steps)},
+          {"training", training_fingerprint(c.training)},
           {"seed", c.seed},
           {"start", {{"epoch", start.epoch}, {"batch", start.batch}}}};
 }

@@ -255,10 +255,7 @@ json build_report(const ReportInputs& in) {
                    {"eval_tokens", first.student_eval.tokens}, {"eval_batches", first.student_eval.batch_nll.value.size()},
                    {"seed", c.seed}, {"seeds", N}, {"teacher_train_once", c.teacher.train_once}};
   if (c.distillation.teacher_capacity_factor) r["settings"]["teacher_capacity_factor"] = *c.distillation.teacher_capacity_factor;
-  // Which products ran in bf16 (float32 accumulation) and which in float32.
-  r["settings"]["precision"] = {{"training", precision_name(c.training.bf16)},
-                                {"frozen_teacher", precision_name(c.teacher.bf16)}};
-  if (first.teacher.trained_here) r["settings"]["precision"]["teacher_training"] = precision_name(c.teacher.train_bf16);
+  r["settings"]["precision"] = precision_record(c, first.teacher.trained_here);
   if (c.pretrain.steps > 0) {
     r["settings"]["pretrain"] = {{"steps", c.pretrain.steps}, {"objective", c.pretrain.data.objective},
                                  {"batch_size", c.pretrain.data.batch_size}, {"files", c.pretrain.data.train.files}};
@@ -267,6 +264,12 @@ json build_report(const ReportInputs& in) {
 }
 
 const char* precision_name(bool bf16) { return bf16 ? "bf16 products" : "float32"; }
+
+json precision_record(const RunConfig& c, bool teacher_trained_here) {
+  json p = {{"training", precision_name(c.training.bf16)}, {"frozen_teacher", precision_name(c.teacher.bf16)}};
+  if (teacher_trained_here) p["teacher_training"] = precision_name(c.teacher.train_bf16);
+  return p;
+}
 
 std::string precision_text(const json& p) {
   std::string text = "training " + p["training"].get<std::string>();

@@ -44,6 +44,9 @@ nlohmann::json build_report(const ReportInputs& in);
 
 // How reports and the run log name a precision: "bf16 products" (float32 accumulation) or "float32".
 const char* precision_name(bool bf16);
+// A report's settings.precision: which products ran in bf16 (float32 accumulation) and which in
+// float32, for the trained models, the frozen teacher and a teacher trained here.
+nlohmann::json precision_record(const RunConfig& config, bool teacher_trained_here);
 // A report's settings.precision as a phrase: "training bf16 products (the teacher's: float32),
 // frozen teacher bf16 products" (the teacher's part when the teacher was trained here).
 std::string precision_text(const nlohmann::json& precision);
