@@ -939,21 +939,21 @@ TEST(RunConfig, DefaultsResolveAndRoundTrip) {
   EXPECT_EQ(run_config_yaml(again), run_config_yaml(c));
 }
 
-TEST(RunConfig, Bf16KeysFollowTheCpuButATeachersTrainingIsFloat32) {
+TEST(RunConfig, Bf16KeysFollowTheCpuUnlessSet) {
   test::TempDir dir;
   write_text_atomic(dir.file("c.yaml"), "data:\n  train:\n    files: [" + kTrainFile + "]\n");
   const bool native = native_bf16_products();
-  auto c = load_run_config(dir.file("c.yaml"));  // absent: auto, but float32 for a teacher's own training
+  auto c = load_run_config(dir.file("c.yaml"));  // absent: auto
   EXPECT_EQ(c.training.bf16, native);
   EXPECT_EQ(c.teacher.bf16, native);
-  EXPECT_FALSE(c.teacher.train_bf16);
-  EXPECT_EQ(c.bf16_auto, (std::vector<std::string>{"teacher.bf16", "training.bf16"}));
-  c = load_run_config(dir.file("c.yaml"), {"training.bf16=auto", "teacher.bf16=false", "teacher.train_bf16=auto"});
+  EXPECT_EQ(c.teacher.train_bf16, native);
+  EXPECT_EQ(c.bf16_auto, (std::vector<std::string>{"teacher.bf16", "teacher.train_bf16", "training.bf16"}));
+  c = load_run_config(dir.file("c.yaml"), {"training.bf16=auto", "teacher.bf16=false"});
   EXPECT_EQ(c.training.bf16, native);
   EXPECT_FALSE(c.teacher.bf16);
   EXPECT_EQ(c.teacher.train_bf16, native);
   EXPECT_EQ(c.bf16_auto, (std::vector<std::string>{"teacher.train_bf16", "training.bf16"}));
-  c = load_run_config(dir.file("c.yaml"), {"training.bf16=false", "teacher.bf16=false"});
+  c = load_run_config(dir.file("c.yaml"), {"training.bf16=false", "teacher.bf16=false", "teacher.train_bf16=false"});
   EXPECT_FALSE(c.training.bf16 || c.teacher.bf16 || c.teacher.train_bf16);
   EXPECT_TRUE(c.bf16_auto.empty());
   c = load_run_config(dir.file("c.yaml"), {"training.bf16=true", "teacher.bf16=true", "teacher.train_bf16=true"});

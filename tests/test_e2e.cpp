@@ -28,8 +28,8 @@ using test::run_distill;
 namespace fs = std::filesystem;
 
 TEST(E2eRun, TinyExperimentWritesACompleteConsistentReport) {
-  // The bf16 keys at their defaults: bf16 products where the CPU multiplies bf16 natively, but a
-  // teacher trained here trains in float32 (teacher.train_bf16).
+  // The bf16 keys at their defaults: bf16 products where the CPU multiplies bf16 natively, for the
+  // teacher trained here too (teacher.train_bf16).
   ASSERT_TRUE(have_sotu()) << "run tools/fetch_data.sh (tools/setup.sh does)";
   test::TempDir dir;
   const auto t0 = std::chrono::steady_clock::now();
@@ -99,16 +99,16 @@ TEST(E2eRun, TinyExperimentWritesACompleteConsistentReport) {
   const std::string precision = native_bf16_products() ? "bf16 products" : "float32";
   EXPECT_EQ(r["settings"]["precision"]["training"], precision);
   EXPECT_EQ(r["settings"]["precision"]["frozen_teacher"], precision);
-  EXPECT_EQ(r["settings"]["precision"]["teacher_training"], "float32");
-  const std::string stated = "training " + precision + " (the teacher's: float32), frozen teacher " + precision;
+  EXPECT_EQ(r["settings"]["precision"]["teacher_training"], precision);
+  const std::string stated = "training " + precision + " (the teacher's: " + precision + "), frozen teacher " + precision;
   EXPECT_NE(read_text_file(dir.file("run/report.md")).find("- Precision: " + stated + "."), std::string::npos);
-  EXPECT_NE(read_text_file(dir.file("run/distill.log")).find("precision: " + stated + " (teacher.bf16, training.bf16: auto"),
+  EXPECT_NE(read_text_file(dir.file("run/distill.log")).find("precision: " + stated + " (teacher.bf16, teacher.train_bf16, training.bf16: auto"),
             std::string::npos);
   // What each stage trained with is part of what it is (a change retrains it).
   const auto trained_bf16 = [&](const std::string& stage) {
     return json::parse(read_text_file(dir.file("run/" + stage + "/stage.json")))["fingerprint"]["training"]["bf16"].get<bool>();
   };
-  EXPECT_FALSE(trained_bf16("teacher"));
+  EXPECT_EQ(trained_bf16("teacher"), native_bf16_products());
   EXPECT_EQ(trained_bf16("baseline"), native_bf16_products());
   EXPECT_EQ(trained_bf16("student"), native_bf16_products());
 
@@ -186,10 +186,15 @@ TEST(E2eJobs, TrainThenDistillSeparatelyAndConfigCheck) {
   test::TempDir dir;
   std::string out, err;
   const std::string common = " --output " + dir.file("run") + " --set training.steps=6 --set training.log_interval=3";
+  // Each job's log states the precision of the models it trains or runs, and the auto keys behind it.
+  const std::string p = native_bf16_products() ? "bf16 products" : "float32";
   ASSERT_EQ(run_distill("train configs/tiny.yaml" + common, &out, &err), 0) << err;
   EXPECT_TRUE(fs::exists(dir.file("run/teacher/model/config.json")));
+  EXPECT_NE(err.find("precision: teacher training " + p + " (teacher.train_bf16: auto"), std::string::npos) << err;
   ASSERT_EQ(run_distill("distill configs/tiny.yaml" + common + " --set student.init=mean", &out, &err), 0) << err;
   EXPECT_NE(err.find("built from experts (mean)"), std::string::npos) << err;
+  EXPECT_NE(err.find("precision: student training " + p + ", frozen teacher " + p + " (teacher.bf16, training.bf16: auto"),
+            std::string::npos) << err;
   auto config = read_text_file(dir.file("run/config.yaml"));
   EXPECT_NE(config.find("init: mean"), std::string::npos) << config;
   // The teacher cache and bf16 products from the command line; without static examples the
@@ -335,9 +340,10 @@ TEST(E2eCompare, TeacherAgainstItsDenseCounterpartAtEqualSteps) {
   ASSERT_TRUE(have_sotu());
   test::TempDir dir;
   std::string out, err;
-  // Both models train as the teacher does (teacher.train_bf16: float32 by default, on every CPU),
-  // and the report says so.
-  ASSERT_EQ(run_distill("compare configs/tiny.yaml --output " + dir.file("run") + " --set seeds=2 --set parallel_stages=2", &out,
+  // Both models train as the teacher does (teacher.train_bf16, set to float32 here to check that the
+  // dense counterpart follows it whatever the CPU), and the report says so.
+  ASSERT_EQ(run_distill("compare configs/tiny.yaml --output " + dir.file("run") +
+                            " --set seeds=2 --set parallel_stages=2 --set teacher.train_bf16=false", &out,
                         &err), 0) << err;
   EXPECT_NE(out.find("gap "), std::string::npos) << out;
   EXPECT_NE(err.find("started the dense counterpart of seed 2"), std::string::npos) << err;
@@ -345,6 +351,7 @@ TEST(E2eCompare, TeacherAgainstItsDenseCounterpartAtEqualSteps) {
   EXPECT_EQ(r["seeds"], 2);
   EXPECT_EQ(r["settings"]["precision"], "float32");
   EXPECT_NE(read_text_file(dir.file("run/compare.md")).find("- Precision: both trained with float32."), std::string::npos);
+  EXPECT_NE(err.find("precision: the teacher and its dense counterpart train with float32\n"), std::string::npos) << err;
   EXPECT_FALSE(json::parse(read_text_file(dir.file("run/dense/stage.json")))["fingerprint"]["training"]["bf16"].get<bool>());
   EXPECT_EQ(r["teacher"]["budget"]["steps"], r["dense"]["budget"]["steps"]);  // equal steps
   EXPECT_EQ(r["teacher"]["budget"]["tokens"], r["dense"]["budget"]["tokens"]);  // on the same batches

@@ -214,8 +214,8 @@ TEST(E2eSweep, SharedStagesReportsPlotsAndReportRegeneration) {
   EXPECT_NE(md.find("![Compression against quality gain preserved"), std::string::npos) << md;
   const std::string precision = native_bf16_products() ? "bf16 products" : "float32";  // the bf16 keys' default, auto
   EXPECT_EQ(rows[0]["precision"]["training"], precision);
-  EXPECT_EQ(rows[0]["precision"]["teacher_training"], "float32");
-  EXPECT_NE(md.find("Precision: training " + precision + " (the teacher's: float32), frozen teacher " + precision + "."),
+  EXPECT_EQ(rows[0]["precision"]["teacher_training"], precision);
+  EXPECT_NE(md.find("Precision: training " + precision + " (the teacher's: " + precision + "), frozen teacher " + precision + "."),
             std::string::npos) << md;
   const std::string html = read_text_file(out + "/report.html");
   EXPECT_EQ(html.find("<script"), std::string::npos);

@@ -24,9 +24,9 @@ namespace fs = std::filesystem;
 
 void add_no_bf16(CLI::App* sub, bool& flag) {
   sub->add_flag("--no-bf16", flag,
-                "Float32 matrix products whatever the config says (training.bf16 and teacher.bf16 default to auto: bf16 "
-                "where the CPU multiplies it natively): --set training.bf16=false --set teacher.bf16=false "
-                "--set teacher.train_bf16=false");
+                "Float32 matrix products whatever the config says (training.bf16, teacher.bf16 and teacher.train_bf16 "
+                "default to auto: bf16 where the CPU multiplies it natively): --set training.bf16=false "
+                "--set teacher.bf16=false --set teacher.train_bf16=false");
 }
 
 std::vector<std::string> config_overrides(std::vector<std::string> set, const std::string& output, bool no_bf16) {
@@ -76,7 +76,7 @@ Command add_train(CLI::App& app) {
   sub->add_flag("--dense", a->dense, "Train the dense baseline (the student's shape, the student's whole budget) instead of the teacher");
   return {sub, [a] {
             auto c = load(*a);
-            open_run_directory(c);
+            open_run_directory(c, a->dense ? Job::baseline : Job::teacher);
             auto data = prepare_data(c, resolve_tokenizer(c));
             auto r = a->dense ? train_baseline(c, data, a->resume) : train_teacher(c, data, a->resume);
             if (is_writer()) std::cout << r.name << " model: " << r.model_dir << "\n";
@@ -89,7 +89,7 @@ Command add_distill(CLI::App& app) {
   add_job_options(sub, *a);
   return {sub, [a] {
             auto c = load(*a);
-            open_run_directory(c);
+            open_run_directory(c, Job::student);
             auto data = prepare_data(c, resolve_tokenizer(c));
             auto teacher = find_teacher(c, data);
             auto r = distill_student(c, data, teacher, a->resume);
@@ -103,7 +103,7 @@ Command add_run(CLI::App& app) {
   add_job_options(sub, *a);
   return {sub, [a] {
             auto c = load(*a);
-            open_run_directory(c);
+            open_run_directory(c, Job::experiment);
             auto report = run_experiment(c, a->resume);
             spdlog::default_logger()->flush();
             if (is_writer()) std::cout << report_summary(report) << "report: " << (fs::path(c.output_dir) / "report.md").string() << "\n";
@@ -118,7 +118,7 @@ Command add_compare(CLI::App& app) {
   add_job_options(sub, *a);
   return {sub, [a] {
             auto c = load(*a);
-            open_run_directory(c);
+            open_run_directory(c, Job::comparison);
             auto report = run_comparison(c, a->resume);
             spdlog::default_logger()->flush();
             if (is_writer()) std::cout << comparison_summary(report) << "report: " << (fs::path(c.output_dir) / "compare.md").string() << "\n";

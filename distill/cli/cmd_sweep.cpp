@@ -50,7 +50,7 @@ Command add_sweep(CLI::App& app) {
               return;
             }
             apply_config_threads(sweep.base.threads);
-            open_run_directory(sweep.base);
+            open_run_directory(sweep.base, Job::experiment);
             const auto s = run_sweep(sweep, a->resume);
             spdlog::default_logger()->flush();
             std::cout << "report: " << (fs::path(sweep.base.output_dir) / "sweep.md").string() << " and "

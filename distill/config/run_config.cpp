@@ -145,7 +145,7 @@ void visit(V& v, TeacherConfig& c) {
   v.section("model", c.model);
   v.field("steps", c.steps);
   v.bf16_field("bf16", c.bf16, /*absent=*/"auto");
-  v.bf16_field("train_bf16", c.train_bf16, /*absent=*/"false");
+  v.bf16_field("train_bf16", c.train_bf16, /*absent=*/"auto");
   v.field("trained_tokens", c.trained_tokens);
   v.field("train_once", c.train_once);
 }

@@ -132,9 +132,9 @@ struct TeacherConfig {
                                       // true, false or `auto` (the default), as training.bf16
   bool train_bf16 = false;            // the training of a teacher trained here (and of its dense
                                       // counterpart in `distill compare`) with bf16 products: true, false
-                                      // (the default) or auto. Off, cautiously: a Switch teacher trained
-                                      // so ended 0.017 nats behind its float32 twin over twenty seeds,
-                                      // though float32 with other rounding did as much (README)
+                                      // or `auto` (the default), as training.bf16. Its own key because the
+                                      // Switch teacher is the model whose quality bf16 might move: within
+                                      // float32's own rounding noise on the demo (README)
   std::optional<int64_t> trained_tokens;  // with path or init_from: the tokens it was trained on, when
                                           // known (the budget check and the baseline's default steps use it)
   bool train_once = false;            // with seeds > 1: train one teacher (the first seed's) and distill

@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <functional>
 #include <map>
@@ -26,7 +27,36 @@ namespace distill {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-void open_run_directory(const RunConfig& config) {
+namespace {
+
+// The precision of the models `job` trains or runs, as a phrase, and the bf16 keys that decide it.
+std::string precision_phrase(const RunConfig& c, Job job, std::vector<std::string>& keys) {
+  const std::string training = precision_name(c.training.bf16), frozen = precision_name(c.teacher.bf16),
+                    teacher_training = precision_name(c.teacher.train_bf16);
+  switch (job) {
+    case Job::experiment:
+      keys = {"teacher.bf16", "training.bf16"};
+      if (c.teacher.path.empty()) keys.push_back("teacher.train_bf16");
+      return precision_text(precision_record(c, c.teacher.path.empty()));
+    case Job::comparison:
+      keys = {"teacher.train_bf16"};
+      return "the teacher and its dense counterpart train with " + teacher_training;
+    case Job::teacher:
+      keys = {"teacher.train_bf16"};
+      return "teacher training " + teacher_training;
+    case Job::baseline:
+      keys = {"training.bf16"};
+      return "baseline training " + training;
+    case Job::student:
+      keys = {"teacher.bf16", "training.bf16"};
+      return "student training " + training + ", frozen teacher " + frozen;
+  }
+  return {};
+}
+
+}  // namespace
+
+void open_run_directory(const RunConfig& config, Job job) {
   // Ranks of one data-parallel job must run the same configuration; only rank 0 writes.
   if (Collective* w = world()) w->check_same("configuration", run_config_yaml(config));
   if (!is_writer()) return;
@@ -45,14 +75,16 @@ void open_run_directory(const RunConfig& config) {
   spdlog::set_default_logger(logger);
   spdlog::flush_every(std::chrono::seconds(2));
   write_text_atomic((fs::path(config.output_dir) / "config.yaml").string(), run_config_yaml(config));
-  std::string why;
-  if (!config.bf16_auto.empty()) {
-    std::string keys;
-    for (const auto& k : config.bf16_auto) keys += (keys.empty() ? "" : ", ") + k;
-    why = " (" + keys + ": auto, and this CPU " +
-          (native_bf16_products() ? "multiplies bf16 natively; --no-bf16 keeps float32)" : "has no native bf16 products)");
-  }
-  spdlog::info("precision: {}{}", precision_text(precision_record(config, config.teacher.path.empty())), why);
+  std::vector<std::string> used;
+  const std::string phrase = precision_phrase(config, job, used);
+  std::string automatic;  // the keys used that were left at auto, in the config's order
+  for (const auto& k : config.bf16_auto)
+    if (std::find(used.begin(), used.end(), k) != used.end()) automatic += (automatic.empty() ? "" : ", ") + k;
+  const std::string why =
+      automatic.empty() ? ""
+                        : " (" + automatic + ": auto, and this CPU " +
+                              (native_bf16_products() ? "multiplies bf16 natively; --no-bf16 keeps float32)" : "has no native bf16 products)");
+  spdlog::info("precision: {}{}", phrase, why);
 }
 
 namespace {

@@ -29,8 +29,11 @@ nlohmann::json run_experiment(const RunConfig& config, const PreparedData& data,
 // OUTPUT/compare.md: the gap with its 95% interval, and the teacher's routing health.
 nlohmann::json run_comparison(const RunConfig& config, bool resume);
 
+// What a job trains; its log's first line states the precision of those models alone.
+enum class Job { experiment, comparison, teacher, baseline, student };
+
 // Takes OUTPUT for this process (OUTPUT/.lock: a second run into it is refused), starts logging to
 // the console and OUTPUT/distill.log, and writes OUTPUT/config.yaml.
-void open_run_directory(const RunConfig& config);
+void open_run_directory(const RunConfig& config, Job job);
 
 }  // namespace distill
