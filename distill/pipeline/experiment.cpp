@@ -9,6 +9,8 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <string>
+#include <vector>
 
 #include "distill/evaluation/task_eval.h"
 #include "distill/pipeline/stage_jobs.h"
